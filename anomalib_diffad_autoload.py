@@ -1,0 +1,52 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Start-up hook that makes ``anomalib ... --model DiffAD`` and ``--data MVTec`` resolve.
+
+``anomalib_diffad.pth`` imports this tiny module at interpreter start. It imports nothing heavy: it only
+adds a one-shot ``sys.meta_path`` finder that, right after ``anomalib.models`` has been executed, imports
+:mod:`anomalib_diffad` so that jsonargparse finds ``DiffAD`` among ``AnomalibModule`` subclasses. Programs
+that never import anomalib pay nothing. Set ``ANOMALIB_DIFFAD_AUTOLOAD=0`` to disable it.
+"""
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import warnings
+from types import ModuleType
+
+TRIGGER = "anomalib.models"
+
+
+class _AfterAnomalibModels(importlib.abc.MetaPathFinder):
+    """Finder that wraps the loader of ``anomalib.models`` to import the plugin after it."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != TRIGGER:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_load_plugin(module: ModuleType) -> None:
+            exec_module(module)
+            try:
+                import anomalib_diffad  # noqa: F401, PLC0415
+            except Exception as error:  # noqa: BLE001 - a broken plugin must never break anomalib itself
+                warnings.warn(f"anomalib-diffad could not be loaded: {error!r}", stacklevel=1)
+
+        spec.loader.exec_module = exec_then_load_plugin  # type: ignore[method-assign]
+        return spec
+
+
+def install() -> None:
+    """Register the finder once, unless disabled or anomalib.models is already imported."""
+    if os.environ.get("ANOMALIB_DIFFAD_AUTOLOAD", "1") == "0" or TRIGGER in sys.modules:
+        return
+    if not any(isinstance(finder, _AfterAnomalibModels) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterAnomalibModels())
+
+
+install()
