@@ -2,7 +2,17 @@
 # SPDX-License-Identifier: Apache-2.0
 """DiffAD, the diffusion anomaly detector of Lu et al. (ICCV 2023), as an anomalib 2.7 model plugin."""
 
+import anomalib.data
+import anomalib.models
+
+from anomalib_diffad.datamodules import MVTec
 from anomalib_diffad.lightning_model import DiffAD
 from anomalib_diffad.torch_model import DiffADModel
 
-__all__ = ["DiffAD", "DiffADModel"]
+# anomalib's name-based resolvers (``get_model``, ``get_datamodule``, used by ``anomalib benchmark``) look
+# names up as attributes of these packages; register ours there too.
+anomalib.models.DiffAD = DiffAD
+if not hasattr(anomalib.data, "MVTec"):
+    anomalib.data.MVTec = MVTec
+
+__all__ = ["DiffAD", "DiffADModel", "MVTec"]

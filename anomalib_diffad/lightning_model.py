@@ -20,11 +20,12 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
@@ -204,7 +205,14 @@ class DiffAD(AnomalibModule):
             )
             raise NonFiniteLossError(msg)
         for name, value in losses.items():
-            self.log(f"train_{name}", value.item(), on_epoch=True, prog_bar=name == "loss", logger=True)
+            self.log(
+                f"train_{name}",
+                value.item(),
+                on_epoch=True,
+                prog_bar=name == "loss",
+                logger=True,
+                batch_size=batch.image.shape[0],
+            )
         return {"loss": losses["loss"]}
 
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:  # noqa: ANN401
@@ -249,6 +257,35 @@ class DiffAD(AnomalibModule):
         max_batch = max(1, 63 // len(self.model.score_timesteps))
         kwargs.setdefault("dynamic_shapes", ({0: torch.export.Dim("batch", min=1, max=max_batch)},))
         return super().to_onnx(export_root, model_file_name, input_size or self.model.image_size, **kwargs)
+
+    def to_openvino(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> Path:
+        """Export to OpenVINO IR, then leave each output tensor with exactly its ``InferenceBatch`` name.
+
+        OpenVINO's constant folding of the post-processor's ``where`` guards merges internal tensor names
+        into the outputs; ``OpenVINOInferencer`` takes an arbitrary name of each set, so it could return
+        ``where_12`` instead of ``anomaly_map``.
+        """
+        import openvino as ov  # noqa: PLC0415
+
+        path = super().to_openvino(export_root, model_file_name, input_size, **kwargs)
+        model = ov.Core().read_model(path)
+        for output in model.outputs:
+            names = output.get_names() & set(InferenceBatch._fields)
+            if len(names) == 1:
+                output.get_tensor().set_names(names)
+        with TemporaryDirectory(dir=path.parent) as tmp:
+            renamed = Path(tmp) / path.name
+            ov.save_model(model, renamed, compress_to_fp16=False)  # weights keep the precision they were given
+            del model
+            renamed.replace(path)
+            renamed.with_suffix(".bin").replace(path.with_suffix(".bin"))
+        return path
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -1,0 +1,199 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""anomalib's model integration pattern for DiffAD: fit, test, validate, train, predict, export, parity."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.data.utils import read_image
+from anomalib.deploy import ExportType, OpenVINOInferencer, TorchInferencer
+from anomalib.engine import Engine
+
+from anomalib_diffad import DiffAD
+
+PARITY_TOLERANCE = 1e-4
+OUTPUTS = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
+
+
+def _datamodule(root: Path) -> MVTecAD:
+    return MVTecAD(root=root, category="brick", train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
+def _engine(root_dir: Path) -> Engine:
+    return Engine(
+        logger=False,
+        default_root_dir=root_dir,
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def project(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Fit the tiny model once; every other test starts from its checkpoint."""
+    from tests.helpers.presets import TINY_MODEL_ARGS
+
+    root_dir = tmp_path_factory.mktemp("project")
+    model = DiffAD(**TINY_MODEL_ARGS)
+    engine = _engine(root_dir)
+    engine.fit(model=model, datamodule=_datamodule(dataset_root))
+    ckpt = root_dir / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
+    return {"root_dir": root_dir, "ckpt": ckpt, "model": model}
+
+
+def test_fit_calibrates_fusion_and_thresholds(project: dict) -> None:
+    """Validation after fit sets finite thresholds and real fusion statistics, and writes the checkpoint."""
+    model = project["model"]
+    assert project["ckpt"].is_file()
+    generator = model.model.anomaly_map_generator
+    assert generator.feature_std.item() != 1.0
+    assert generator.feature_mean.item() > 0.0
+    post = model.post_processor
+    for name in ("_image_threshold", "_pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max"):
+        assert torch.isfinite(getattr(post, name)), name
+    assert post.image_min <= post._image_threshold <= post.image_max  # noqa: SLF001
+    assert model.model.ema_updates.item() == 4  # 8 train images, batch 4, 2 epochs
+
+
+def test_ema_weights_differ_from_trained_weights(project: dict) -> None:
+    """The EMA copy is a separate set of weights that moved away from the initialization."""
+    model = project["model"].model
+    trained = torch.nn.utils.parameters_to_vector(model.denoiser.parameters())
+    ema = torch.nn.utils.parameters_to_vector(model.ema_denoiser.parameters())
+    assert not torch.equal(trained, ema)
+
+
+def test_test_from_checkpoint_is_deterministic(project: dict, dataset_root: Path, tiny_model_args: dict) -> None:
+    """Testing twice from the checkpoint gives identical metrics in [0, 1], including AUPRO."""
+    results = [
+        _engine(project["root_dir"]).test(
+            model=DiffAD(**tiny_model_args),
+            datamodule=_datamodule(dataset_root),
+            ckpt_path=project["ckpt"],
+        )[0]
+        for _ in range(2)
+    ]
+    assert results[0] == results[1]
+    for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score", "pixel_F1Score"):
+        assert 0.0 <= results[0][key] <= 1.0, key
+
+
+def test_validate_recalibrates_identically(project: dict, dataset_root: Path, tiny_model_args: dict) -> None:
+    """Re-running validation from the checkpoint reproduces the stored calibration exactly."""
+    model = DiffAD(**tiny_model_args)
+    _engine(project["root_dir"]).validate(model=model, datamodule=_datamodule(dataset_root), ckpt_path=project["ckpt"])
+    stored = torch.load(project["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+    for name, value in model.state_dict().items():
+        if "anomaly_map_generator" in name or name.startswith("post_processor"):
+            torch.testing.assert_close(value, stored[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_train_resumes_and_tests(project: dict, dataset_root: Path, tiny_model_args: dict) -> None:
+    """``Engine.train`` from the checkpoint resumes (no extra epochs at max_epochs) and reports metrics."""
+    model = DiffAD(**tiny_model_args)
+    results = _engine(project["root_dir"]).train(
+        model=model,
+        datamodule=_datamodule(dataset_root),
+        ckpt_path=project["ckpt"],
+    )
+    assert model.model.ema_updates.item() == 4
+    assert 0.0 <= results[0]["pixel_AUROC"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def predictions(project: dict, dataset_root: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Lightning-path predictions (normalized, thresholded) keyed by image path."""
+    from tests.helpers.presets import TINY_MODEL_ARGS
+
+    batches = _engine(project["root_dir"]).predict(
+        model=DiffAD(**TINY_MODEL_ARGS),
+        datamodule=_datamodule(dataset_root),
+        ckpt_path=project["ckpt"],
+    )
+    by_path = {}
+    for batch in batches:
+        for index, path in enumerate(batch.image_path):
+            by_path[path] = {key: getattr(batch, key)[index].detach().cpu().numpy() for key in OUTPUTS}
+    return by_path
+
+
+def test_predict_outputs_are_normalized(predictions: dict) -> None:
+    """Predict returns normalized scores and maps in [0, 1] with boolean labels and masks for every image."""
+    assert len(predictions) == 8  # 4 good + 4 defects
+    for outputs in predictions.values():
+        assert 0.0 <= float(outputs["pred_score"]) <= 1.0
+        assert outputs["anomaly_map"].min() >= 0.0
+        assert outputs["anomaly_map"].max() <= 1.0
+        assert outputs["pred_mask"].dtype == bool
+        assert bool(outputs["pred_label"]) == (float(outputs["pred_score"]) > 0.5)
+
+
+def _flat(values: object) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def _assert_parity(inferencer: OpenVINOInferencer | TorchInferencer, predictions: dict) -> None:
+    """Scores and maps agree within the tolerance; labels and masks agree wherever the score is not on the
+    threshold itself (the validation image that defines the threshold normalizes to exactly 0.5)."""
+    for path, expected in predictions.items():
+        result = inferencer.predict(path)
+        for score_key, decision_key in (("pred_score", "pred_label"), ("anomaly_map", "pred_mask")):
+            score, reference_score = _flat(getattr(result, score_key)), _flat(expected[score_key])
+            assert np.abs(score - reference_score).max() <= PARITY_TOLERANCE, (score_key, path)
+            decided = np.abs(reference_score - 0.5) > PARITY_TOLERANCE
+            decision, reference_decision = _flat(getattr(result, decision_key)), _flat(expected[decision_key])
+            np.testing.assert_array_equal(decision[decided], reference_decision[decided], err_msg=f"{decision_key} {path}")
+
+
+@pytest.mark.parametrize("export_type", [ExportType.TORCH, ExportType.ONNX, ExportType.OPENVINO])
+def test_export_parity(
+    export_type: ExportType,
+    project: dict,
+    predictions: dict,
+    tiny_model_args: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every export reloads in anomalib's inferencers and matches the Lightning path within 1e-4."""
+    path = _engine(project["root_dir"]).export(
+        model=DiffAD(**tiny_model_args),
+        export_type=export_type,
+        export_root=tmp_path,
+        ckpt_path=project["ckpt"],
+    )
+    assert path is not None
+    assert path.is_file()
+    monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes ./openvino_cache
+    if export_type == ExportType.TORCH:
+        monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
+        _assert_parity(TorchInferencer(path, device="cpu"), predictions)
+    elif export_type == ExportType.OPENVINO:
+        _assert_parity(OpenVINOInferencer(path, device="CPU"), predictions)
+    else:
+        _assert_parity(OnnxOutputsByName(path), predictions)
+
+
+class OnnxOutputsByName:
+    """Runs an exported ``.onnx`` file on OpenVINO and names its outputs from the ONNX graph.
+
+    ``OpenVINOInferencer`` cannot be used on a raw ``.onnx`` file: OpenVINO merges folded tensor names
+    into the outputs and the inferencer picks one of the names at random (the IR export fixes the names).
+    """
+
+    def __init__(self, path: Path) -> None:
+        import onnx
+        import openvino as ov
+
+        self.names = [output.name for output in onnx.load(path, load_external_data=False).graph.output]
+        self.model = ov.Core().compile_model(path, "CPU")
+
+    def predict(self, path: str) -> SimpleNamespace:
+        image = OpenVINOInferencer.pre_process(read_image(path, as_tensor=False))
+        outputs = self.model(image)
+        return SimpleNamespace(**{name: outputs[index] for index, name in enumerate(self.names)})
