@@ -7,6 +7,9 @@ import torch.nn.functional as F  # noqa: N812
 from kornia.filters import gaussian_blur2d
 from torch import nn
 
+MIN_STD = 1e-6
+"""Floor of the calibrated standard deviations, so a constant calibration map cannot blow up the fusion."""
+
 
 def top_k_mean(anomaly_map: torch.Tensor, k: int) -> torch.Tensor:
     """Image score: mean of the ``k`` largest pixels of each map (the paper uses k = 64)."""
@@ -53,10 +56,11 @@ class AnomalyMapGenerator(nn.Module):
     @torch.no_grad()
     def calibrate(self, kl_maps: torch.Tensor, feature_maps: torch.Tensor) -> None:
         """Set the fusion statistics from the maps of anomaly-free images."""
+        kl_maps, feature_maps = kl_maps.double(), feature_maps.double()
         self.kl_mean.copy_(kl_maps.mean())
-        self.kl_std.copy_(kl_maps.std().clamp(min=1e-8))
+        self.kl_std.copy_(kl_maps.std().clamp(min=MIN_STD))
         self.feature_mean.copy_(feature_maps.mean())
-        self.feature_std.copy_(feature_maps.std().clamp(min=1e-8))
+        self.feature_std.copy_(feature_maps.std().clamp(min=MIN_STD))
 
     def forward(self, kl_map: torch.Tensor, feature_map: torch.Tensor) -> torch.Tensor:
         """Fuse ``(N, 1, H, W)`` KL and feature maps into one ``(N, 1, H, W)`` anomaly map."""
@@ -65,5 +69,5 @@ class AnomalyMapGenerator(nn.Module):
         fused = self.alpha * kl + (1.0 - self.alpha) * feature
         if self.sigma > 0:
             kernel = 2 * int(4.0 * self.sigma + 0.5) + 1
-            fused = gaussian_blur2d(fused, (kernel, kernel), (self.sigma, self.sigma))
+            fused = gaussian_blur2d(fused, (kernel, kernel), (self.sigma, self.sigma), border_type="replicate")
         return fused

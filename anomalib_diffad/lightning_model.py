@@ -75,6 +75,9 @@ class DiffAD(AnomalibModule):
         smoothing_sigma: Gaussian smoothing of the anomaly map in pixels (paper: 0).
         train_crop_size: Train on random crops of this side (``None``: full images); scoring always sees the
             full image.
+        standardize_features: Predict per-channel standardized CNN features (statistics from the training
+            images, computed once before the first step) instead of raw ones; the raw features of ReLU6
+            backbones are large and make the head learn slowly.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lr_anneal_steps: Steps over which the learning rate decays linearly to 0 (``None``: the whole run,
@@ -114,6 +117,7 @@ class DiffAD(AnomalibModule):
         top_k: int = 64,
         smoothing_sigma: float = 0.0,
         train_crop_size: int | None = None,
+        standardize_features: bool = True,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         lr_anneal_steps: int | None = None,
@@ -152,6 +156,7 @@ class DiffAD(AnomalibModule):
             top_k=top_k,
             smoothing_sigma=smoothing_sigma,
             train_crop_size=train_crop_size,
+            standardize_features=standardize_features,
             noise_seed=noise_seed,
         )
         self.loss = DiffADLoss(self.model.schedule, simple_weight, vb_weight, feature_weight)
@@ -192,6 +197,18 @@ class DiffAD(AnomalibModule):
         if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
             load_pretrained_weights(self.model.feature_extractor, self.pretrained_weights)
             self._pretrained_loaded = True
+
+    def on_train_start(self) -> None:
+        """Fit the feature standardization on the training images once (it is stored in the checkpoint)."""
+        model = self.model
+        if model.standardize_features and not bool(model.feature_statistics_fitted):
+            loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else None
+            if loader is None:
+                msg = "standardize_features=True needs a datamodule with a train dataloader."
+                raise RuntimeError(msg)
+            transform = getattr(self.pre_processor, "transform", None)
+            images = (batch.image.to(self.device) for batch in loader)
+            model.fit_feature_statistics(transform(image) if transform else image for image in images)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One denoising-score-matching step on normal images."""

@@ -6,7 +6,7 @@ In train mode :class:`DiffADModel` returns the tensors the loss needs; in eval m
 (KL map + feature map at a few noise levels, fused) and returns an ``InferenceBatch``.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -150,6 +150,8 @@ class DiffADModel(nn.Module):
         top_k: Pixels averaged into the image score.
         smoothing_sigma: Gaussian smoothing of the fused map (0: off).
         train_crop_size: Side of the random training crops (``None``: full images).
+        standardize_features: Predict per-channel standardized features (statistics of the training images,
+            see :meth:`fit_feature_statistics`) instead of the raw ones.
         noise_seed: Seed of the fixed scoring noise.
 
     Example:
@@ -176,6 +178,7 @@ class DiffADModel(nn.Module):
         top_k: int = 64,
         smoothing_sigma: float = 0.0,
         train_crop_size: int | None = None,
+        standardize_features: bool = True,
         noise_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -202,6 +205,11 @@ class DiffADModel(nn.Module):
         self.ema_denoiser.load_state_dict(self.denoiser.state_dict())
         self.ema_denoiser.requires_grad_(False)
         self.register_buffer("ema_updates", torch.tensor(0, dtype=torch.long))
+        self.standardize_features = standardize_features
+        channels = denoiser_args["feature_channels"]
+        self.register_buffer("feature_channel_mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("feature_channel_std", torch.ones(1, channels, 1, 1))
+        self.register_buffer("feature_statistics_fitted", torch.tensor(False))
         self.anomaly_map_generator = AnomalyMapGenerator(alpha=alpha, sigma=smoothing_sigma)
         generator = torch.Generator().manual_seed(noise_seed)
         noise = torch.randn(len(self.score_timesteps), 1, 3, *self.image_size, generator=generator)
@@ -215,7 +223,30 @@ class DiffADModel(nn.Module):
         size = (images.shape[-2] // 4, images.shape[-1] // 4)
         normalized = ((images + 1.0) / 2.0 - self.imagenet_mean) / self.imagenet_std
         features = self.feature_extractor(normalized).values()
-        return torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features], 1)
+        features = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features], 1)
+        if self.standardize_features:
+            return (features - self.feature_channel_mean) / self.feature_channel_std
+        return features
+
+    @torch.no_grad()
+    def fit_feature_statistics(self, batches: Iterable[torch.Tensor]) -> None:
+        """Per-channel mean and standard deviation of the target features over ``[-1, 1]`` image batches."""
+        standardize, self.standardize_features = self.standardize_features, False
+        total, total_sq, count = 0.0, 0.0, 0
+        for images in batches:
+            features = self.target_features(images).double()
+            total = total + features.sum(dim=(0, 2, 3))
+            total_sq = total_sq + (features**2).sum(dim=(0, 2, 3))
+            count += features.numel() // features.shape[1]
+        self.standardize_features = standardize
+        if count == 0:
+            msg = "Cannot fit feature statistics: no training images."
+            raise ValueError(msg)
+        mean = total / count
+        std = (total_sq / count - mean**2).clamp(min=0).sqrt().clamp(min=1e-3)
+        self.feature_channel_mean.copy_(mean.view_as(self.feature_channel_mean))
+        self.feature_channel_std.copy_(std.view_as(self.feature_channel_std))
+        self.feature_statistics_fitted.fill_(True)
 
     @torch.no_grad()
     def update_ema(self, decay: float) -> None:
@@ -242,9 +273,9 @@ class DiffADModel(nn.Module):
         prediction = self.denoiser(xt, t, class_labels)
         return TrainOutput(x0=x0, xt=xt, t=t, noise=noise, prediction=prediction, target_features=target)
 
-    def scoring_noise(self, batch_size: int, height: int, width: int) -> torch.Tensor:
-        """Fixed noise ``(S * N, 3, H, W)`` for the S scoring timesteps, tiled if the image exceeds its size."""
-        noise = self.score_noise
+    def scoring_noise(self, indices: Sequence[int], batch_size: int, height: int, width: int) -> torch.Tensor:
+        """Fixed noise ``(S * N, 3, H, W)`` of the scoring timesteps ``indices``, tiled past its stored size."""
+        noise = self.score_noise[list(indices)]
         reps_h, reps_w = -(-height // noise.shape[-2]), -(-width // noise.shape[-1])
         noise = noise.repeat(1, 1, 1, reps_h, reps_w)[..., :height, :width]
         return noise.expand(-1, batch_size, -1, -1, -1).reshape(-1, 3, height, width)
@@ -253,16 +284,20 @@ class DiffADModel(nn.Module):
         self,
         images: torch.Tensor,
         class_labels: torch.Tensor | None = None,
+        step_indices: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """KL map and feature map ``(N, 1, H, W)`` of ``[-1, 1]`` images, each averaged over the score timesteps.
 
-        All timesteps go through the EMA denoiser in one batched pass.
+        All timesteps go through the EMA denoiser in one batched pass. ``step_indices`` selects a subset of
+        ``score_timesteps`` (default: all).
         """
+        indices = list(range(len(self.score_timesteps))) if step_indices is None else list(step_indices)
         batch, _, height, width = images.shape
-        steps = len(self.score_timesteps)
+        steps = len(indices)
         x0 = images.repeat(steps, 1, 1, 1)
-        t = torch.tensor(self.score_timesteps, device=images.device).repeat_interleave(batch)
-        xt = q_sample(self.schedule, x0, t, self.scoring_noise(batch, height, width).to(images.dtype))
+        t = torch.tensor([self.score_timesteps[i] for i in indices], device=images.device).repeat_interleave(batch)
+        noise = self.scoring_noise(indices, batch, height, width).to(images.dtype)
+        xt = q_sample(self.schedule, x0, t, noise)
         labels = None if class_labels is None else class_labels.repeat(steps)
         prediction = self.ema_denoiser(xt, t, labels)
         kl = standardize_per_image(posterior_kl_map(self.schedule, x0, xt, t, prediction.eps, prediction.v))
