@@ -253,3 +253,10 @@ def test_generator_buffers_in_state_dict_and_round_trip() -> None:
     assert torch.equal(restored(kl, feature), generator(kl, feature))
     assert not torch.allclose(AnomalyMapGenerator(alpha=0.4)(kl, feature), generator(kl, feature))
     assert list(generator.parameters()) == []
+
+
+def test_smoothing_works_on_maps_smaller_than_the_kernel() -> None:
+    """Replicate padding lets a wide kernel smooth a small map; a constant map stays constant."""
+    generator = AnomalyMapGenerator(alpha=0.5, sigma=4.0)
+    constant = torch.full((1, 1, 12, 12), 3.0)
+    torch.testing.assert_close(generator(constant, constant), torch.full((1, 1, 12, 12), 3.0))

