@@ -202,12 +202,8 @@ class DiffAD(AnomalibModule):
         """Fit the feature standardization on the training images once (it is stored in the checkpoint)."""
         model = self.model
         if model.standardize_features and not bool(model.feature_statistics_fitted):
-            loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else None
-            if loader is None:
-                msg = "standardize_features=True needs a datamodule with a train dataloader."
-                raise RuntimeError(msg)
             transform = getattr(self.pre_processor, "transform", None)
-            images = (batch.image.to(self.device) for batch in loader)
+            images = (batch.image.to(self.device) for batch in self.trainer.train_dataloader)
             model.fit_feature_statistics(transform(image) if transform else image for image in images)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:

@@ -126,7 +126,6 @@ def main() -> None:
         limit_val_batches=0,
         accelerator="cpu",
         devices=1,
-        enable_checkpointing=False,
         enable_progress_bar=False,
     )
     start = time.perf_counter()
