@@ -197,3 +197,43 @@ class OnnxOutputsByName:
         image = OpenVINOInferencer.pre_process(read_image(path, as_tensor=False))
         outputs = self.model(image)
         return SimpleNamespace(**{name: outputs[index] for index, name in enumerate(self.names)})
+
+
+def test_folder_datamodule(dataset_root: Path, tiny_model_args: dict, tmp_path: Path) -> None:
+    """DiffAD trains and tests on anomalib's ``Folder`` datamodule (custom data) as on MVTecAD."""
+    from anomalib.data import Folder
+
+    category = dataset_root / "brick"
+    datamodule = Folder(
+        name="brick_folder",
+        root=category,
+        normal_dir="train/good",
+        normal_test_dir="test/good",
+        abnormal_dir=["test/scratch", "test/stain"],
+        mask_dir=["ground_truth/scratch", "ground_truth/stain"],
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+    )
+    engine = _engine(tmp_path)
+    model = DiffAD(**tiny_model_args)
+    results = engine.train(model=model, datamodule=datamodule)[0]
+    assert torch.isfinite(model.post_processor._image_threshold)  # noqa: SLF001
+    for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+        assert 0.0 <= results[key] <= 1.0, key
+
+
+def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(
+    project: dict,
+    dataset_root: Path,
+    tiny_model_args: dict,
+) -> None:
+    """A NaN loss stops training with a message naming the step and terms; the checkpoint is untouched."""
+    from anomalib_diffad.lightning_model import NonFiniteLossError
+
+    before = project["ckpt"].read_bytes()
+    engine = Engine(logger=False, default_root_dir=project["root_dir"], max_epochs=3, accelerator="cpu", devices=1)
+    model = DiffAD(**(tiny_model_args | {"feature_weight": float("nan")}))
+    with pytest.raises(NonFiniteLossError, match="Non-finite training loss at step 4"):
+        engine.fit(model=model, datamodule=_datamodule(dataset_root), ckpt_path=project["ckpt"])
+    assert project["ckpt"].read_bytes() == before
