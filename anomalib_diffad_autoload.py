@@ -3,9 +3,11 @@
 """Start-up hook that makes ``anomalib ... --model DiffAD`` and ``--data MVTec`` resolve.
 
 ``anomalib_diffad.pth`` imports this tiny module at interpreter start. It imports nothing heavy: it only
-adds a one-shot ``sys.meta_path`` finder that, right after ``anomalib.models`` has been executed, imports
-:mod:`anomalib_diffad` so that jsonargparse finds ``DiffAD`` among ``AnomalibModule`` subclasses. Programs
-that never import anomalib pay nothing. Set ``ANOMALIB_DIFFAD_AUTOLOAD=0`` to disable it.
+adds a one-shot ``sys.meta_path`` finder that, right after ``anomalib.cli.cli`` (the module behind the
+``anomalib`` console script, which imports ``anomalib.models`` and ``anomalib.data`` completely) has been
+executed, imports :mod:`anomalib_diffad`, so that jsonargparse finds ``DiffAD`` among ``AnomalibModule``
+subclasses before it parses. Programs that never run anomalib's CLI pay nothing; Python code imports
+``anomalib_diffad`` itself. Set ``ANOMALIB_DIFFAD_AUTOLOAD=0`` to disable it.
 """
 
 import importlib.abc
@@ -15,11 +17,11 @@ import sys
 import warnings
 from types import ModuleType
 
-TRIGGER = "anomalib.models"
+TRIGGER = "anomalib.cli.cli"
 
 
-class _AfterAnomalibModels(importlib.abc.MetaPathFinder):
-    """Finder that wraps the loader of ``anomalib.models`` to import the plugin after it."""
+class _AfterAnomalibCli(importlib.abc.MetaPathFinder):
+    """Finder that wraps the loader of ``anomalib.cli.cli`` to import the plugin after it."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
         if fullname != TRIGGER:
@@ -42,11 +44,11 @@ class _AfterAnomalibModels(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Register the finder once, unless disabled or anomalib.models is already imported."""
+    """Register the finder once, unless disabled or anomalib's CLI is already imported."""
     if os.environ.get("ANOMALIB_DIFFAD_AUTOLOAD", "1") == "0" or TRIGGER in sys.modules:
         return
-    if not any(isinstance(finder, _AfterAnomalibModels) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _AfterAnomalibModels())
+    if not any(isinstance(finder, _AfterAnomalibCli) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterAnomalibCli())
 
 
 install()

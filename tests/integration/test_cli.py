@@ -102,3 +102,17 @@ def test_autoload_hook_imports_nothing_heavy() -> None:
     code = "import sys; print('anomalib_diffad_autoload' in sys.modules, 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "False"]
+
+
+def test_autoload_hook_loads_plugin_with_the_cli_without_warnings() -> None:
+    """Importing anomalib's CLI (after anomalib.data, as scripts often do) loads the plugin cleanly."""
+    code = (
+        "import sys, warnings; warnings.simplefilter('error', UserWarning)\n"
+        "from anomalib.data import MVTecAD\n"
+        "import anomalib.cli.cli\n"
+        "import anomalib.models, anomalib.data\n"
+        "print('anomalib_diffad' in sys.modules, anomalib.models.DiffAD.__name__, anomalib.data.MVTec.__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-3:] == ["True", "DiffAD", "MVTec"]
