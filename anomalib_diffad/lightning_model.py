@@ -23,6 +23,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+import numpy as np
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch, InferenceBatch
@@ -47,6 +48,14 @@ def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
         return (image_size, image_size)
     height, width = image_size
     return (int(height), int(width))
+
+
+TRAIN_SEED_KEY = "diffad_train_seed"
+
+
+def epoch_seed(train_seed: int, step: int, rank: int) -> int:
+    """Seed of the global torch RNG for the epoch that starts at optimizer step ``step`` on one rank."""
+    return int(np.random.SeedSequence([train_seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -228,10 +237,43 @@ class DiffAD(AnomalibModule):
             )
         return {"loss": losses["loss"]}
 
-    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:  # noqa: ANN401
-        """Update the EMA weights after each optimizer step."""
-        del outputs, batch, batch_idx
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """Step the optimizer, then update the EMA weights.
+
+        Here rather than in ``on_train_batch_end``: Lightning runs callbacks' ``on_train_batch_end`` (where
+        ``ModelCheckpoint(every_n_train_steps=...)`` saves) before the module's, so a checkpoint would hold an
+        EMA one update behind the weights; it also updates once per optimizer step under gradient accumulation.
+        """
+        super().optimizer_step(*args, **kwargs)
         self.model.update_ema(self.ema_decay)
+
+    def on_fit_start(self) -> None:
+        """Draw the run's training seed (from the global RNG, so ``seed_everything`` controls it) once."""
+        if getattr(self, "_train_seed", None) is None:
+            self._train_seed = int(torch.empty((), dtype=torch.int64).random_()) & (2**62 - 1)
+
+    def on_train_epoch_start(self) -> None:
+        """Reseed torch's global RNG from (training seed, global step, rank).
+
+        Timesteps, noise, random crops and the shuffling order of the epoch all draw from it, so an epoch's
+        randomness does not depend on what ran before it (a crashed run resumed from an epoch-boundary
+        checkpoint ends bit-identical to an uninterrupted one). Lightning neither saves nor restores RNG
+        states, and its resume path iterates the dataloaders a different number of times. Checkpoints
+        written inside an epoch (``every_n_train_steps``) resume without this hook and are not replayed exactly.
+        """
+        torch.manual_seed(epoch_seed(self._train_seed, self.global_step, self.global_rank))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the training seed with the checkpoint."""
+        super().on_save_checkpoint(checkpoint)
+        if getattr(self, "_train_seed", None) is not None:
+            checkpoint[TRAIN_SEED_KEY] = self._train_seed
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume with the training seed of the checkpointed run."""
+        super().on_load_checkpoint(checkpoint)
+        if TRAIN_SEED_KEY in checkpoint:
+            self._train_seed = int(checkpoint[TRAIN_SEED_KEY])
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score validation images with the EMA weights."""
