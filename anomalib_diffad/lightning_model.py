@@ -36,6 +36,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_diffad.backbone import load_pretrained_weights
+from anomalib_diffad.data.checks import check_datamodule
 from anomalib_diffad.loss import DiffADLoss
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.torch_model import DiffADModel
@@ -248,7 +249,13 @@ class DiffAD(AnomalibModule):
         self.model.update_ema(self.ema_decay)
 
     def on_fit_start(self) -> None:
-        """Draw the run's training seed (from the global RNG, so ``seed_everything`` controls it) once."""
+        """Check the datamodule's files (errors name the file); draw the run's training seed once.
+
+        The seed comes from the global RNG, so ``seed_everything`` controls it.
+        """
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            check_datamodule(datamodule)
         if getattr(self, "_train_seed", None) is None:
             self._train_seed = int(torch.empty((), dtype=torch.int64).random_()) & (2**62 - 1)
 

@@ -1,0 +1,158 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Bad input files: each is either handled by anomalib's loading (converted or resized) or stopped before
+training by :func:`anomalib_diffad.data.checks.check_datamodule` with an error that names the file; and
+scoring is bit-identical across processes."""
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import Folder, MVTecAD
+from anomalib.engine import Engine
+from PIL import Image
+
+from anomalib_diffad import DiffAD
+from anomalib_diffad.data.checks import check_datamodule
+
+FIRST = Path("train") / "good" / "000.png"
+
+
+def _copy(dataset_root: Path, tmp_path: Path, edit: Callable[[Path], None]) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(dataset_root, root)
+    edit(root / "brick")
+    return root
+
+
+def _mvtec(root: Path) -> MVTecAD:
+    datamodule = MVTecAD(root=root, category="brick", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    datamodule.setup()
+    return datamodule
+
+
+def _first_train_image(datamodule: MVTecAD, name: str) -> torch.Tensor:
+    datamodule.train_data.augmentations = None
+    (index,) = np.flatnonzero(datamodule.train_data.samples["image_path"].str.endswith(name))
+    return datamodule.train_data[int(index)].image
+
+
+def _rewrite(path: Path, convert: Callable[[Image.Image], Image.Image]) -> None:
+    with Image.open(path) as image:
+        converted = convert(image.convert("RGB"))
+    converted.save(path)
+
+
+def test_truncated_image_is_named(dataset_root: Path, tmp_path: Path) -> None:
+    """anomalib's error is ``OSError: image file is truncated`` without a path; the check names the file."""
+    root = _copy(dataset_root, tmp_path, lambda r: (r / FIRST).write_bytes((r / FIRST).read_bytes()[:300]))
+    with pytest.raises(ValueError, match=r"Cannot read image file .*train/good/000\.png: image file is truncated"):
+        check_datamodule(_mvtec(root))
+
+
+def test_corrupt_image_is_named(dataset_root: Path, tmp_path: Path) -> None:
+    """A file that is not an image at all: the error names it."""
+    root = _copy(dataset_root, tmp_path, lambda r: (r / FIRST).write_bytes(b"not an image"))
+    with pytest.raises(ValueError, match=r"Cannot read image file .*train/good/000\.png"):
+        check_datamodule(_mvtec(root))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_grayscale_rgba_and_palette_images_are_converted(mode: str, dataset_root: Path, tmp_path: Path) -> None:
+    """Grayscale, RGBA and palette images pass the check and load as 3-channel images in [0, 1]."""
+    root = _copy(dataset_root, tmp_path, lambda r: _rewrite(r / FIRST, lambda image: image.convert(mode)))
+    datamodule = _mvtec(root)
+    check_datamodule(datamodule)
+    image = _first_train_image(datamodule, "000.png")
+    assert image.shape == (3, 64, 64)
+    assert 0.0 <= image.min() <= image.max() <= 1.0
+    if mode == "L":
+        torch.testing.assert_close(image[0], image[1], rtol=0, atol=0)
+
+
+def test_16_bit_image_is_named(dataset_root: Path, tmp_path: Path) -> None:
+    """anomalib clips a 16-bit PNG to 8 bits (almost all white); the check stops with the file's name."""
+
+    def to_16_bit(category: Path) -> None:
+        with Image.open(category / FIRST) as image:
+            pixels = np.asarray(image.convert("L")).astype(np.uint16) * 257
+        Image.fromarray(pixels).save(category / FIRST)
+
+    root = _copy(dataset_root, tmp_path, to_16_bit)
+    datamodule = _mvtec(root)
+    assert _first_train_image(datamodule, "000.png").mean() > 0.95  # what anomalib alone would train on
+    with pytest.raises(ValueError, match=r"Image .*train/good/000\.png has 'I;16' pixels"):
+        check_datamodule(datamodule)
+
+
+def test_non_finite_float_tiff_is_named(dataset_root: Path, tmp_path: Path) -> None:
+    """A float TIFF with a NaN pixel (``Folder`` reads ``.tiff``; anomalib would turn it into 0)."""
+
+    def nan_tiff(category: Path) -> None:
+        with Image.open(category / FIRST) as image:
+            pixels = np.asarray(image.convert("L")).astype(np.float32) / 255.0
+        pixels[5, 7] = np.nan
+        (category / FIRST).unlink()
+        Image.fromarray(pixels, mode="F").save(category / "train" / "good" / "000.tiff")
+
+    root = _copy(dataset_root, tmp_path, nan_tiff)
+    datamodule = Folder(name="nan", root=root / "brick", normal_dir="train/good", num_workers=0)
+    datamodule.setup()
+    with pytest.raises(ValueError, match=r"Image .*train/good/000\.tiff has non-finite pixel values"):
+        check_datamodule(datamodule)
+
+
+def test_mixed_image_sizes_are_resized(dataset_root: Path, tmp_path: Path) -> None:
+    """Images of another size in the same folder pass the check; the model's Resize makes them batchable."""
+    root = _copy(dataset_root, tmp_path, lambda r: _rewrite(r / FIRST, lambda image: image.resize((96, 50))))
+    datamodule = _mvtec(root)
+    check_datamodule(datamodule)
+    datamodule.train_data.augmentations = DiffAD.configure_pre_processor(64).transform.transforms[0]
+    images = [datamodule.train_data[index].image for index in range(len(datamodule.train_data))]
+    assert {tuple(image.shape) for image in images} == {(3, 64, 64)}
+
+
+@pytest.mark.parametrize("missing", [False, True], ids=["empty", "missing"])
+def test_empty_or_missing_train_folder_is_named(missing: bool, dataset_root: Path, tmp_path: Path) -> None:
+    """anomalib sets up an empty training set silently; the check names the folder."""
+
+    def empty(category: Path) -> None:
+        if missing:
+            shutil.rmtree(category / "train")
+        else:
+            for path in (category / "train" / "good").iterdir():
+                path.unlink()
+
+    root = _copy(dataset_root, tmp_path, empty)
+    datamodule = _mvtec(root)
+    assert len(datamodule.train_data) == 0
+    with pytest.raises(ValueError, match=r"The training set is empty: no images found in .*brick/train/good"):
+        check_datamodule(datamodule)
+
+
+def test_mask_of_other_aspect_ratio_is_named(dataset_root: Path, tmp_path: Path) -> None:
+    """A mask whose aspect ratio differs from its image's would be stretched onto it: the error names both;
+    a mask of another size with the same aspect ratio is resized with its image and passes."""
+    masks = sorted((dataset_root / "brick" / "ground_truth").rglob("*.png"))
+    relative = masks[0].relative_to(dataset_root / "brick")
+    root = _copy(dataset_root, tmp_path, lambda r: _rewrite(r / relative, lambda mask: mask.resize((32, 32))))
+    check_datamodule(_mvtec(root))
+    _rewrite(root / "brick" / relative, lambda mask: mask.resize((48, 32)))
+    with pytest.raises(ValueError, match=rf"Mask .*{relative.name} is 48x32 but its image .* is 64x64"):
+        check_datamodule(_mvtec(root))
+
+
+def test_fit_runs_the_check(dataset_root: Path, tiny_model_args: dict, tmp_path: Path) -> None:
+    """``Engine.fit`` stops before the first step with the check's error (DiffAD.on_fit_start)."""
+    root = _copy(dataset_root, tmp_path, lambda r: (r / FIRST).write_bytes((r / FIRST).read_bytes()[:300]))
+    engine = Engine(logger=False, default_root_dir=tmp_path, max_steps=1, accelerator="cpu", devices=1)
+    model = DiffAD(**(tiny_model_args | {"pretrained_weights": None}))
+    datamodule = MVTecAD(root=root, category="brick", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    with pytest.raises(ValueError, match=r"train/good/000\.png"):
+        engine.fit(model=model, datamodule=datamodule)
+    assert model.global_step == 0
