@@ -4,6 +4,7 @@
 training by :func:`anomalib_diffad.data.checks.check_datamodule` with an error that names the file; and
 scoring is bit-identical across processes."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from anomalib.data import Folder, MVTecAD
 from anomalib.engine import Engine
 from PIL import Image
@@ -156,3 +158,40 @@ def test_fit_runs_the_check(dataset_root: Path, tiny_model_args: dict, tmp_path:
     with pytest.raises(ValueError, match=r"train/good/000\.png"):
         engine.fit(model=model, datamodule=datamodule)
     assert model.global_step == 0
+
+
+SCORE_IN_SUBPROCESS = """
+import sys, torch, yaml
+from anomalib_diffad import DiffAD
+from anomalib.data.utils import read_image
+args, state, image, out, seed = sys.argv[1:]
+torch.manual_seed(int(seed))  # scoring must not depend on the global RNG
+model = DiffAD(**yaml.safe_load(args))
+model.load_state_dict(torch.load(state, weights_only=True))
+batch = read_image(image, as_tensor=True).unsqueeze(0)
+with torch.no_grad():
+    result = model.eval()(batch)
+torch.save({"pred_score": result.pred_score, "anomaly_map": result.anomaly_map}, out)
+"""
+
+
+def test_scoring_is_bit_identical_across_processes(dataset_root: Path, tiny_model_args: dict, tmp_path: Path) -> None:
+    """The same weights and image give bit-identical scores and maps in two fresh Python processes (with
+    different global seeds and hash seeds), through the exported ``forward`` path."""
+    args = tiny_model_args | {"pretrained_weights": None}
+    torch.manual_seed(0)
+    model = DiffAD(**args)
+    state = tmp_path / "state.pt"
+    torch.save(model.state_dict(), state)
+    image = sorted((dataset_root / "brick" / "test").rglob("*.png"))[-1]
+    outputs = []
+    for run in range(2):
+        out = tmp_path / f"out{run}.pt"
+        env = os.environ | {"PYTHONHASHSEED": str(run)}
+        command = [sys.executable, "-c", SCORE_IN_SUBPROCESS, yaml.safe_dump(args), str(state), str(image), str(out)]
+        result = subprocess.run([*command, str(run)], env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(torch.load(out, weights_only=True))
+    for key in ("pred_score", "anomaly_map"):
+        assert torch.isfinite(outputs[0][key]).all(), key
+        torch.testing.assert_close(outputs[0][key], outputs[1][key], rtol=0, atol=0, msg=key)
