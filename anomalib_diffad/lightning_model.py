@@ -39,6 +39,7 @@ from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.data.checks import check_datamodule
 from anomalib_diffad.loss import DiffADLoss
 from anomalib_diffad.post_processor import DiffADPostProcessor
+from anomalib_diffad.reconstruction import GradientDenoising, ReconstructionPrior, gradient_denoise
 from anomalib_diffad.torch_model import DiffADModel
 
 logger = logging.getLogger(__name__)
@@ -287,6 +288,38 @@ class DiffAD(AnomalibModule):
         del args, kwargs
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
+
+    def reconstruct(
+        self,
+        images: torch.Tensor,
+        return_steps: bool = False,
+        *,
+        prior: ReconstructionPrior,
+        config: GradientDenoising | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Gradient-denoising reconstruction (paper Algorithm 1) of pre-processed ``[-1, 1]`` images.
+
+        Runs on the EMA weights, in batches, on the images' device; usable inside ``no_grad`` and predict.
+
+        Args:
+            images: Images ``(N, 3, H, W)`` as the model sees them (after the pre-processor).
+            return_steps: Also return the intermediate images ``(S, N, 3, H, W)``.
+            prior: Gaussian of normal features, from
+                :func:`~anomalib_diffad.reconstruction.fit_reconstruction_prior`.
+            config: Step size and counts (default: the official code's).
+
+        Returns:
+            The reconstructions, or ``(reconstructions, steps)`` when ``return_steps``.
+        """
+        output = gradient_denoise(
+            images,
+            prior,
+            self.model.ema_denoiser,
+            self.model.schedule,
+            config,
+            return_steps=return_steps,
+        )
+        return (output.reconstruction, output.steps) if return_steps else output.reconstruction
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW on the denoiser with a linear learning-rate decay to zero."""

@@ -1,0 +1,378 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Gradient denoising (the paper's Algorithm 1): reconstruct a defect-free version of an image.
+
+A PaDiM Gaussian ``N(mu_p, Sigma_p)`` per feature position is fitted on normal training images. The image
+is then pushed down the Mahalanobis loss ``L = sum_p sqrt((f_p(x) - mu_p)^T Sigma_p^-1 (f_p(x) - mu_p))``: each
+gradient ``g = -grad_x L``, normalised to unit standard deviation, is treated as diffusion noise, so one step
+``x <- sqrt(1 - s^2) x + s g`` is a forward-diffusion step of variance ``s^2``. Every ``N_d`` steps one
+reverse step of the EMA denoiser removes that "noise" again. Defective regions, whose features are far from
+the Gaussian, receive the largest gradients and are redrawn; normal regions are left nearly untouched.
+
+It is a visualisation tool (paper Fig. 7); DiffAD's anomaly scores do not use it. The official code runs
+100 rounds of 5 gradient steps (``s = 0.02``) and one posterior-mean step at ``t = 8`` of its 250-step
+respaced chain (``t = 32`` of the 1000-step chain, stride 4); those are the defaults of
+:class:`GradientDenoising`.
+
+Example:
+    >>> import torch
+    >>> from anomalib_diffad.reconstruction import unit_variance_step
+    >>> x, g = torch.randn(100_000), torch.randn(100_000)
+    >>> round(unit_variance_step(x, g, 0.5).std().item(), 1)
+    1.0
+"""
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from anomalib.models.components import TimmFeatureExtractor
+from anomalib.models.image.padim.torch_model import PadimModel
+from torch import nn
+
+from anomalib_diffad.backbone import load_pretrained_weights
+from anomalib_diffad.diffusion import DiffusionSchedule, predict_x0_from_eps
+from anomalib_diffad.torch_model import IMAGENET_MEAN, IMAGENET_STD, DiffADModel
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- #
+# Equations
+# --------------------------------------------------------------------------- #
+def squared_mahalanobis(embedding: torch.Tensor, mean: torch.Tensor, inv_covariance: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distance of every feature position to its own Gaussian (PaDiM Eq. 2, squared).
+
+    Args:
+        embedding: Features ``(N, C, H, W)``.
+        mean: Per-position means ``(C, H * W)`` (anomalib's ``MultiVariateGaussian.mean``).
+        inv_covariance: Per-position inverse covariances ``(H * W, C, C)``.
+
+    Returns:
+        ``(f - mu)^T Sigma^-1 (f - mu)`` per position, ``(N, 1, H, W)``; differentiable in ``embedding``.
+    """
+    batch, channels, height, width = embedding.shape
+    delta = embedding.reshape(batch, channels, height * width) - mean
+    distance = torch.einsum("ncp,pcd,ndp->np", delta, inv_covariance, delta)
+    return distance.reshape(batch, 1, height, width)
+
+
+def mahalanobis_loss(squared_distance: torch.Tensor, squared: bool = True, eps: float = 1e-12) -> torch.Tensor:
+    """Per-image mean over positions of the Mahalanobis loss ``(N,)``.
+
+    Args:
+        squared_distance: Squared distances ``(N, 1, h, w)`` from :func:`squared_mahalanobis`.
+        squared: ``True``: the paper's ``(f - mu)^T Sigma^-1 (f - mu)``, whose gradient grows with the distance,
+            so the most anomalous positions dominate. ``False``: the official code's unsquared distance (the
+            PaDiM map), whose gradient has about the same size at every position.
+        eps: Keeps the square root differentiable at 0.
+    """
+    distance = squared_distance if squared else squared_distance.clamp(min=0).add(eps).sqrt()
+    return distance.flatten(1).mean(dim=1)
+
+
+def normalize_per_image(grad: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Divide each image's gradient by its standard deviation over all pixels and channels (unit variance)."""
+    std = grad.flatten(1).std(dim=1).view(-1, *([1] * (grad.ndim - 1)))
+    return grad / (std + eps)
+
+
+def unit_variance_step(x: torch.Tensor, g: torch.Tensor, step_size: float) -> torch.Tensor:
+    """Algorithm 1's update ``x <- sqrt(1 - s^2) x + s g``: a forward-diffusion step with ``beta = s^2``.
+
+    For independent unit-variance ``x`` and ``g`` the result has unit variance again.
+    """
+    return math.sqrt(1.0 - step_size**2) * x + step_size * g
+
+
+def strided_posterior_mean(
+    schedule: DiffusionSchedule,
+    x0: torch.Tensor,
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    stride: int,
+) -> torch.Tensor:
+    """Mean of ``q(x_{t-k} | x_t, x_0)`` for a stride ``k`` (DDPM Eq. 7 between non-adjacent steps).
+
+    ``mean = sqrt(abar_s) (1 - abar_t / abar_s) / (1 - abar_t) x_0``
+    ``+ sqrt(abar_t / abar_s) (1 - abar_s) / (1 - abar_t) x_t`` with ``s = t - k``; ``k = 1`` is :func:`~anomalib_diffad.diffusion.q_posterior_mean`, and ``k > t`` (``abar_s = 1``)
+    returns ``x_0``. A stride of 4 is one step of the official code's 250-step respaced chain.
+    """
+    # float64 from the betas: in float32, 1 - abar_t / abar_s loses most of its digits at small t.
+    alphas_cumprod = torch.cumprod(1.0 - schedule.betas.detach().cpu().double(), dim=0)
+    t_cpu = t.detach().cpu()
+    s = t_cpu - stride
+    abar_t = alphas_cumprod[t_cpu]
+    abar_s = torch.where(s >= 0, alphas_cumprod[s.clamp(min=0)], torch.ones_like(abar_t))
+    coef_x0 = abar_s.sqrt() * (1.0 - abar_t / abar_s) / (1.0 - abar_t)
+    coef_xt = (abar_t / abar_s).sqrt() * (1.0 - abar_s) / (1.0 - abar_t)
+    shape = (t.shape[0], *([1] * (xt.ndim - 1)))
+    coef_x0 = coef_x0.to(device=xt.device, dtype=xt.dtype).reshape(shape)
+    coef_xt = coef_xt.to(device=xt.device, dtype=xt.dtype).reshape(shape)
+    return coef_x0 * x0 + coef_xt * xt
+
+
+def denoise_step(
+    denoiser: nn.Module,
+    schedule: DiffusionSchedule,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    stride: int,
+    class_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One reverse step without sampling noise: ``x`` read as ``x_t``, mapped to ``E[x_{t-k} | x_t, x0_theta]``.
+
+    ``x0_theta`` is the denoiser's clipped ``x_0`` prediction (as in ``p_mean_variance``).
+    """
+    prediction = denoiser(x, t, class_labels)
+    x0 = predict_x0_from_eps(schedule, x, t, prediction.eps, clip=True)
+    return strided_posterior_mean(schedule, x0, x, t, stride)
+
+
+# --------------------------------------------------------------------------- #
+# The Gaussian prior
+# --------------------------------------------------------------------------- #
+class ReconstructionPrior(nn.Module):
+    """PaDiM's per-position Gaussian of normal features: the target distribution of gradient denoising.
+
+    The feature extractor, random channel subset and ``MultiVariateGaussian`` are anomalib's
+    :class:`~anomalib.models.image.padim.torch_model.PadimModel`; the Gaussian is stored in its buffers
+    (``padim.gaussian.mean`` / ``inv_covariance``), so ``state_dict()`` saves and restores a fitted prior.
+    Nothing is loaded in ``__init__``: fill the backbone with :meth:`copy_backbone` or
+    :meth:`load_pretrained_backbone`, then call :meth:`fit` (or use :func:`fit_reconstruction_prior`).
+
+    Args:
+        backbone: timm backbone (paper: ``wide_resnet50_2``).
+        layers: Backbone layers, highest resolution first; embeddings live at the first layer's resolution
+            (paper: ``layer1``-``layer3``, 1/4 resolution).
+        n_features: Size of the random channel subset (paper: 500 of 1792).
+        seed: Seed of the channel subset.
+
+    Example:
+        >>> import torch
+        >>> prior = ReconstructionPrior(layers=("blocks.1", "blocks.2"), n_features=16)
+        >>> prior.fit([torch.rand(4, 3, 32, 32) * 2 - 1])
+        >>> prior.distance(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: Iterable[str] = ("blocks.1", "blocks.2", "blocks.4"),
+        n_features: int = 100,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.padim = PadimModel(backbone=backbone, layers=list(layers), pre_trained=False, n_features=n_features)
+        generator = torch.Generator().manual_seed(seed)
+        self.padim.idx.copy_(torch.randperm(self.padim.n_features_original, generator=generator)[:n_features])
+        self.padim.feature_extractor.requires_grad_(False)
+        self.register_buffer("imagenet_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("imagenet_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` has filled the Gaussian."""
+        return self.padim.gaussian.mean.numel() > 0
+
+    def copy_backbone(self, extractor: TimmFeatureExtractor) -> None:
+        """Copy the weights of another extractor of the same backbone (e.g. DiffAD's own, no I/O)."""
+        if str(extractor.backbone) != str(self.padim.backbone):
+            msg = f"Cannot copy '{extractor.backbone}' weights into a '{self.padim.backbone}' prior."
+            raise ValueError(msg)
+        source = extractor.feature_extractor.state_dict()
+        target = self.padim.feature_extractor.feature_extractor
+        missing = [name for name in target.state_dict() if name not in source]
+        if missing:
+            msg = f"The source extractor lacks {missing[:3]} ...; use load_pretrained_backbone instead."
+            raise ValueError(msg)
+        target.load_state_dict({name: source[name] for name in target.state_dict()})
+
+    def load_pretrained_backbone(self, pretrained_weights: str | None = "auto") -> None:
+        """Load pretrained weights with :func:`anomalib_diffad.backbone.load_pretrained_weights`."""
+        load_pretrained_weights(self.padim.feature_extractor, pretrained_weights)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """PaDiM embedding ``(N, n_features, h, w)`` of ``[-1, 1]`` images; differentiable in ``images``.
+
+        The timm network is called directly: ``TimmFeatureExtractor.forward`` runs under ``no_grad``.
+        """
+        network = self.padim.feature_extractor.feature_extractor.eval()
+        normalized = ((images + 1.0) / 2.0 - self.imagenet_mean) / self.imagenet_std
+        features = dict(zip(self.padim.layers, network(normalized), strict=True))
+        return self.padim.generate_embedding(features)
+
+    def distance(self, images: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance ``(N, 1, h, w)`` of every position of ``[-1, 1]`` images."""
+        if not self.fitted:
+            msg = "The reconstruction prior is not fitted: call fit() (or fit_reconstruction_prior) first."
+            raise RuntimeError(msg)
+        gaussian = self.padim.gaussian
+        return squared_mahalanobis(self.embed(images), gaussian.mean, gaussian.inv_covariance)
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[torch.Tensor]) -> None:
+        """Fit the per-position Gaussian (PaDiM's covariance, ``+0.01 I``) on batches of normal ``[-1, 1]`` images."""
+        self.padim.memory_bank = [self.embed(images) for images in batches]
+        self.padim.fit()
+
+
+# --------------------------------------------------------------------------- #
+# Algorithm 1
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class GradientDenoising:
+    """Settings of Algorithm 1 (defaults: the official code).
+
+    Args:
+        step_size: ``s``, the standard deviation of each gradient "noise" step (paper: 0.02).
+        denoise_every: ``N_d``, gradient steps between two denoising steps (paper: 5).
+        num_denoise_steps: Denoising steps; the run makes ``num_denoise_steps * denoise_every`` gradient steps
+            (code: 100, i.e. 500 gradient steps).
+        denoise_timestep: Timestep ``t`` at which the image is read as ``x_t`` (code: 8 of 250, i.e. 32).
+        denoise_stride: The reverse step goes from ``t`` to ``t - denoise_stride`` (code: 4; a stride above
+            ``denoise_timestep`` jumps to the predicted ``x_0``).
+        capture_every: With ``return_steps``, record the image after every this many denoising steps.
+        squared_loss: Descend the squared Mahalanobis distance (paper) instead of the distance (official
+            code); see :func:`mahalanobis_loss`.
+    """
+
+    step_size: float = 0.02
+    denoise_every: int = 5
+    num_denoise_steps: int = 100
+    denoise_timestep: int = 32
+    denoise_stride: int = 4
+    capture_every: int = 10
+    squared_loss: bool = True
+
+    def __post_init__(self) -> None:
+        """Reject settings that cannot run."""
+        if not 0.0 < self.step_size < 1.0:
+            msg = f"step_size must lie in (0, 1), got {self.step_size}."
+            raise ValueError(msg)
+        for name in ("denoise_every", "num_denoise_steps", "denoise_stride", "capture_every"):
+            if getattr(self, name) < 1:
+                msg = f"{name} must be at least 1, got {getattr(self, name)}."
+                raise ValueError(msg)
+
+
+class Reconstruction(NamedTuple):
+    """Output of :func:`gradient_denoise`."""
+
+    reconstruction: torch.Tensor
+    """Reconstructed images ``(N, 3, H, W)`` in (about) ``[-1, 1]``."""
+    steps: torch.Tensor | None
+    """With ``return_steps``: ``(S, N, 3, H, W)``, the input, every ``capture_every``-th denoised image and
+    the final one; otherwise ``None``."""
+
+
+def prior_gradient(prior: ReconstructionPrior, x: torch.Tensor, squared: bool = True) -> torch.Tensor:
+    """``g = -grad_x L`` of the Mahalanobis loss, normalised to unit standard deviation per image."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        # Sum over images: each image gets the gradient of its own loss.
+        loss = mahalanobis_loss(prior.distance(x), squared=squared).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+    return normalize_per_image(-grad)
+
+
+def gradient_denoise(
+    images: torch.Tensor,
+    prior: ReconstructionPrior,
+    denoiser: nn.Module,
+    schedule: DiffusionSchedule,
+    config: GradientDenoising | None = None,
+    class_labels: torch.Tensor | None = None,
+    return_steps: bool = False,
+) -> Reconstruction:
+    """Run Algorithm 1 on a batch of pre-processed ``[-1, 1]`` images.
+
+    Works under ``torch.no_grad``/``inference_mode`` (e.g. in Lightning's predict loop) and on any device:
+    the prior follows the images' device.
+
+    Args:
+        images: Images ``(N, 3, H, W)`` in ``[-1, 1]``.
+        prior: A fitted :class:`ReconstructionPrior`.
+        denoiser: Denoiser returning ``DenoiserOutput`` (use DiffAD's ``ema_denoiser``).
+        schedule: The diffusion schedule the denoiser was trained with.
+        config: Step size and counts (default: :class:`GradientDenoising`'s).
+        class_labels: Class labels for a class-conditional denoiser.
+        return_steps: Also return intermediate images.
+
+    Returns:
+        The reconstructions and, on request, the intermediate steps.
+    """
+    config = config or GradientDenoising()
+    if config.denoise_timestep >= schedule.num_timesteps:
+        msg = f"denoise_timestep {config.denoise_timestep} must be below {schedule.num_timesteps}."
+        raise ValueError(msg)
+    prior.to(images.device)
+    with torch.inference_mode(False), torch.no_grad():
+        x = images.detach().clone()
+        labels = None if class_labels is None else class_labels.clone()
+        t = torch.full((x.shape[0],), config.denoise_timestep, device=x.device, dtype=torch.long)
+        steps = [x] if return_steps else []
+        for index in range(1, config.num_denoise_steps + 1):
+            for _ in range(config.denoise_every):
+                x = unit_variance_step(x, prior_gradient(prior, x, config.squared_loss), config.step_size)
+            x = denoise_step(denoiser, schedule, x, t, config.denoise_stride, labels)
+            if return_steps and (index % config.capture_every == 0 or index == config.num_denoise_steps):
+                steps.append(x)
+    return Reconstruction(reconstruction=x, steps=torch.stack(steps) if return_steps else None)
+
+
+def _batch_images(batch: Any) -> torch.Tensor:  # noqa: ANN401
+    return batch.image if hasattr(batch, "image") else batch[0] if isinstance(batch, list | tuple) else batch
+
+
+def fit_reconstruction_prior(
+    model: nn.Module,
+    dataloader: Iterable[Any],
+    backbone: str | None = None,
+    layers: Iterable[str] = ("blocks.1", "blocks.2", "blocks.4"),
+    n_features: int = 100,
+    pretrained_weights: str | None = "auto",
+    seed: int = 0,
+    max_batches: int | None = None,
+) -> ReconstructionPrior:
+    """Fit a :class:`ReconstructionPrior` on the normal images of ``dataloader`` for a DiffAD model.
+
+    Args:
+        model: A ``DiffAD`` Lightning module (its pre-processor is applied to the batches) or a
+            :class:`~anomalib_diffad.torch_model.DiffADModel` (batches must already be in ``[-1, 1]``).
+        dataloader: Batches of training images: anomalib ``Batch`` objects, ``(images, ...)`` tuples or tensors.
+        backbone: Backbone of the prior; ``None`` uses the model's own (weights copied, no I/O).
+        layers: Backbone layers of the embedding, highest resolution first.
+        n_features: Channels kept by PaDiM's random subset.
+        pretrained_weights: Weight source for a backbone other than the model's (see
+            :mod:`anomalib_diffad.backbone`).
+        seed: Seed of the channel subset.
+        max_batches: Use at most this many batches (``None``: all).
+
+    Returns:
+        The fitted prior, on the model's device.
+    """
+    torch_model: DiffADModel = getattr(model, "model", model)
+    transform = getattr(getattr(model, "pre_processor", None), "transform", None)
+    own_backbone = str(torch_model.feature_extractor.backbone)
+    prior = ReconstructionPrior(backbone or own_backbone, layers, n_features, seed)
+    if backbone is None or backbone == own_backbone:
+        prior.copy_backbone(torch_model.feature_extractor)
+    else:
+        prior.load_pretrained_backbone(pretrained_weights)
+    device = next(torch_model.parameters()).device
+    prior.to(device)
+
+    def batches() -> Iterable[torch.Tensor]:
+        for index, batch in enumerate(dataloader):
+            if max_batches is not None and index >= max_batches:
+                return
+            images = _batch_images(batch).to(device)
+            yield transform(images) if transform else images
+
+    prior.fit(batches())
+    return prior

@@ -1,0 +1,282 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Gradient denoising (Algorithm 1): the equations, the loop, the DiffAD API, the panels and the callback."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from anomalib.models.image.padim.anomaly_map import AnomalyMapGenerator as PadimMapGenerator
+from PIL import Image
+
+from anomalib_diffad import DiffAD, DiffADModel
+from anomalib_diffad.data.textures import DEFECT_TYPES, make_defect_sample
+from anomalib_diffad.diffusion import DiffusionSchedule, q_posterior_mean
+from anomalib_diffad.reconstruction import (
+    GradientDenoising,
+    ReconstructionPrior,
+    fit_reconstruction_prior,
+    gradient_denoise,
+    mahalanobis_loss,
+    normalize_per_image,
+    prior_gradient,
+    squared_mahalanobis,
+    strided_posterior_mean,
+    unit_variance_step,
+)
+from anomalib_diffad.visualization import ReconstructionPanels, diffad_maps, write_reconstruction_panel
+from tests.helpers.presets import TINY_MODEL_ARGS
+
+# Integration threshold: mean |reconstruction - input| inside the defect masks over the mean outside, pooled
+# over one sample of each of the four defect types. Observed 2.0-2.3 with the fixture below (25 epochs of the
+# tiny preset on 8 images); the per-defect minimum (the thin scratch) was 1.6.
+POOLED_CHANGE_RATIO = 1.5
+PER_DEFECT_CHANGE_RATIO = 1.2
+
+
+def _random_gaussian(channels: int, positions: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.randn(channels, positions, generator=generator, dtype=torch.float64)
+    factors = torch.randn(positions, channels, channels, generator=generator, dtype=torch.float64)
+    covariance = factors @ factors.transpose(1, 2) + 0.5 * torch.eye(channels, dtype=torch.float64)
+    return mean, covariance
+
+
+# --------------------------------------------------------------------------- #
+# Equations
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("step_size", [0.02, 0.3, 0.9])
+def test_unit_variance_step_keeps_unit_variance(step_size: float) -> None:
+    """``sqrt(1 - s^2) x + s g`` of independent unit-variance x and g has unit variance."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1_000_000, generator=generator, dtype=torch.float64)
+    g = torch.randn(1_000_000, generator=generator, dtype=torch.float64)
+    assert unit_variance_step(x, g, step_size).var().item() == pytest.approx(1.0, abs=5e-3)
+    ones = torch.ones(3)
+    expected = math.sqrt(1 - step_size**2) + step_size
+    torch.testing.assert_close(unit_variance_step(ones, ones, step_size), torch.full((3,), expected))
+
+
+def test_squared_mahalanobis_matches_closed_form() -> None:
+    """Per-position ``(f - mu)^T Sigma^-1 (f - mu)`` equals a solve-based closed form and PaDiM's distance^2."""
+    generator = torch.Generator().manual_seed(1)
+    batch, channels, height, width = 2, 5, 3, 4
+    mean, covariance = _random_gaussian(channels, height * width, generator)
+    embedding = torch.randn(batch, channels, height, width, generator=generator, dtype=torch.float64)
+    distance = squared_mahalanobis(embedding, mean, torch.linalg.inv(covariance))
+    assert distance.shape == (batch, 1, height, width)
+    vectors = embedding.reshape(batch, channels, -1)
+    for n in range(batch):
+        for p in range(height * width):
+            delta = vectors[n, :, p] - mean[:, p]
+            expected = delta @ torch.linalg.solve(covariance[p], delta)
+            assert distance[n, 0].reshape(-1)[p].item() == pytest.approx(expected.item(), rel=1e-9)
+    padim = PadimMapGenerator.compute_distance(embedding, [mean, torch.linalg.inv(covariance)]) ** 2
+    torch.testing.assert_close(distance, padim)
+    identity = torch.eye(channels, dtype=torch.float64).expand(height * width, -1, -1)
+    euclidean = ((vectors - mean) ** 2).sum(1).reshape(batch, 1, height, width)
+    torch.testing.assert_close(squared_mahalanobis(embedding, mean, identity), euclidean)
+
+
+def test_mahalanobis_loss_squared_and_unsquared() -> None:
+    """The loss averages d^2 (paper) or d (official code) over positions, per image."""
+    squared = torch.tensor([[[[4.0, 16.0]]], [[[1.0, 9.0]]]])
+    torch.testing.assert_close(mahalanobis_loss(squared), torch.tensor([10.0, 5.0]))
+    torch.testing.assert_close(mahalanobis_loss(squared, squared=False), torch.tensor([3.0, 2.0]))
+
+
+def test_normalize_per_image_gives_unit_std_and_is_scale_free() -> None:
+    """Each image's gradient is divided by its own standard deviation."""
+    generator = torch.Generator().manual_seed(2)
+    grad = torch.randn(3, 3, 8, 8, generator=generator) * torch.tensor([1e-6, 1.0, 1e3]).view(3, 1, 1, 1)
+    normalized = normalize_per_image(grad)
+    torch.testing.assert_close(normalized.flatten(1).std(dim=1), torch.ones(3))
+    torch.testing.assert_close(normalize_per_image(grad * 7.0), normalized)
+
+
+def test_strided_posterior_mean_generalizes_the_one_step_posterior() -> None:
+    """Stride 1 is DDPM's posterior mean; a stride past t returns x0; the weights sum like the clean signal."""
+    schedule = DiffusionSchedule(1000)
+    generator = torch.Generator().manual_seed(3)
+    x0, xt = torch.randn(2, 4, 3, 5, 5, generator=generator)
+    t = torch.tensor([1, 32, 400, 999])
+    torch.testing.assert_close(strided_posterior_mean(schedule, x0, xt, t, 1), q_posterior_mean(schedule, x0, xt, t))
+    torch.testing.assert_close(strided_posterior_mean(schedule, x0, xt, t, 1000), x0)
+    # A noise-free x_t = sqrt(abar_t) x0 maps to sqrt(abar_s) x0, the noise-free x_s.
+    abar = schedule.alphas_cumprod
+    clean = abar[t].sqrt().view(-1, 1, 1, 1) * x0
+    expected = abar[t - 4].sqrt().view(-1, 1, 1, 1) * x0
+    torch.testing.assert_close(strided_posterior_mean(schedule, x0, clean, t.clamp(min=4), 4)[1:], expected[1:])
+
+
+def test_config_rejects_impossible_settings() -> None:
+    """Step sizes outside (0, 1) and zero counts are refused."""
+    with pytest.raises(ValueError, match="step_size"):
+        GradientDenoising(step_size=1.0)
+    with pytest.raises(ValueError, match="denoise_every"):
+        GradientDenoising(denoise_every=0)
+
+
+# --------------------------------------------------------------------------- #
+# Prior and loop on random-weight networks
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def random_setup() -> dict:
+    """A random-weight tiny DiffAD torch model and a prior fitted on noise images (32 px)."""
+    torch.manual_seed(0)
+    model = DiffADModel(
+        image_size=(32, 32),
+        block_out_channels=(16, 32),
+        attention_levels=(),
+        norm_num_groups=8,
+        layers=("blocks.0", "blocks.1", "blocks.2"),
+        score_timesteps=(20,),
+    ).eval()
+    prior = ReconstructionPrior(layers=("blocks.1", "blocks.2"), n_features=12)
+    prior.copy_backbone(model.feature_extractor)
+    prior.fit((torch.rand(6, 3, 32, 32) * 2 - 1).split(3))
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    return {"model": model, "prior": prior, "images": images}
+
+
+def test_prior_gradient_descends_the_loss(random_setup: dict) -> None:
+    """A small step along the normalised negative gradient lowers the Mahalanobis loss of every image."""
+    prior, images = random_setup["prior"], random_setup["images"]
+    g = prior_gradient(prior, images)
+    torch.testing.assert_close(g.flatten(1).std(dim=1), torch.ones(2))
+    with torch.no_grad():
+        before = mahalanobis_loss(prior.distance(images))
+        after = mahalanobis_loss(prior.distance(images + 1e-3 * g))
+    assert (after < before).all()
+
+
+def test_prior_state_dict_round_trip(random_setup: dict) -> None:
+    """A saved prior reloads into a fresh one (dynamic Gaussian buffers) and gives the same distances."""
+    prior, images = random_setup["prior"], random_setup["images"]
+    fresh = ReconstructionPrior(layers=("blocks.1", "blocks.2"), n_features=12)
+    assert not fresh.fitted
+    with pytest.raises(RuntimeError, match="not fitted"):
+        fresh.distance(images)
+    fresh.load_state_dict(prior.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.distance(images), prior.distance(images))
+
+
+def test_gradient_denoise_steps_batching_and_inference_mode(random_setup: dict) -> None:
+    """Steps hold the input, every capture and the result; a batch equals its images run one by one; the loop
+    runs under ``inference_mode`` (Lightning's predict)."""
+    model, prior, images = random_setup["model"], random_setup["prior"], random_setup["images"]
+    config = GradientDenoising(num_denoise_steps=5, denoise_every=2, capture_every=2, step_size=0.1)
+    with torch.inference_mode():
+        output = gradient_denoise(images, prior, model.ema_denoiser, model.schedule, config, return_steps=True)
+    assert output.steps.shape == (4, 2, 3, 32, 32)  # input, after denoising steps 2 and 4, final (5)
+    torch.testing.assert_close(output.steps[0], images)
+    torch.testing.assert_close(output.steps[-1], output.reconstruction)
+    assert not torch.equal(output.reconstruction, images)
+    single = gradient_denoise(images[1:], prior, model.ema_denoiser, model.schedule, config).reconstruction
+    torch.testing.assert_close(single, output.reconstruction[1:], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gradient_denoise_on_gpu_matches_cpu(random_setup: dict) -> None:
+    """The loop is device-agnostic: on CUDA it reproduces the CPU result."""
+    model, prior, images = random_setup["model"], random_setup["prior"], random_setup["images"]
+    config = GradientDenoising(num_denoise_steps=2, denoise_every=2)
+    cpu = gradient_denoise(images, prior, model.ema_denoiser, model.schedule, config).reconstruction
+    model.cuda()
+    try:
+        gpu = gradient_denoise(images.cuda(), prior, model.ema_denoiser, model.schedule, config).reconstruction
+    finally:
+        model.cpu()
+        prior.cpu()
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- #
+# Integration: a fitted tiny DiffAD on the synthetic textures
+# --------------------------------------------------------------------------- #
+def _datamodule(root: Path) -> MVTecAD:
+    return MVTecAD(root=root, category="brick", train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny preset trained 25 epochs (50 steps) on 8 brick images, and its reconstruction prior."""
+    torch.manual_seed(0)
+    root_dir = tmp_path_factory.mktemp("reconstruction")
+    model = DiffAD(**(TINY_MODEL_ARGS | {"lr": 2e-3}))
+    engine = Engine(
+        logger=False,
+        default_root_dir=root_dir,
+        max_epochs=25,
+        check_val_every_n_epoch=25,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+    )
+    datamodule = _datamodule(dataset_root)
+    engine.fit(model=model, datamodule=datamodule)
+    model.eval()
+    prior = fit_reconstruction_prior(model, datamodule.train_dataloader(), n_features=60)
+    return {"model": model, "prior": prior, "engine": engine, "root_dir": root_dir}
+
+
+def _defect_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    images, masks = [], []
+    for defect in DEFECT_TYPES:
+        _, image, mask = make_defect_sample("brick", defect, image_size=64, seed=11, index=0)
+        images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0)
+        masks.append(torch.from_numpy(mask > 0))
+    return torch.stack(images), torch.stack(masks)
+
+
+def test_reconstruction_changes_defects_more_than_normal_pixels(fitted: dict) -> None:
+    """Algorithm 1 moves the pixels inside synthetic defects much more than the normal pixels."""
+    images, masks = _defect_batch()
+    model, prior = fitted["model"], fitted["prior"]
+    reconstruction = model.reconstruct(images, prior=prior, config=GradientDenoising(num_denoise_steps=10))
+    change = (reconstruction - images).abs().mean(dim=1)
+    ratios = [(change[i][masks[i]].mean() / change[i][~masks[i]].mean()).item() for i in range(len(images))]
+    pooled = (change[masks].mean() / change[~masks].mean()).item()
+    per_defect = {name: round(ratio, 2) for name, ratio in zip(DEFECT_TYPES, ratios, strict=True)}
+    print(f"change ratio inside/outside: pooled {pooled:.2f}, per defect {per_defect}")  # noqa: T201
+    assert pooled > POOLED_CHANGE_RATIO
+    assert min(ratios) > PER_DEFECT_CHANGE_RATIO
+
+
+def test_reconstruct_api_and_panel(fitted: dict, tmp_path: Path) -> None:
+    """``DiffAD.reconstruct`` returns steps on request; the panel shows maps, mask and the strip of steps."""
+    images, masks = _defect_batch()
+    model, prior = fitted["model"], fitted["prior"]
+    config = GradientDenoising(num_denoise_steps=2, capture_every=1)
+    reconstruction, steps = model.reconstruct(images[:2], return_steps=True, prior=prior, config=config)
+    assert reconstruction.shape == (2, 3, 64, 64)
+    assert steps.shape == (3, 2, 3, 64, 64)
+    maps = diffad_maps(model.model, images[:2])
+    assert {name: tuple(value.shape) for name, value in maps.items()} == dict.fromkeys(maps, (2, 1, 64, 64))
+    args = (images[0], reconstruction[0], maps["kl"][0], maps["feature"][0], maps["fused"][0])
+    plain = write_reconstruction_panel(tmp_path / "plain.png", *args)
+    full = write_reconstruction_panel(tmp_path / "full.png", *args, gt_mask=masks[0], steps=steps[:, 0], title="t")
+    with Image.open(plain) as small, Image.open(full) as large:
+        assert large.size[0] > small.size[0]  # one more column (ground truth)
+        assert large.size[1] > small.size[1]  # the strip of steps
+        assert np.asarray(large.convert("L")).std() > 0
+
+
+def test_callback_writes_panels_during_predict(fitted: dict, dataset_root: Path, tmp_path: Path) -> None:
+    """``ReconstructionPanels`` fits and saves the prior, then writes one panel per image up to ``max_images``."""
+    callback = ReconstructionPanels(output_dir=tmp_path, n_features=20, num_denoise_steps=1, max_images=3)
+    engine = Engine(
+        logger=False,
+        default_root_dir=fitted["root_dir"],
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        callbacks=[callback],
+    )
+    engine.predict(model=fitted["model"], datamodule=_datamodule(dataset_root))
+    assert (tmp_path / "reconstruction_prior.pt").is_file()
+    assert len(list(tmp_path.rglob("*.png"))) == 3
