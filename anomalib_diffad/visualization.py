@@ -104,7 +104,7 @@ def write_reconstruction_panel(
     strip = [] if steps is None else list(steps)
     width = max(len(columns), len(strip))
     rows = 2 if strip else 1
-    figure, axes = plt.subplots(rows, width, figsize=(2.2 * width, 2.4 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, width, figsize=(2.2 * width, 2.6 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, (name, values, style) in zip(axes[0], columns, strict=False):
