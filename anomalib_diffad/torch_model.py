@@ -191,6 +191,7 @@ class DiffADModel(nn.Module):
         self.train_crop_size = train_crop_size
         self.schedule = DiffusionSchedule(num_timesteps)
         self.feature_extractor = TimmFeatureExtractor(backbone=backbone, layers=layers, pre_trained=False)
+        self.feature_extractor.requires_grad_(False)  # frozen; DDP rejects trainable parameters without gradients
         denoiser_args = {
             "block_out_channels": tuple(block_out_channels),
             "layers_per_block": layers_per_block,
@@ -230,7 +231,10 @@ class DiffADModel(nn.Module):
 
     @torch.no_grad()
     def fit_feature_statistics(self, batches: Iterable[torch.Tensor]) -> None:
-        """Per-channel mean and standard deviation of the target features over ``[-1, 1]`` image batches."""
+        """Per-channel mean and standard deviation of the target features over ``[-1, 1]`` image batches.
+
+        Under ``torch.distributed`` the sums are all-reduced: every rank gets the statistics of all ranks' images.
+        """
         standardize, self.standardize_features = self.standardize_features, False
         total, total_sq, count = 0.0, 0.0, 0
         for images in batches:
@@ -239,6 +243,15 @@ class DiffADModel(nn.Module):
             total_sq = total_sq + (features**2).sum(dim=(0, 2, 3))
             count += features.numel() // features.shape[1]
         self.standardize_features = standardize
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # each rank saw its shard of the training set: sum over all ranks so every rank gets the same statistics
+            channels = self.feature_channel_mean.shape[1]
+            sums = torch.zeros(2 * channels + 1, dtype=torch.float64, device=self.feature_channel_mean.device)
+            if count:
+                sums[:channels], sums[channels:-1] = total, total_sq
+            sums[-1] = count
+            torch.distributed.all_reduce(sums)
+            total, total_sq, count = sums[:channels], sums[channels:-1], int(sums[-1].item())
         if count == 0:
             msg = "Cannot fit feature statistics: no training images."
             raise ValueError(msg)

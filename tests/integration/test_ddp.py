@@ -1,0 +1,99 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Multi-process training: ``strategy="ddp"`` (gloo) with two CPU processes, against a single-process run.
+
+Lightning's ``ddp`` strategy starts the other ranks by re-running the launching script, so the DDP run is a
+script of its own started in a subprocess (re-running pytest in each rank would be fragile). It takes about a
+minute and a half on two cores (two extra Python processes that each import anomalib); ``-k "not ddp"``
+skips it.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+
+from anomalib_diffad import DiffAD
+
+LOSS_TOLERANCE = 0.5
+"""Relative tolerance of the DDP loss against the single-process loss. The loss is a one-sample Monte-Carlo
+estimate over random timesteps and noise, and the ranks see other images and noise than the single process,
+so only its magnitude can match; at initialization both are dominated by the epsilon MSE (~1)."""
+
+DDP_SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+
+from anomalib_diffad import DiffAD
+
+root, args, out = Path(sys.argv[1]), yaml.safe_load(sys.argv[2]), Path(sys.argv[3])
+seed_everything(0)
+model = DiffAD(**args)
+engine = Engine(logger=False, default_root_dir=out, max_steps=2, accelerator="cpu", devices=2, strategy="ddp",
+                enable_progress_bar=False)
+engine.fit(model=model, datamodule=MVTecAD(root=root, category="brick", train_batch_size=2, eval_batch_size=2,
+                                           num_workers=0))
+stats = model.model
+torch.save({
+    "mean": stats.feature_channel_mean, "std": stats.feature_channel_std,
+    "loss": float(engine.trainer.callback_metrics["train_loss_epoch"]),
+    "ema_updates": int(stats.ema_updates), "world_size": engine.trainer.world_size,
+    "denoiser": torch.nn.utils.parameters_to_vector(stats.denoiser.parameters()),
+}, out / f"rank{engine.trainer.global_rank}.pt")
+"""
+
+
+def _single_process(dataset_root: Path, args: dict, root_dir: Path) -> dict:
+    seed_everything(0)
+    model = DiffAD(**args)
+    engine = Engine(logger=False, default_root_dir=root_dir, max_steps=2, accelerator="cpu", devices=1)
+    datamodule = MVTecAD(root=dataset_root, category="brick", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    engine.fit(model=model, datamodule=datamodule)
+    return {
+        "mean": model.model.feature_channel_mean,
+        "std": model.model.feature_channel_std,
+        "loss": float(engine.trainer.callback_metrics["train_loss_epoch"]),
+    }
+
+
+def test_ddp_two_cpu_processes(dataset_root: Path, tiny_model_args: dict, tmp_path: Path) -> None:
+    """Two gloo ranks finish, hold identical feature statistics and weights, and match the single process:
+    the statistics of the same eight images within float32 rounding, the loss within ``LOSS_TOLERANCE``."""
+    import yaml
+
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, str(script), str(dataset_root), yaml.safe_dump(tiny_model_args), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    assert [rank["world_size"] for rank in ranks] == [2, 2]
+    assert [rank["ema_updates"] for rank in ranks] == [2, 2]
+    for key in ("mean", "std", "denoiser"):
+        torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=0, atol=0, msg=key)
+
+    single = _single_process(dataset_root, tiny_model_args, tmp_path / "single")
+    for key in ("mean", "std"):  # 4 images per rank, all 8 in the single process; float64 sums in another order
+        torch.testing.assert_close(ranks[0][key], single[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert abs(ranks[0]["loss"] - single["loss"]) <= LOSS_TOLERANCE * single["loss"], (ranks[0]["loss"], single)
