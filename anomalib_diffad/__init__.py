@@ -5,6 +5,8 @@
 import anomalib.data
 import anomalib.models
 
+from anomalib_diffad.baselines import BudgetDraem
+from anomalib_diffad.compat import patch_benchmark_collect
 from anomalib_diffad.datamodules import MVTec
 from anomalib_diffad.lightning_model import DiffAD
 from anomalib_diffad.torch_model import DiffADModel
@@ -12,7 +14,9 @@ from anomalib_diffad.torch_model import DiffADModel
 # anomalib's name-based resolvers (``get_model``, ``get_datamodule``, used by ``anomalib benchmark``) look
 # names up as attributes of these packages; register ours there too.
 anomalib.models.DiffAD = DiffAD
+anomalib.models.BudgetDraem = BudgetDraem
 if not hasattr(anomalib.data, "MVTec"):
     anomalib.data.MVTec = MVTec
+patch_benchmark_collect()
 
-__all__ = ["DiffAD", "DiffADModel", "MVTec"]
+__all__ = ["BudgetDraem", "DiffAD", "DiffADModel", "MVTec"]

