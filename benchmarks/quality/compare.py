@@ -192,8 +192,9 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
         logger=False,
         default_root_dir=work,
         callbacks=[recorder],
-        accelerator="cpu",
+        accelerator=args.accelerator,
         devices=1,
+        precision=args.precision,
         enable_progress_bar=False,
         **(
             {"max_steps": args.max_steps if name == "diffad" else -1, "max_epochs": -1,
@@ -248,6 +249,8 @@ def main() -> None:
     parser.add_argument("--draem-minutes", type=float, default=None, help="DRAEM's cap (default: --max-minutes)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (gpu: benchmarks/gpu)")
+    parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 16-mixed on a GPU")
     parser.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip DiffAD's scoring ablation")
     parser.add_argument("--force", action="store_true", help="rerun models whose JSON exists")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality" / "results")
