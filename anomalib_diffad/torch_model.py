@@ -308,7 +308,9 @@ class DiffADModel(nn.Module):
         batch, _, height, width = images.shape
         steps = len(indices)
         x0 = images.repeat(steps, 1, 1, 1)
-        t = torch.tensor([self.score_timesteps[i] for i in indices], device=images.device).repeat_interleave(batch)
+        # expand + reshape rather than repeat_interleave(batch), which torch.export fixes to the example batch
+        timesteps = torch.tensor([self.score_timesteps[i] for i in indices], device=images.device)
+        t = timesteps[:, None].expand(steps, batch).reshape(-1)
         noise = self.scoring_noise(indices, batch, height, width).to(images.dtype)
         xt = q_sample(self.schedule, x0, t, noise)
         labels = None if class_labels is None else class_labels.repeat(steps)

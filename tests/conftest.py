@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Shared fixtures: a tiny texture dataset in MVTec AD layout and the tiny DiffAD preset."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from anomalib_diffad.data import generate_texture_dataset
 from tests.helpers.presets import TINY_MODEL_ARGS
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # CI: 2 cores; 1 when sharing them
 
 
 @pytest.fixture(scope="session")

@@ -151,6 +151,23 @@ def _assert_parity(inferencer: OpenVINOInferencer | TorchInferencer, predictions
             np.testing.assert_array_equal(decision[decided], reference_decision[decided], err_msg=f"{decision_key} {path}")
 
 
+def _assert_batched_parity(path: Path, predictions: dict) -> None:
+    """The IR's dynamic batch: all images in one call give each image's own outputs (a batch once collapsed
+    to its first image, because ``repeat_interleave`` fixed the timestep vector to the example batch)."""
+    import openvino as ov
+
+    model = ov.Core().compile_model(path, "CPU")
+    paths = sorted(predictions)
+    images = np.concatenate([OpenVINOInferencer.pre_process(read_image(p, as_tensor=False)) for p in paths])
+    outputs = model(images)
+    by_name = {output.get_any_name(): outputs[output] for output in model.outputs}
+    assert by_name["anomaly_map"].shape[0] == len(paths)
+    for index, image_path in enumerate(paths):
+        for key in ("pred_score", "anomaly_map"):
+            difference = np.abs(_flat(by_name[key][index]) - _flat(predictions[image_path][key])).max()
+            assert difference <= PARITY_TOLERANCE, (key, image_path, difference)
+
+
 @pytest.mark.parametrize("export_type", [ExportType.TORCH, ExportType.ONNX, ExportType.OPENVINO])
 def test_export_parity(
     export_type: ExportType,
@@ -175,6 +192,7 @@ def test_export_parity(
         _assert_parity(TorchInferencer(path, device="cpu"), predictions)
     elif export_type == ExportType.OPENVINO:
         _assert_parity(OpenVINOInferencer(path, device="CPU"), predictions)
+        _assert_batched_parity(path, predictions)
     else:
         _assert_parity(OnnxOutputsByName(path), predictions)
 
