@@ -4,7 +4,8 @@
 PatchCore and DRAEM; DiffAD's FLOPs per image against the measured matmul peak; and, given a trained DiffAD
 checkpoint and its data, how much each export precision changes the outputs and the metrics.
 
-Every measurement runs in its own process (``--worker``), so each peak RSS is its own. Writes
+Every measurement runs in its own process (``--worker``), so each peak RSS is its own; torch and OpenVINO use
+the same number of threads (``OMP_NUM_THREADS``, default: the cores). Writes
 ``<out>/speed.json``, ``speed.csv`` and ``speed.png``.
 
 Example (the checkpoint: any DiffAD trained at 128 px on the built-in brick, e.g. by ``scripts/demo.sh``):
@@ -26,26 +27,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from cpu_costs import matmul_gflops, median_seconds  # same folder: the script's directory is on sys.path
 
 REPO = Path(__file__).resolve().parents[2]
 OV_VARIANTS = ("openvino_fp32", "openvino_fp16", "openvino_int8", "openvino_int8_ptq")
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def matmul_gflops(size: int = 2048) -> float:
-    """Measured fp32 matrix-multiply throughput in GFLOP/s (the practical compute peak)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    return 2 * size**3 / median_seconds(lambda: a @ b, 5) / 1e9
 
 
 def datamodule(args: argparse.Namespace, size: int):  # noqa: ANN201
@@ -103,7 +88,7 @@ def openvino_runner(model, variant: str, args: argparse.Namespace, size: int) ->
         tempfile.mkdtemp(), input_size=(size, size), compression_type=compression,
         datamodule=datamodule(args, size) if needs_data else None,
     )
-    compiled = ov.Core().compile_model(xml, "CPU")
+    compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
     names = [output.get_any_name() for output in compiled.outputs]
 
     def run(images: torch.Tensor) -> dict:
@@ -161,7 +146,7 @@ def worker(args: argparse.Namespace) -> dict:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(one)
         record["gflop_per_image"] = round(counter.get_total_flops() / 1e9, 2)
-    if args.model == "diffad" and args.ckpt and args.data_root:
+    if args.model == "diffad" and args.ckpt and args.data_root and size == args.quality_size:
         found = quality(run, args, size)
         record |= {key: value for key, value in found.items() if not key.startswith("_")}
         torch.save({"scores": found["_scores"], "maps": found["_maps"]}, Path(args.scratch) / f"{args.variant}_{size}.pt")
@@ -203,6 +188,7 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, help="MVTec-layout root for PatchCore's memory bank, INT8 calibration, metrics")
     parser.add_argument("--category", default="brick")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--quality-size", type=int, default=128, help="size at which --ckpt's metrics are compared")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8, help="batch for the throughput figure")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "speed" / "results")
