@@ -154,6 +154,13 @@ def worker(args: argparse.Namespace) -> dict:
     return record
 
 
+def worker_args(args: argparse.Namespace) -> list[str]:
+    """The options a measurement process needs."""
+    options = ["--category", args.category, "--quality-size", str(args.quality_size), "--repeats", str(args.repeats), "--batch", str(args.batch)]
+    options += ["--ckpt", str(args.ckpt)] if args.ckpt else []
+    return options + (["--data-root", str(args.data_root)] if args.data_root else [])
+
+
 def compare_outputs(rows: list[dict], scratch: Path) -> None:
     """Max |difference| of each DiffAD variant's normalized score and map against torch eager."""
     for row in rows:
@@ -191,31 +198,42 @@ def main() -> None:
     parser.add_argument("--quality-size", type=int, default=128, help="size at which --ckpt's metrics are compared")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8, help="batch for the throughput figure")
+    parser.add_argument("--skip", nargs="*", default=[], help="measurements to leave out, as variant@size")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of speed_rows.jsonl and its --scratch")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "speed" / "results")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help="folder for the outputs compared between variants (default: a new one)")
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(args)))
         return
 
-    scratch = Path(tempfile.mkdtemp(prefix="speed_"))
+    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="speed_"))
     plan = [("diffad", variant) for variant in ("torch_eager", *OV_VARIANTS)] + [("patchcore", "torch_eager"), ("draem", "torch_eager")]
-    rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "speed_rows.jsonl"  # one line per finished measurement: an interrupted run resumes
+    rows = [json.loads(line) for line in partial.read_text().splitlines()] if args.resume and partial.exists() else []
+    done_keys = {(row["model"], row["variant"], row["image_size"]) for row in rows}
+    if not args.resume:
+        partial.unlink(missing_ok=True)
     for size in args.sizes:
         for model, variant in plan:
             if variant == "openvino_int8_ptq" and not args.data_root or model == "patchcore" and not args.data_root:
                 continue
-            command = [sys.executable, *sys.argv, "--worker", "--model", model, "--variant", variant, "--size", str(size), "--scratch", str(scratch)]
+            if (model, variant, size) in done_keys or f"{variant}@{size}" in args.skip:
+                continue
+            command = [sys.executable, __file__, *worker_args(args), "--worker", "--model", model, "--variant", variant, "--size", str(size), "--scratch", str(scratch)]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode or not lines:
                 print(f"FAILED {model} {variant} {size}px:\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(lines[-1].removeprefix("RESULT ")))
+            with partial.open("a") as file:
+                file.write(json.dumps(rows[-1]) + "\n")
             print(rows[-1], flush=True)
     compare_outputs(rows, scratch)
     peak = matmul_gflops()
