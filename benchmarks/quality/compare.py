@@ -160,10 +160,11 @@ def build_model(name: str, args: argparse.Namespace, work: Path) -> tuple[torch.
         model = Patchcore(
             backbone=LITE0,
             layers=layers,
+            coreset_sampling_ratio=args.coreset_ratio,
             pre_processor=Patchcore.configure_pre_processor(image_size=size),
             evaluator=DiffAD.configure_evaluator(),
         )
-        return model, {"backbone": f"{LITE0} (ImageNet)", "layers": list(layers), "coreset_sampling_ratio": 0.1}
+        return model, {"backbone": f"{LITE0} (ImageNet)", "layers": list(layers), "coreset_sampling_ratio": args.coreset_ratio}
     from anomalib.models import Draem
 
     source = work / "empty_anomaly_source"
@@ -248,6 +249,10 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=40.0, help="training wall-time cap of DiffAD")
     parser.add_argument("--draem-minutes", type=float, default=None, help="DRAEM's cap (default: --max-minutes)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--coreset-ratio", type=float, default=0.1,
+        help="PatchCore's coreset sampling ratio (anomalib's default 0.1; its greedy selection is slow on a CPU)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (gpu: benchmarks/gpu)")
     parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 16-mixed on a GPU")
