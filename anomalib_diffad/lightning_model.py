@@ -21,12 +21,12 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch, InferenceBatch
+from anomalib.data import AnomalibDataModule, Batch, InferenceBatch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
@@ -42,6 +42,9 @@ from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.reconstruction import GradientDenoising, ReconstructionPrior, gradient_denoise
 from anomalib_diffad.torch_model import DiffADModel
 
+if TYPE_CHECKING:
+    import openvino
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,6 +56,8 @@ def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 TRAIN_SEED_KEY = "diffad_train_seed"
+QUANTIZED_OP_TYPES = frozenset({"Convolution", "GroupConvolution", "MatMul"})
+"""OpenVINO operations that INT8 post-training quantization (``CompressionType.INT8_PTQ``) may quantize."""
 
 
 def epoch_seed(train_seed: int, step: int, rank: int) -> int:
@@ -367,12 +372,24 @@ class DiffAD(AnomalibModule):
     ) -> Path:
         """Export to OpenVINO IR, then leave each output tensor with exactly its ``InferenceBatch`` name.
 
+        INT8 post-training quantization requires a calibrated model: OpenVINO's low-precision passes fail to
+        compile a graph whose normalization constants are still NaN.
+
         OpenVINO's constant folding of the post-processor's ``where`` guards merges internal tensor names
         into the outputs; ``OpenVINOInferencer`` takes an arbitrary name of each set, so it could return
         ``where_12`` instead of ``anomaly_map``.
         """
         import openvino as ov  # noqa: PLC0415
+        from anomalib.deploy import CompressionType  # noqa: PLC0415
 
+        quantized = kwargs.get("compression_type") in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}
+        if quantized and bool(torch.isnan(getattr(self.post_processor, "image_min", torch.zeros(()))).any()):
+            msg = (
+                "INT8 post-training quantization needs a calibrated model, and this one has no thresholds or "
+                "normalization statistics yet (they are NaN): export a checkpoint written after validation "
+                "(anomalib train/fit validates at the end), or run `anomalib validate` on it first."
+            )
+            raise ValueError(msg)
         path = super().to_openvino(export_root, model_file_name, input_size, **kwargs)
         model = ov.Core().read_model(path)
         for output in model.outputs:
@@ -386,6 +403,49 @@ class DiffAD(AnomalibModule):
             renamed.replace(path)
             renamed.with_suffix(".bin").replace(path.with_suffix(".bin"))
         return path
+
+    @staticmethod
+    def _post_training_quantization_ov(
+        model: "openvino.Model",
+        datamodule: AnomalibDataModule | None = None,
+    ) -> "openvino.Model":
+        """NNCF INT8 post-training quantization of the convolutions and matrix products only.
+
+        anomalib's version lets NNCF quantize every operation it supports, including the elementwise
+        arithmetic of the reverse-posterior KL (log-variances, squared differences) and of the
+        post-processor's normalization. Here everything but ``Convolution``, ``GroupConvolution`` and
+        ``MatMul`` (nearly all of the compute) stays in floating point. Calibrates on the validation images,
+        as anomalib does.
+
+        Args:
+            model: OpenVINO model of the whole pipeline (pre-processor, model, post-processor).
+            datamodule: Datamodule whose validation images calibrate the activation ranges.
+
+        Returns:
+            The quantized model.
+
+        Raises:
+            ValueError: If ``datamodule`` is missing or has no validation images.
+        """
+        import nncf  # noqa: PLC0415
+
+        if datamodule is None:
+            msg = "INT8_PTQ needs calibration images: pass a datamodule (--data in the CLI)."
+            raise ValueError(msg)
+        datamodule.setup("fit")
+        dataloader = datamodule.val_dataloader()
+        if len(dataloader.dataset) == 0:
+            msg = "INT8_PTQ calibrates on the validation images, and the datamodule has none."
+            raise ValueError(msg)
+        if len(dataloader.dataset) < 300:
+            logger.warning("INT8_PTQ calibrates on %d images; 300 or more are recommended.", len(dataloader.dataset))
+        ignored = sorted({op.get_type_name() for op in model.get_ops()} - QUANTIZED_OP_TYPES)
+        return nncf.quantize(
+            model,
+            nncf.Dataset(dataloader, lambda batch: batch["image"]),
+            subset_size=len(dataloader),
+            ignored_scope=nncf.IgnoredScope(types=ignored, validate=False),
+        )
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

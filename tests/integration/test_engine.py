@@ -10,12 +10,15 @@ import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
-from anomalib.deploy import ExportType, OpenVINOInferencer, TorchInferencer
+from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
+from anomalib_diffad.lightning_model import QUANTIZED_OP_TYPES
 
 PARITY_TOLERANCE = 1e-4
+INT8_MAP_TOLERANCE = 0.05  # mean error of the INT8_PTQ export's normalized maps against the FP32 Lightning path
+INT8_SCORE_TOLERANCE = 0.25  # and of its normalized image scores (see test_int8_post_training_quantization)
 OUTPUTS = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
 
 
@@ -195,6 +198,59 @@ def test_export_parity(
         _assert_batched_parity(path, predictions)
     else:
         _assert_parity(OnnxOutputsByName(path), predictions)
+
+
+def test_int8_post_training_quantization(
+    project: dict,
+    predictions: dict,
+    dataset_root: Path,
+    tiny_model_args: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """INT8_PTQ quantizes only convolutions and matrix products, compiles, and stays close to FP32.
+
+    The tiny model's normalized image scores spread over a small raw range, so their INT8 error is large
+    (0.0-0.4 per image); the maps stay within a few hundredths. benchmarks/speed reports the trained model.
+    """
+    import openvino as ov
+
+    path = _engine(project["root_dir"]).export(
+        model=DiffAD(**tiny_model_args),
+        export_type=ExportType.OPENVINO,
+        export_root=tmp_path,
+        ckpt_path=project["ckpt"],
+        compression_type=CompressionType.INT8_PTQ,
+        datamodule=_datamodule(dataset_root),
+    )
+    model = ov.Core().read_model(path)
+    quantizers = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    consumers = {
+        target.get_node().get_type_name() for op in quantizers for target in op.output(0).get_target_inputs()
+    }
+    assert quantizers
+    assert consumers <= QUANTIZED_OP_TYPES | {"Convert"}, consumers
+    monkeypatch.chdir(tmp_path)
+    inferencer = OpenVINOInferencer(path, device="CPU")
+    score_errors, map_errors, labels, reference_labels = [], [], [], []
+    for image_path, expected in predictions.items():
+        result = inferencer.predict(image_path)
+        score_errors.append(np.abs(_flat(result.pred_score) - _flat(expected["pred_score"])).item())
+        map_errors.append(np.abs(_flat(result.anomaly_map) - _flat(expected["anomaly_map"])).mean())
+        labels.append(bool(_flat(result.pred_label).item()))
+        reference_labels.append(bool(_flat(expected["pred_label"]).item()))
+    errors = f"score errors {np.round(score_errors, 3)}, map errors {np.round(map_errors, 3)}"
+    assert np.mean(map_errors) < INT8_MAP_TOLERANCE, errors
+    assert np.mean(score_errors) < INT8_SCORE_TOLERANCE, errors
+    assert np.mean(np.equal(labels, reference_labels)) >= 0.75, (labels, reference_labels)
+
+
+def test_int8_post_training_quantization_requires_calibration(dataset_root: Path, tiny_model_args: dict) -> None:
+    """An uncalibrated model (NaN thresholds) is refused with a message, before any export work."""
+    with pytest.raises(ValueError, match="needs a calibrated model"):
+        DiffAD(**tiny_model_args).to_openvino(
+            "unused", compression_type=CompressionType.INT8_PTQ, datamodule=_datamodule(dataset_root)
+        )
 
 
 class OnnxOutputsByName:
