@@ -8,35 +8,41 @@ adds a one-shot ``sys.meta_path`` finder that, right after ``anomalib.cli.cli`` 
 executed, imports :mod:`anomalib_diffad`, so that jsonargparse finds ``DiffAD`` among ``AnomalibModule``
 subclasses before it parses. Programs that never run anomalib's CLI pay nothing; Python code imports
 ``anomalib_diffad`` itself. Set ``ANOMALIB_DIFFAD_AUTOLOAD=0`` to disable it.
+
+Only ``os`` and ``sys`` (already loaded by the interpreter) are imported at start-up: the finder is duck-typed
+rather than an ``importlib.abc.MetaPathFinder``, whose import alone pulls in ``pathlib``, ``re`` and
+``tempfile``.
 """
 
-import importlib.abc
-import importlib.machinery
 import os
 import sys
-import warnings
-from types import ModuleType
 
 TRIGGER = "anomalib.cli.cli"
 
 
-class _AfterAnomalibCli(importlib.abc.MetaPathFinder):
-    """Finder that wraps the loader of ``anomalib.cli.cli`` to import the plugin after it."""
+class _AfterAnomalibCli:
+    """Meta-path finder that wraps the loader of ``anomalib.cli.cli`` to import the plugin after it."""
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
+        """Return ``anomalib.cli.cli``'s spec with a loader that imports the plugin after it; ``None`` otherwise."""
+        del target
         if fullname != TRIGGER:
             return None
+        from importlib.machinery import PathFinder  # noqa: PLC0415
+
         sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        spec = PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return spec
         exec_module = spec.loader.exec_module
 
-        def exec_then_load_plugin(module: ModuleType) -> None:
+        def exec_then_load_plugin(module: object) -> None:
             exec_module(module)
             try:
                 import anomalib_diffad  # noqa: F401, PLC0415
             except Exception as error:  # noqa: BLE001 - a broken plugin must never break anomalib itself
+                import warnings  # noqa: PLC0415
+
                 warnings.warn(f"anomalib-diffad could not be loaded: {error!r}", stacklevel=1)
 
         spec.loader.exec_module = exec_then_load_plugin  # type: ignore[method-assign]
