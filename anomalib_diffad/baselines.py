@@ -9,9 +9,14 @@ stays DRAEM's default 256 px. ``BudgetDraem`` is DRAEM unchanged plus ``max_epoc
 """
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from anomalib.metrics import Evaluator
 from anomalib.models import Draem
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
 
 
 class BudgetDraem(Draem):
@@ -21,7 +26,14 @@ class BudgetDraem(Draem):
         max_epochs: Training epochs.
         image_size: Size DRAEM's default pre-processor resizes to (``None``: 256 px); ignored when
             ``pre_processor`` is given.
-        **kwargs: DRAEM's arguments (``dtd_dir``, ``beta``, ``pre_processor``, ...).
+        dtd_dir: Folder of anomaly-source images (``None`` or an empty folder: Perlin noise only).
+        enable_sspcab: Add DRAEM's SSPCAB block.
+        sspcab_lambda: Weight of the SSPCAB loss.
+        beta: Opacity (range) of the synthetic anomalies.
+        pre_processor: Pre-processor, or ``True`` for DRAEM's default at ``image_size``.
+        post_processor: Post-processor, or ``True`` for DRAEM's default.
+        evaluator: Evaluator, or ``True`` for anomalib's default.
+        visualizer: Visualizer, or ``True`` for anomalib's default.
 
     Example:
         >>> import tempfile
@@ -30,11 +42,32 @@ class BudgetDraem(Draem):
         2
     """
 
-    def __init__(self, max_epochs: int = 700, image_size: int | Sequence[int] | None = None, **kwargs: Any) -> None:  # noqa: ANN401
-        if image_size is not None and kwargs.get("pre_processor", True) is True:
+    def __init__(
+        self,
+        max_epochs: int = 700,
+        image_size: int | Sequence[int] | None = None,
+        dtd_dir: Path | str | None = "./datasets/dtd",
+        enable_sspcab: bool = False,
+        sspcab_lambda: float = 0.1,
+        beta: float | tuple[float, float] = (0.1, 1.0),
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if image_size is not None and pre_processor is True:
             size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-            kwargs["pre_processor"] = self.configure_pre_processor(size)
-        super().__init__(**kwargs)
+            pre_processor = self.configure_pre_processor(size)
+        super().__init__(
+            dtd_dir=dtd_dir,
+            enable_sspcab=enable_sspcab,
+            sspcab_lambda=sspcab_lambda,
+            beta=beta,
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
         self.max_epochs = max_epochs
 
     @property
