@@ -211,6 +211,9 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
     if iterative:  # validation was off during training: run it once for calibration and thresholds
         engine.trainer.limit_val_batches = 1.0
         engine.validate(model=model, datamodule=datamodule)
+    calibrated = work / "calibrated.ckpt"  # thresholds and normalization included: export or re-test from it
+    engine.trainer.save_checkpoint(calibrated)
+    print(f"calibrated checkpoint: {calibrated}", flush=True)
     start = time.perf_counter()
     test = engine.test(model=model, datamodule=datamodule)[0]
     test_seconds = time.perf_counter() - start
