@@ -13,19 +13,25 @@ For every test image the script reconstructs the pre-processed image and measure
 and reports ``defect_pixels / normal_pixels``, the selectivity of the reconstruction (the paper's Fig. 7 claim:
 defects are redrawn, normal texture is kept). It writes ``<out>/<category>_reconstruction_change.json`` and
 ``<out>/<category>_reconstruction_grid.png`` (input | DiffAD reconstruction | change | [DRAEM reconstruction |
-change] | mask for the first defective images). When ``--root/--category`` is absent it prints SKIP and exits 0.
+change] | mask for the first defective images; with ``--no-image-panels`` only the change maps and the mask, for
+data whose licence the repository does not take on). When ``--root/--category`` is absent it prints SKIP and
+exits 0.
 
-DiffAD is trained with anomalib's Engine (``--max-steps``) unless ``--ckpt`` gives a trained checkpoint. DRAEM
-(``--draem-steps > 0``, default off) is trained with Perlin-noise anomalies from an empty source folder, as in
-``benchmarks/quality/compare.py``; its reconstructive subnetwork is applied to the ``[0, 1]`` image.
+DiffAD is trained with anomalib's Engine (``--max-steps``) unless ``--ckpt`` gives a trained checkpoint of the
+``--config`` preset. DRAEM is loaded from ``--draem-ckpt`` (e.g. the calibrated checkpoint that
+``benchmarks/quality/compare.py`` prints) or trained for ``--draem-steps`` with Perlin-noise anomalies from an
+empty source folder; its reconstructive subnetwork is applied to the ``[0, 1]`` image.
 
-Example (not run in CI; tens of minutes on a GPU at 256 px):
+Example (MVTec 3D-AD tire (RGB), checkpoints of the quality benchmark; the official code's 100 denoising rounds
+cost about 150 s per 256 px image on one CPU thread, hence fewer here):
     python benchmarks/reconstruction/reconstruction_change.py --root ../shared/data/mvtec3d --category tire \\
-        --image-size 256 --max-steps 2500 --num-denoise-steps 100 --draem-steps 2000 --out results/reconstruction
+        --image-size 256 --ckpt <diffad.ckpt> --draem-ckpt <draem.ckpt> --num-denoise-steps 10 \\
+        --no-image-panels --out benchmarks/reconstruction/results
 """
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -35,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+import yaml
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
@@ -80,59 +87,64 @@ class ChangeMeter:
         }
 
 
-def train_diffad(args: argparse.Namespace, datamodule: MVTecAD, work: Path) -> DiffAD:
-    """Train DiffAD (default preset at ``--image-size``) or load ``--ckpt``."""
-    if args.ckpt:
-        return DiffAD.load_from_checkpoint(args.ckpt, map_location="cpu")
-    model = DiffAD(image_size=args.image_size)
-    engine = Engine(
-        logger=False,
-        default_root_dir=work / "diffad",
-        max_steps=args.max_steps,
-        accelerator=args.accelerator,
-        devices=1,
-        enable_progress_bar=True,
+def fit(model: torch.nn.Module, datamodule: MVTecAD, root: Path, max_steps: int, accelerator: str) -> None:
+    """Train ``model`` for ``max_steps`` with anomalib's Engine (validation at the end calibrates it)."""
+    Engine(logger=False, default_root_dir=root, max_steps=max_steps, accelerator=accelerator, devices=1).fit(
+        model=model,
+        datamodule=datamodule,
     )
-    engine.fit(model=model, datamodule=datamodule)
+
+
+def load_weights(model: torch.nn.Module, ckpt: Path) -> torch.nn.Module:
+    """Load a Lightning checkpoint's weights into ``model`` (anomalib 2.7 checkpoints hold weights only)."""
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
     return model
 
 
-def train_draem(args: argparse.Namespace, datamodule: MVTecAD, work: Path) -> torch.nn.Module | None:
-    """Train DRAEM with Perlin-noise anomalies; return its reconstructive subnetwork (``None`` when off)."""
-    if args.draem_steps <= 0:
+def diffad_model(args: argparse.Namespace, datamodule: MVTecAD, work: Path) -> DiffAD:
+    """DiffAD of the ``--config`` preset at ``--image-size``: ``--ckpt``'s weights, or trained ``--max-steps``."""
+    preset = yaml.safe_load(args.config.read_text())["model"]["init_args"] | {"image_size": args.image_size}
+    model = DiffAD(**preset)
+    if args.ckpt:
+        return load_weights(model, args.ckpt)
+    fit(model, datamodule, work / "diffad", args.max_steps, args.accelerator)
+    return model
+
+
+def draem_reconstructor(args: argparse.Namespace, datamodule: MVTecAD, work: Path) -> torch.nn.Module | None:
+    """DRAEM's reconstructive subnetwork from ``--draem-ckpt`` or ``--draem-steps`` of training (``None``: off)."""
+    if args.draem_ckpt is None and args.draem_steps <= 0:
         return None
     from anomalib.models import Draem  # noqa: PLC0415
 
     source = work / "empty_anomaly_source"
     source.mkdir(exist_ok=True)
     model = Draem(dtd_dir=source, pre_processor=Draem.configure_pre_processor(image_size=(args.image_size,) * 2))
-    engine = Engine(
-        logger=False,
-        default_root_dir=work / "draem",
-        max_steps=args.draem_steps,
-        accelerator=args.accelerator,
-        devices=1,
-    )
-    engine.fit(model=model, datamodule=datamodule)
+    if args.draem_ckpt:
+        load_weights(model, args.draem_ckpt)
+    else:
+        fit(model, datamodule, work / "draem", args.draem_steps, args.accelerator)
     return model.model.reconstructive_subnetwork.eval()
 
 
-def write_grid(rows: list[dict], path: Path) -> None:
-    """One row per image: input, each reconstruction with its change map, and the mask."""
+def write_grid(rows: list[dict], path: Path, image_panels: bool) -> None:
+    """One row per image: input, each reconstruction with its change map, and the mask (only the change maps
+    and the mask without ``image_panels``)."""
     import matplotlib as mpl  # noqa: PLC0415
 
     mpl.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     names = [key for key in ("diffad", "draem") if key in rows[0]]
-    columns = 2 + 2 * len(names)
+    columns = (2 + 2 * len(names)) if image_panels else (1 + len(names))
     figure, axes = plt.subplots(len(rows), columns, figsize=(2.2 * columns, 2.2 * len(rows)), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for row, entry in zip(axes, rows, strict=True):
-        panels = [("input", entry["input"], {})]
+        panels = [("input", entry["input"], {})] if image_panels else []
         for name in names:
-            panels.append((f"{name} reconstruction", entry[name], {}))
+            if image_panels:
+                panels.append((f"{name} reconstruction", entry[name], {}))
             panels.append((f"{name} |change|", entry[f"{name}_change"], {"cmap": "inferno", "vmin": 0, "vmax": 0.5}))
         panels.append(("mask", entry["mask"], {"cmap": "gray", "vmin": 0, "vmax": 1}))
         for axis, (title, values, style) in zip(row, panels, strict=False):
@@ -154,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True, help="MVTec-layout dataset root")
     parser.add_argument("--category", required=True)
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--config", type=Path, default=Path("configs/diffad.yaml"), help="DiffAD preset")
     parser.add_argument("--ckpt", type=Path, default=None, help="trained DiffAD checkpoint (skips training)")
+    parser.add_argument("--draem-ckpt", type=Path, default=None, help="trained DRAEM checkpoint (skips training)")
     parser.add_argument("--max-steps", type=int, default=2500, help="DiffAD training steps")
     parser.add_argument("--draem-steps", type=int, default=0, help="DRAEM training steps (0: no DRAEM)")
     parser.add_argument("--num-denoise-steps", type=int, default=100)
@@ -165,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-image-panels", dest="image_panels", action="store_false",
+        help="grid without input and reconstruction pixels (change maps and masks only)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/reconstruction"))
     args = parser.parse_args(argv)
 
@@ -179,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         category=args.category,
         train_batch_size=args.batch_size,
         eval_batch_size=args.batch_size,
-        num_workers=2,
+        num_workers=0,
+        seed=args.seed,
     )
     started = time.monotonic()
-    model = train_diffad(args, datamodule, work)
-    draem = train_draem(args, datamodule, work)
+    model = diffad_model(args, datamodule, work)
+    draem = draem_reconstructor(args, datamodule, work)
     train_seconds = time.monotonic() - started
     device = torch.device("cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu")
     model = model.to(device).eval()
@@ -233,14 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": round(train_seconds, 1),
         "reconstruct_seconds": round(time.monotonic() - started, 1),
         "device": str(device),
-        "command": " ".join(sys.argv),
+        "command": "python " + shlex.join(sys.argv),
     }
     if "draem" in meters:
-        record["draem"] = {"settings": {"steps": args.draem_steps}, **meters["draem"].summary()}
+        settings = {"checkpoint": args.draem_ckpt.name} if args.draem_ckpt else {"steps": args.draem_steps}
+        record["draem"] = {"settings": settings, **meters["draem"].summary()}
     json_path = args.out / f"{args.category}_reconstruction_change.json"
     json_path.write_text(json.dumps(record, indent=2, default=str))
     if grid:
-        write_grid(grid, args.out / f"{args.category}_reconstruction_grid.png")
+        write_grid(grid, args.out / f"{args.category}_reconstruction_grid.png", args.image_panels)
     print(json.dumps({name: record[name]["ratio_defect_to_normal_pixels"] for name in meters}))  # noqa: T201
     print(f"wrote {json_path}")  # noqa: T201
     return 0
