@@ -96,8 +96,12 @@ def fit(model: torch.nn.Module, datamodule: MVTecAD, root: Path, max_steps: int,
 
 
 def load_weights(model: torch.nn.Module, ckpt: Path) -> torch.nn.Module:
-    """Load a Lightning checkpoint's weights into ``model`` (anomalib 2.7 checkpoints hold weights only)."""
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
+    """Load the torch model's weights (``model.*``) of an anomalib checkpoint into ``model``.
+
+    Only the torch model: the checkpoint's evaluator, post-processor and visualizer may differ from the defaults.
+    """
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    model.model.load_state_dict({key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")})
     return model
 
 
@@ -176,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-size", type=float, default=0.02)
     parser.add_argument("--prior-features", type=int, default=100)
     parser.add_argument("--max-images", type=int, default=None, help="test images to reconstruct (default: all)")
+    parser.add_argument(
+        "--defective-only", action="store_true",
+        help="reconstruct only the defective test images (the defect/normal pixel ratio needs no others)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -226,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         masks = batch.gt_mask.to(device).float().unsqueeze(1) if batch.gt_mask.ndim == 3 else batch.gt_mask.float()
         masks = F.interpolate(masks.to(device), size=size, mode="nearest")[:, 0] > 0.5
         labels = batch.gt_label.to(device)
+        if args.defective_only:
+            keep = labels.bool()
+            if not bool(keep.any()):
+                continue
+            images01, masks, labels = images01[keep], masks[keep], labels[keep]
         outputs = {"diffad": (model.reconstruct(images01 * 2 - 1, prior=prior, config=config) + 1) / 2}
         if draem is not None:
             with torch.no_grad():
