@@ -18,7 +18,7 @@ Example:
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
@@ -39,7 +39,12 @@ from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.data.checks import check_datamodule
 from anomalib_diffad.loss import DiffADLoss
 from anomalib_diffad.post_processor import DiffADPostProcessor
-from anomalib_diffad.reconstruction import GradientDenoising, ReconstructionPrior, gradient_denoise
+from anomalib_diffad.reconstruction import (
+    GradientDenoising,
+    ReconstructionPrior,
+    fit_reconstruction_prior,
+    gradient_denoise,
+)
 from anomalib_diffad.torch_model import DiffADModel
 
 if TYPE_CHECKING:
@@ -299,12 +304,30 @@ class DiffAD(AnomalibModule):
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
 
+    def fit_reconstruction_prior(self, dataloader: Iterable[Any], **kwargs: Any) -> ReconstructionPrior:  # noqa: ANN401
+        """Fit the Gaussian prior of normal features that :meth:`reconstruct` uses, and keep it on the model.
+
+        The prior is not part of the checkpoint or the exported graph: refit it after loading, or save its
+        ``state_dict`` (the ``ReconstructionPanels`` callback does).
+
+        Args:
+            dataloader: Batches of normal training images (e.g. ``datamodule.train_dataloader()``).
+            **kwargs: Options of :func:`~anomalib_diffad.reconstruction.fit_reconstruction_prior` (backbone,
+                layers, ``n_features``, ...).
+
+        Returns:
+            The fitted prior.
+        """
+        prior = fit_reconstruction_prior(self, dataloader, **kwargs)
+        object.__setattr__(self, "reconstruction_prior", prior)  # not a submodule: state_dict and export unchanged
+        return prior
+
     def reconstruct(
         self,
         images: torch.Tensor,
         return_steps: bool = False,
         *,
-        prior: ReconstructionPrior,
+        prior: ReconstructionPrior | None = None,
         config: GradientDenoising | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Gradient-denoising reconstruction (paper Algorithm 1) of pre-processed ``[-1, 1]`` images.
@@ -314,13 +337,22 @@ class DiffAD(AnomalibModule):
         Args:
             images: Images ``(N, 3, H, W)`` as the model sees them (after the pre-processor).
             return_steps: Also return the intermediate images ``(S, N, 3, H, W)``.
-            prior: Gaussian of normal features, from
-                :func:`~anomalib_diffad.reconstruction.fit_reconstruction_prior`.
+            prior: Gaussian of normal features (default: the one :meth:`fit_reconstruction_prior` kept).
             config: Step size and counts (default: the official code's).
 
         Returns:
             The reconstructions, or ``(reconstructions, steps)`` when ``return_steps``.
+
+        Raises:
+            ValueError: If no prior is given and none was fitted.
         """
+        prior = prior if prior is not None else getattr(self, "reconstruction_prior", None)
+        if prior is None:
+            msg = (
+                "No reconstruction prior: call model.fit_reconstruction_prior(datamodule.train_dataloader()) "
+                "once, or pass prior=..."
+            )
+            raise ValueError(msg)
         output = gradient_denoise(
             images,
             prior,

@@ -276,6 +276,30 @@ def test_reconstruct_api_and_panel(fitted: dict, tmp_path: Path) -> None:
         assert np.asarray(large.convert("L")).std() > 0
 
 
+def test_reconstruct_uses_the_prior_kept_on_the_model(fitted: dict, dataset_root: Path) -> None:
+    """``reconstruct(images)`` needs no prior argument once ``fit_reconstruction_prior`` ran; the kept prior is
+    not part of the checkpoint."""
+    images, _ = _defect_batch()
+    config = GradientDenoising(num_denoise_steps=1, denoise_every=1)
+    fresh = DiffAD(**(TINY_MODEL_ARGS | {"lr": 2e-3}))
+    fresh.load_state_dict(fitted["model"].state_dict())
+    fresh.eval()
+    with pytest.raises(ValueError, match="No reconstruction prior"):
+        fresh.reconstruct(images[:1], config=config)
+    keys = set(fresh.state_dict())
+    datamodule = _datamodule(dataset_root)
+    datamodule.setup()
+    prior = fresh.fit_reconstruction_prior(datamodule.train_dataloader(), n_features=60)
+    assert set(fresh.state_dict()) == keys
+    torch.manual_seed(0)
+    kept = fresh.reconstruct(images[:1], config=config)
+    torch.manual_seed(0)
+    torch.testing.assert_close(kept, fresh.reconstruct(images[:1], prior=prior, config=config), rtol=0, atol=0)
+    torch.manual_seed(0)
+    reference = fitted["model"].reconstruct(images[:1], prior=fitted["prior"], config=config)
+    torch.testing.assert_close(kept, reference, rtol=0, atol=1e-3)  # same prior up to summation order
+
+
 def test_callback_writes_panels_during_predict(fitted: dict, dataset_root: Path, tmp_path: Path) -> None:
     """``ReconstructionPanels`` fits and saves the prior, then writes one panel per image up to ``max_images``."""
     callback = ReconstructionPanels(output_dir=tmp_path, n_features=20, num_denoise_steps=1, max_images=3)
