@@ -7,6 +7,7 @@ import anomalib.models
 
 from anomalib_diffad.baselines import BudgetDraem
 from anomalib_diffad.compat import patch_benchmark_collect
+from anomalib_diffad.data.multi import MultiCategory
 from anomalib_diffad.datamodules import MVTec
 from anomalib_diffad.lightning_model import DiffAD
 from anomalib_diffad.torch_model import DiffADModel
@@ -19,4 +20,4 @@ if not hasattr(anomalib.data, "MVTec"):
     anomalib.data.MVTec = MVTec
 patch_benchmark_collect()
 
-__all__ = ["BudgetDraem", "DiffAD", "DiffADModel", "MVTec"]
+__all__ = ["BudgetDraem", "DiffAD", "DiffADModel", "MVTec", "MultiCategory"]

@@ -31,9 +31,13 @@ class AnomalyMapGenerator(nn.Module):
     so ``alpha`` weighs the two cues the same way on every dataset; they start at (0, 1) which reduces to the
     paper's unnormalized sum ``alpha * kl + (1 - alpha) * feat``.
 
+    A unified (class-conditional) model has one set of statistics per category: the buffers then have shape
+    ``(num_classes,)`` and :meth:`forward` picks each image's row by its class label.
+
     Args:
         alpha: Weight of the KL map (paper: 0.5).
         sigma: Standard deviation of the Gaussian smoothing in pixels; 0 disables it (paper: off).
+        num_classes: Categories with their own statistics (``None``: one set, scalar buffers).
 
     Example:
         >>> generator = AnomalyMapGenerator(alpha=0.5)
@@ -41,31 +45,68 @@ class AnomalyMapGenerator(nn.Module):
         torch.Size([1, 1, 8, 8])
     """
 
-    def __init__(self, alpha: float = 0.5, sigma: float = 0.0) -> None:
+    def __init__(self, alpha: float = 0.5, sigma: float = 0.0, num_classes: int | None = None) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             msg = f"alpha must lie in [0, 1], got {alpha}."
             raise ValueError(msg)
         self.alpha = alpha
         self.sigma = sigma
-        self.register_buffer("kl_mean", torch.tensor(0.0))
-        self.register_buffer("kl_std", torch.tensor(1.0))
-        self.register_buffer("feature_mean", torch.tensor(0.0))
-        self.register_buffer("feature_std", torch.tensor(1.0))
+        self.num_classes = num_classes
+        shape = () if num_classes is None else (num_classes,)
+        self.register_buffer("kl_mean", torch.zeros(shape))
+        self.register_buffer("kl_std", torch.ones(shape))
+        self.register_buffer("feature_mean", torch.zeros(shape))
+        self.register_buffer("feature_std", torch.ones(shape))
 
     @torch.no_grad()
-    def calibrate(self, kl_maps: torch.Tensor, feature_maps: torch.Tensor) -> None:
-        """Set the fusion statistics from the maps of anomaly-free images."""
-        kl_maps, feature_maps = kl_maps.double(), feature_maps.double()
-        self.kl_mean.copy_(kl_maps.mean())
-        self.kl_std.copy_(kl_maps.std().clamp(min=MIN_STD))
-        self.feature_mean.copy_(feature_maps.mean())
-        self.feature_std.copy_(feature_maps.std().clamp(min=MIN_STD))
+    def calibrate(
+        self,
+        kl_maps: torch.Tensor,
+        feature_maps: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+    ) -> None:
+        """Set the fusion statistics from the maps of anomaly-free images (per class when ``num_classes``).
 
-    def forward(self, kl_map: torch.Tensor, feature_map: torch.Tensor) -> torch.Tensor:
+        A class without maps keeps its statistics.
+        """
+        kl_maps, feature_maps = kl_maps.double(), feature_maps.double()
+        if self.num_classes is None:
+            groups = [(..., torch.ones(len(kl_maps), dtype=torch.bool))]
+        else:
+            if class_labels is None:
+                msg = f"A generator with num_classes={self.num_classes} calibrates per class: pass class_labels."
+                raise ValueError(msg)
+            groups = [(label, class_labels.cpu() == label) for label in range(self.num_classes)]
+        for index, selected in groups:
+            if not bool(selected.any()):
+                continue
+            kl, feature = kl_maps[selected.to(kl_maps.device)], feature_maps[selected.to(kl_maps.device)]
+            self.kl_mean[index] = kl.mean()
+            self.kl_std[index] = kl.std().clamp(min=MIN_STD)
+            self.feature_mean[index] = feature.mean()
+            self.feature_std[index] = feature.std().clamp(min=MIN_STD)
+
+    def statistics(self, class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """``(kl_mean, kl_std, feature_mean, feature_std)``; per image ``(N, 1, 1, 1)`` for a per-class generator."""
+        values = (self.kl_mean, self.kl_std, self.feature_mean, self.feature_std)
+        if self.num_classes is None:
+            return values
+        if class_labels is None:
+            msg = f"A generator with num_classes={self.num_classes} needs each image's class label."
+            raise ValueError(msg)
+        return tuple(value[class_labels].view(-1, 1, 1, 1) for value in values)
+
+    def forward(
+        self,
+        kl_map: torch.Tensor,
+        feature_map: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Fuse ``(N, 1, H, W)`` KL and feature maps into one ``(N, 1, H, W)`` anomaly map."""
-        kl = (kl_map - self.kl_mean) / self.kl_std
-        feature = (feature_map - self.feature_mean) / self.feature_std
+        kl_mean, kl_std, feature_mean, feature_std = self.statistics(class_labels)
+        kl = (kl_map - kl_mean) / kl_std
+        feature = (feature_map - feature_mean) / feature_std
         fused = self.alpha * kl + (1.0 - self.alpha) * feature
         if self.sigma > 0:
             kernel = 2 * int(4.0 * self.sigma + 0.5) + 1

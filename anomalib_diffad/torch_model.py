@@ -211,7 +211,8 @@ class DiffADModel(nn.Module):
         self.register_buffer("feature_channel_mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("feature_channel_std", torch.ones(1, channels, 1, 1))
         self.register_buffer("feature_statistics_fitted", torch.tensor(False))
-        self.anomaly_map_generator = AnomalyMapGenerator(alpha=alpha, sigma=smoothing_sigma)
+        self.num_classes = num_classes
+        self.anomaly_map_generator = AnomalyMapGenerator(alpha=alpha, sigma=smoothing_sigma, num_classes=num_classes)
         generator = torch.Generator().manual_seed(noise_seed)
         noise = torch.randn(len(self.score_timesteps), 1, 3, *self.image_size, generator=generator)
         self.register_buffer("score_noise", noise, persistent=False)
@@ -322,8 +323,18 @@ class DiffADModel(nn.Module):
         return kl_map, feature_map.view(steps, batch, 1, height, width).mean(dim=0)
 
     def score(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> InferenceBatch:
-        """Anomaly maps and top-k image scores; the component maps are kept for calibration."""
+        """Anomaly maps and top-k image scores; the component maps are kept for calibration.
+
+        A class-conditional model (``num_classes``) needs ``class_labels``: they select the UNet's class
+        embedding and the category's fusion statistics.
+        """
+        if self.num_classes is not None and class_labels is None:
+            msg = (
+                f"This DiffAD is class-conditional (num_classes={self.num_classes}): scoring needs each image's "
+                "category index (class_labels)."
+            )
+            raise ValueError(msg)
         kl_map, feature_map = self.component_scores(images, class_labels)
         self.component_maps = (kl_map.detach(), feature_map.detach())
-        anomaly_map = self.anomaly_map_generator(kl_map, feature_map)
+        anomaly_map = self.anomaly_map_generator(kl_map, feature_map, class_labels)
         return InferenceBatch(pred_score=top_k_mean(anomaly_map, self.top_k), anomaly_map=anomaly_map)

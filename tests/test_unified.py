@@ -1,0 +1,289 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Unified (class-conditional) DiffAD: category labels in batches, per-category calibration, metrics, export."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.deploy import ExportType, OpenVINOInferencer, TorchInferencer
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+
+from anomalib_diffad import DiffAD, MultiCategory
+from anomalib_diffad.anomaly_map import AnomalyMapGenerator
+from anomalib_diffad.data import generate_texture_dataset
+from anomalib_diffad.data.multi import CategoryImageBatch, CategoryImageItem
+from anomalib_diffad.post_processor import DiffADPostProcessor
+from anomalib_diffad.unified import export_per_category, evaluate_per_category
+from tests.helpers.presets import TINY_MODEL_ARGS
+
+NAMES = ("brick", "grass", "gravel")
+PARITY_TOLERANCE = 1e-4
+# the tiny preset, trained on 32 px crops of the 64 px images (4x cheaper steps; scoring sees whole images)
+UNIFIED_ARGS = TINY_MODEL_ARGS | {"categories": NAMES, "train_crop_size": 32, "lr": 2e-3, "ema_decay": 0.95}
+EPOCHS = 60  # 3 steps per epoch: 180 steps
+
+
+@pytest.fixture(scope="module")
+def texture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three built-in texture categories at 64 px: 8 train, 4 good and 4 defect test images each."""
+    return generate_texture_dataset(
+        tmp_path_factory.mktemp("unified_textures"),
+        categories=NAMES,
+        image_size=64,
+        num_train=8,
+        num_test_good=4,
+        num_test_per_defect=1,
+        seed=5,
+    )
+
+
+def _multi(root: Path, names: tuple[str, ...] = NAMES) -> MultiCategory:
+    return MultiCategory(
+        [MVTecAD(root=root, category=name, num_workers=0) for name in names],
+        train_batch_size=8,
+        eval_batch_size=12,
+        num_workers=0,
+    )
+
+
+def _engine(root_dir: Path, epochs: int = EPOCHS) -> Engine:
+    return Engine(
+        logger=False,
+        default_root_dir=root_dir,
+        max_epochs=epochs,
+        check_val_every_n_epoch=epochs,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+    )
+
+
+def _path_category(path: str) -> str:
+    return Path(path).parts[-4]  # <root>/<category>/<split>/<type>/<file>
+
+
+def test_every_batch_carries_its_samples_categories(texture_root: Path) -> None:
+    """Train (shuffled), validation and test batches tag each image with its own category's index."""
+    datamodule = _multi(texture_root)
+    datamodule.setup()
+    assert datamodule.categories == NAMES
+    loaders = {
+        "train": datamodule.train_dataloader(),
+        "val": datamodule.val_dataloader(),
+        "test": datamodule.test_dataloader(),
+    }
+    for split, loader in loaders.items():
+        seen = set()
+        for batch in loader:
+            assert isinstance(batch, CategoryImageBatch), split
+            assert batch.category.dtype == torch.long
+            assert batch.category.tolist() == [NAMES.index(_path_category(p)) for p in batch.image_path], split
+            seen.update(batch.category.tolist())
+        assert seen == {0, 1, 2}, split
+    assert len(datamodule.train_data) == 24
+    assert len(datamodule.test_data) == 24  # 4 good + 4 defects per category
+    item = datamodule.test_data[0]
+    assert isinstance(item, CategoryImageItem)
+    assert type(next(iter(loaders["test"])).to_numpy()).__name__ == "NumpyImageBatch"
+
+
+def test_for_category_keeps_the_index(texture_root: Path) -> None:
+    """A one-category view serves only that category's images, still with its index in the full list."""
+    grass = _multi(texture_root).for_category("grass")
+    grass.setup()
+    assert grass.category == "grass"
+    labels = torch.cat([batch.category for batch in grass.test_dataloader()])
+    assert labels.tolist() == [1] * 8
+
+
+def test_datamodule_errors_are_clear(texture_root: Path) -> None:
+    """Unknown, duplicate or miscounted categories fail with a message naming them."""
+    with pytest.raises(ValueError, match="Unknown category 'tile'"):
+        _multi(texture_root).for_category("tile")
+    with pytest.raises(ValueError, match="unique"):
+        MultiCategory([MVTecAD(root=texture_root, category="brick")] * 2)
+    with pytest.raises(ValueError, match="2 datamodules but 1 category"):
+        MultiCategory([MVTecAD(root=texture_root, category=n) for n in NAMES[:2]], categories=["a"])
+
+
+def test_model_argument_errors_are_clear() -> None:
+    """num_classes smaller than the categories, unknown categories, and selecting on a single model all fail."""
+    with pytest.raises(ValueError, match="num_classes=2 is smaller than the number of categories 3"):
+        DiffAD(**(TINY_MODEL_ARGS | {"num_classes": 2, "categories": NAMES}))
+    unified = DiffAD(**(TINY_MODEL_ARGS | {"categories": NAMES}))
+    assert unified.model.num_classes == 3
+    with pytest.raises(ValueError, match="Unknown category 'tile'"):
+        unified.select_category("tile")
+    with pytest.raises(ValueError, match="out of range"):
+        unified.select_category(3)
+    batch = CategoryImageBatch(image=torch.zeros(2, 3, 64, 64), gt_label=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="carries no category"):
+        unified.class_labels(batch)
+    with pytest.raises(ValueError, match="call select_category"):
+        unified.eval()(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="single-category"):
+        DiffAD(**TINY_MODEL_ARGS).select_category("brick")
+
+
+def test_single_category_model_state_is_unchanged() -> None:
+    """num_classes=None keeps the scalar calibration buffers and adds no per-category state."""
+    model = DiffAD(**TINY_MODEL_ARGS)
+    state = model.state_dict()
+    assert not any("category_" in key for key in state)
+    assert not any("class_embedding" in key for key in state)
+    assert state["model.anomaly_map_generator.kl_mean"].shape == torch.Size([])
+    assert model.class_labels(CategoryImageBatch(image=torch.zeros(1, 3, 8, 8), category=torch.tensor([2]))) is None
+
+
+def test_labels_reach_the_unet_class_embedding() -> None:
+    """Label k selects embedding row k: a different label changes the output, copying row k into row j
+    makes label j give label k's output; training and validation steps pass the batch's categories."""
+    torch.manual_seed(0)
+    model = DiffAD(**(TINY_MODEL_ARGS | {"categories": NAMES}))
+    denoiser = model.model.denoiser
+    xt, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 500])
+    with torch.no_grad():
+        denoiser.unet.class_embedding.weight.normal_()
+        out = {k: denoiser(xt, t, torch.full((2,), k)).eps for k in range(3)}
+        assert (out[0] - out[2]).abs().max() > 1e-3
+        denoiser.unet.class_embedding.weight[0] = denoiser.unet.class_embedding.weight[2]
+        torch.testing.assert_close(denoiser(xt, t, torch.zeros(2, dtype=torch.long)).eps, out[2])
+
+    seen: list[torch.Tensor] = []
+    hooks = [
+        network.unet.class_embedding.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].clone()))
+        for network in (model.model.denoiser, model.model.ema_denoiser)
+    ]
+    batch = CategoryImageBatch(
+        image=torch.zeros(3, 3, 64, 64),
+        gt_label=torch.zeros(3, dtype=torch.long),
+        category=torch.tensor([2, 0, 1]),
+    )
+    model.model.train()
+    model.training_step(batch)
+    model.model.eval()
+    with torch.no_grad():
+        model.validation_step(batch)
+    for hook in hooks:
+        hook.remove()
+    assert seen[0].tolist() == [2, 0, 1]
+    steps = len(model.model.score_timesteps)
+    assert seen[1].tolist() == [2, 0, 1] * steps  # all scoring timesteps in one batched pass
+
+
+def test_per_class_fusion_statistics_select_each_images_row() -> None:
+    """Calibration per class gives each class its own statistics; forward uses each image's own class's."""
+    generator = AnomalyMapGenerator(alpha=0.5, num_classes=3)
+    labels = torch.tensor([0, 0, 2, 2])
+    kl = torch.tensor([1.0, 3.0, 10.0, 14.0]).view(4, 1, 1, 1).expand(4, 1, 2, 2)
+    feature = torch.tensor([0.0, 2.0, 5.0, 5.5]).view(4, 1, 1, 1).expand(4, 1, 2, 2)
+    generator.calibrate(kl, feature, labels)
+    torch.testing.assert_close(generator.kl_mean, torch.tensor([2.0, 0.0, 12.0]))
+    assert generator.kl_std[1] == 1.0  # class 1 had no maps: unchanged
+    fused = generator(kl, feature, labels)
+    # each class's maps sit one (unbiased, 8-pixel) std below and above its own mean in both cues
+    expected = torch.tensor([-1.0, 1.0, -1.0, 1.0]) * (7 / 8) ** 0.5
+    torch.testing.assert_close(fused[:, 0, 0, 0], expected)
+    with pytest.raises(ValueError, match="class label"):
+        generator(kl, feature)
+
+
+def test_post_processor_normalizes_with_each_images_category() -> None:
+    """The same raw score normalizes differently under two categories' thresholds and ranges."""
+    post = DiffADPostProcessor(num_classes=2)
+    post.category_image_threshold.copy_(torch.tensor([1.0, 5.0]))
+    post.category_image_min.copy_(torch.tensor([0.0, 4.0]))
+    post.category_image_max.copy_(torch.tensor([2.0, 6.0]))
+    post.category_pixel_threshold.copy_(torch.tensor([1.0, 5.0]))
+    post.category_pixel_min.copy_(torch.tensor([0.0, 4.0]))
+    post.category_pixel_max.copy_(torch.tensor([2.0, 6.0]))
+    from anomalib.data import InferenceBatch
+
+    scores = torch.tensor([1.5, 1.5, 5.5])
+    output = post(InferenceBatch(pred_score=scores, anomaly_map=scores.view(3, 1, 1, 1).expand(3, 1, 2, 2)),
+                  torch.tensor([0, 1, 1]))
+    torch.testing.assert_close(output.pred_score, torch.tensor([0.75, 0.0, 0.75]))
+    assert output.pred_label.tolist() == [True, False, True]
+    assert output.anomaly_map[:, 0, 0, 0].tolist() == output.pred_score.tolist()
+
+
+@pytest.fixture(scope="module")
+def unified(texture_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny unified DiffAD fitted on all three categories at once (180 steps, about a minute)."""
+    seed_everything(0)
+    root_dir = tmp_path_factory.mktemp("unified_project")
+    model = DiffAD(**UNIFIED_ARGS)
+    datamodule = _multi(texture_root)
+    engine = _engine(root_dir)
+    engine.fit(model=model, datamodule=datamodule)
+    metrics = evaluate_per_category(engine, model, datamodule)
+    return {"model": model, "datamodule": datamodule, "engine": engine, "metrics": metrics, "root_dir": root_dir}
+
+
+def test_unified_model_separates_normal_from_defect_in_each_category(unified: dict) -> None:
+    """anomalib's Evaluator, run per category: every category's defects are localized (pixel AUROC)."""
+    metrics = unified["metrics"]
+    assert set(metrics) == set(NAMES)
+    for name, values in metrics.items():
+        assert values["pixel_AUROC"] > 0.7, (name, values)
+        assert 0.0 <= values["image_AUROC"] <= 1.0
+    assert np.mean([values["image_AUROC"] for values in metrics.values()]) > 0.6, metrics
+
+
+def test_each_category_has_its_own_calibration(unified: dict) -> None:
+    """Fusion statistics, thresholds and ranges are finite and differ between categories."""
+    model = unified["model"]
+    generator = model.model.anomaly_map_generator
+    assert len(set(generator.feature_mean.tolist())) == 3
+    post = model.post_processor
+    for name in ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max"):
+        values = getattr(post, f"category_{name}")
+        assert torch.isfinite(values).all(), name
+        assert len(set(values.tolist())) == 3, (name, values)
+    assert (post.category_image_min <= post.category_image_threshold).all()
+
+
+def test_unified_checkpoint_reloads_calibration(unified: dict) -> None:
+    """The per-category buffers are in the checkpoint and reload into a fresh model."""
+    ckpt = next(Path(unified["root_dir"]).rglob("model.ckpt"))
+    reloaded = DiffAD.load_from_checkpoint(ckpt)
+    assert reloaded.categories == NAMES
+    for key, value in unified["model"].state_dict().items():
+        if "category_" in key or "anomaly_map_generator" in key:
+            torch.testing.assert_close(reloaded.state_dict()[key], value, msg=key)
+
+
+def _lightning_predictions(unified: dict, name: str) -> dict[str, dict[str, np.ndarray]]:
+    batches = unified["engine"].predict(model=unified["model"], datamodule=unified["datamodule"].for_category(name))
+    return {
+        path: {key: getattr(batch, key)[index].detach().numpy().reshape(-1) for key in ("pred_score", "anomaly_map")}
+        for batch in batches
+        for index, path in enumerate(batch.image_path)
+    }
+
+
+def test_per_category_export_parity(unified: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One exported graph per category: grass's OpenVINO IR and every category's torch export match the
+    Lightning path within 1e-4 on their category's images; another category's graph scores differently."""
+    model, engine = unified["model"], unified["engine"]
+    monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes ./openvino_cache
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
+    torch_paths = export_per_category(engine, model, ExportType.TORCH, tmp_path / "torch")
+    openvino_paths = export_per_category(engine, model, ExportType.OPENVINO, tmp_path / "openvino", ["grass"])
+    assert model.category is None  # the selection is restored
+    inferencers = {name: TorchInferencer(path, device="cpu") for name, path in torch_paths.items()}
+    openvino = OpenVINOInferencer(openvino_paths["grass"], device="CPU")
+    for name in NAMES:
+        for path, expected in _lightning_predictions(unified, name).items():
+            checks = [inferencers[name]] + ([openvino] if name == "grass" else [])
+            for inferencer in checks:
+                result = inferencer.predict(path)
+                for key in ("pred_score", "anomaly_map"):
+                    difference = np.abs(np.asarray(getattr(result, key), np.float64).reshape(-1) - expected[key]).max()
+                    assert difference <= PARITY_TOLERANCE, (name, key, path, difference)
+            other = inferencers[NAMES[(NAMES.index(name) + 1) % 3]].predict(path)
+            assert np.abs(np.asarray(other.anomaly_map).reshape(-1) - expected["anomaly_map"]).max() > 1e-3
