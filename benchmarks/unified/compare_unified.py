@@ -1,0 +1,306 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""One unified model for several categories vs one model per category, for DiffAD and PatchCore.
+
+DiffAD: the separate models are single-category DiffADs trained ``--steps`` steps each; the unified model is
+one class-conditional DiffAD (``categories=...``) trained on all categories at once (``MultiCategory``) for
+``--steps`` times the number of categories, so both sides spend the same training compute. Both use the CPU
+preset (``configs/diffad.yaml``) at ``--image-size``; each validates once after training (fusion calibration
+and thresholds; the unified model per category) and is tested with anomalib's Evaluator, the unified model
+on each category in turn.
+
+PatchCore: one memory bank per category vs one memory bank over all categories (same EfficientNet-Lite0
+ImageNet weights as DiffAD's feature branch, offline through the Hugging Face cache; same coreset ratio).
+PatchCore has no category input: the unified model also has one pooled threshold.
+
+DRAEM is not run (about 100 s per training step at 256 px on this CPU; see the README).
+
+Each job runs in its own process and writes ``<out>/runs/<job>.json``; existing job files are kept unless
+``--force``, so an interrupted run resumes. At the end ``unified.json``, ``unified.csv``, ``unified.md``
+(table and command) and ``unified.png`` are written to ``--out``.
+
+Example:
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/unified/compare_unified.py --steps 150 \
+        --tire-root ../shared/data/mvtec3d
+"""
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TEXTURES = ("brick", "grass", "gravel")
+TIRE = "tire"
+METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score", "pixel_F1Score")
+
+
+def dataset_root(args: argparse.Namespace, category: str) -> Path:
+    """Root folder holding ``<category>/`` in MVTec AD layout."""
+    return args.tire_root if category == TIRE else args.data
+
+
+def dataset_name(category: str) -> str:
+    """Dataset name to report."""
+    return "MVTec 3D-AD tire (RGB)" if category == TIRE else "built-in textures"
+
+
+def datamodule(args: argparse.Namespace, category: str):  # noqa: ANN201
+    """anomalib ``MVTecAD`` datamodule of one category (MVTec AD layout)."""
+    from anomalib.data import MVTecAD  # noqa: PLC0415
+
+    return MVTecAD(
+        root=dataset_root(args, category),
+        category=category,
+        train_batch_size=args.batch_size,
+        eval_batch_size=8,
+        num_workers=0,
+        seed=args.seed,
+    )
+
+
+def multi(args: argparse.Namespace, categories: list[str]):  # noqa: ANN201
+    """``MultiCategory`` over ``categories``."""
+    from anomalib_diffad import MultiCategory  # noqa: PLC0415
+
+    return MultiCategory(
+        [datamodule(args, category) for category in categories],
+        train_batch_size=args.batch_size,
+        eval_batch_size=8,
+        num_workers=0,
+        seed=args.seed,
+    )
+
+
+def build(model: str, args: argparse.Namespace, categories: list[str] | None, steps: int):  # noqa: ANN201
+    """DiffAD (unified when ``categories`` is given) or PatchCore, and the settings to record."""
+    from anomalib_diffad import DiffAD  # noqa: PLC0415
+
+    size = (args.image_size, args.image_size)
+    if model == "diffad":
+        preset = yaml.safe_load(args.config.read_text())["model"]["init_args"]
+        preset |= {"image_size": args.image_size, "lr_anneal_steps": steps}
+        if categories is not None:
+            preset["categories"] = categories
+        return DiffAD(**preset), {"preset": str(args.config.relative_to(REPO)), "train_steps_budget": steps}
+    from anomalib.models import Patchcore  # noqa: PLC0415
+
+    from anomalib_diffad.backbone import LITE0, hub_reachable  # noqa: PLC0415
+    from anomalib_diffad.hub_cache import install_lite0_into_hub_cache  # noqa: PLC0415
+
+    if not hub_reachable():
+        install_lite0_into_hub_cache()
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    layers = ("blocks.2", "blocks.4")
+    patchcore = Patchcore(
+        backbone=LITE0,
+        layers=layers,
+        coreset_sampling_ratio=args.coreset_ratio,
+        pre_processor=Patchcore.configure_pre_processor(image_size=size),
+        evaluator=DiffAD.configure_evaluator(),
+    )
+    return patchcore, {"backbone": f"{LITE0} (ImageNet)", "layers": list(layers), "coreset_ratio": args.coreset_ratio}
+
+
+def run_job(job: str, args: argparse.Namespace) -> list[dict]:
+    """Fit and test one job (``<model>_separate_<category>`` or ``<model>_unified``); one row per category."""
+    from anomalib.engine import Engine  # noqa: PLC0415
+    from lightning.pytorch import seed_everything  # noqa: PLC0415
+
+    from anomalib_diffad.unified import evaluate_per_category  # noqa: PLC0415
+
+    seed_everything(args.seed)
+    model_name, mode, *rest = job.split("_")
+    categories = args.diffad_categories if model_name == "diffad" else args.patchcore_categories
+    unified = mode == "unified"
+    steps = args.steps * len(categories) if unified else args.steps
+    model, settings = build(model_name, args, categories if unified else None, steps)
+    data = multi(args, categories) if unified else datamodule(args, rest[0])
+    iterative = model_name == "diffad"
+    engine = Engine(
+        logger=False,
+        default_root_dir=Path(tempfile.mkdtemp(prefix=f"unified_{job}_")),
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        **({"max_steps": steps, "max_epochs": -1, "limit_val_batches": 0} if iterative else {}),
+    )
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=data)
+    train_seconds = time.perf_counter() - start
+    if iterative:  # no validation during training: calibrate and set thresholds once, after the last step
+        engine.trainer.limit_val_batches = 1.0
+        engine.validate(model=model, datamodule=data)
+    start = time.perf_counter()
+    if unified:
+        metrics = evaluate_per_category(engine, model, data)
+    else:
+        results = engine.test(model=model, datamodule=data)[0]
+        metrics = {rest[0]: {key: float(value) for key, value in results.items()}}
+    test_seconds = time.perf_counter() - start
+    return [
+        {
+            "model": {"diffad": "DiffAD", "patchcore": "PatchCore"}[model_name],
+            "mode": mode,
+            "category": category,
+            "dataset": dataset_name(category),
+            "categories_in_model": categories if unified else [category],
+            "image_size": args.image_size,
+            **{key: values.get(key) for key in METRICS},
+            "train_steps": engine.trainer.global_step if iterative else None,
+            "train_seconds": round(train_seconds, 1),
+            "test_seconds_all_categories": round(test_seconds, 1),
+            **settings,
+        }
+        for category, values in metrics.items()
+    ]
+
+
+def jobs(args: argparse.Namespace) -> list[str]:
+    """All jobs: separate models per category, then the unified model, for each model."""
+    names = []
+    if "diffad" in args.models:
+        names += [f"diffad_separate_{category}" for category in args.diffad_categories] + ["diffad_unified"]
+    if "patchcore" in args.models:
+        names += [f"patchcore_separate_{category}" for category in args.patchcore_categories] + ["patchcore_unified"]
+    return names
+
+
+def summarize(rows: list[dict], out: Path, command: str, args: argparse.Namespace) -> None:
+    """Write ``unified.json``, ``unified.csv``, ``unified.md`` and ``unified.png``."""
+    import matplotlib as mpl  # noqa: PLC0415
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rows = sorted(rows, key=lambda r: (r["model"], r["dataset"], r["category"], r["mode"] != "separate"))
+    (out / "unified.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+    columns = ["model", "mode", "dataset", "category", *METRICS, "train_steps", "train_seconds"]
+    with (out / "unified.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        "# Unified model vs one model per category",
+        "",
+        f"Command (from the repository root, {platform.machine()}, {torch.get_num_threads()} torch thread):",
+        "",
+        f"    {command}",
+        "",
+        f"Images at {args.image_size} px. DiffAD: `{args.config.relative_to(REPO)}`, {args.steps} steps per separate "
+        f"model, {args.steps} x {len(args.diffad_categories)} steps for the unified model (same compute), "
+        f"batch {args.batch_size}; one validation after training calibrates the fusion and the thresholds "
+        "(per category for the unified model). PatchCore: EfficientNet-Lite0 `blocks.2`+`blocks.4`, coreset "
+        f"ratio {args.coreset_ratio}; the unified PatchCore has one memory bank and one pooled threshold. "
+        "Metrics: anomalib's Evaluator on each category's test set (F1 at the model's thresholds).",
+        "",
+        "| model | category | mode | image AUROC | pixel AUROC | pixel AUPRO | image F1 | pixel F1 "
+        "| train steps | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        values = " | ".join("-" if row[key] is None else f"{row[key]:.3f}" for key in METRICS)
+        steps = "-" if row["train_steps"] is None else str(row["train_steps"])
+        cost = f"{steps} | {row['train_seconds']:.0f}"
+        lines.append(f"| {row['model']} | {row['category']} | {row['mode']} | {values} | {cost} |")
+    for model in sorted({row["model"] for row in rows}):
+        for mode in ("separate", "unified"):
+            selected = [row for row in rows if row["model"] == model and row["mode"] == mode]
+            if selected:
+                means = " | ".join(f"{sum(row[key] for row in selected) / len(selected):.3f}" for key in METRICS)
+                lines.append(f"| {model} | mean of {len(selected)} | {mode} | {means} | | |")
+    (out / "unified.md").write_text("\n".join(lines) + "\n")
+
+    models = sorted({row["model"] for row in rows})
+    panels = [(model, metric) for model in models for metric in ("pixel_AUROC", "pixel_AUPRO")]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for axis, (model, metric) in zip(axes[0], panels, strict=True):
+        categories = sorted({row["category"] for row in rows if row["model"] == model})
+        for offset, mode in ((-0.2, "separate"), (0.2, "unified")):
+            values = {row["category"]: row[metric] for row in rows if row["model"] == model and row["mode"] == mode}
+            heights = [values.get(category, 0.0) for category in categories]
+            axis.bar([i + offset for i in range(len(categories))], heights, 0.4, label=mode)
+        axis.set_xticks(range(len(categories)), categories)
+        axis.set_ylim(0.0, 1.0)
+        axis.set_title(f"{model}: {metric}")
+    axes[0][0].legend(loc="lower left")
+    figure.tight_layout()
+    figure.savefig(out / "unified.png", dpi=110)
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO / "datasets" / "textures_unified", help="built-in textures")
+    parser.add_argument("--tire-root", type=Path, default=None, help="folder holding tire/ (MVTec 3D-AD RGB)")
+    parser.add_argument("--diffad-categories", nargs="+", default=list(TEXTURES))
+    parser.add_argument("--patchcore-categories", nargs="+", default=None, help="default: textures (+ tire)")
+    parser.add_argument("--models", nargs="+", choices=("diffad", "patchcore"), default=["diffad", "patchcore"])
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "diffad.yaml", help="DiffAD preset")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=150, help="DiffAD steps per category")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--coreset-ratio", type=float, default=0.1)
+    parser.add_argument("--num-train", type=int, default=40, help="built-in textures: training images per category")
+    parser.add_argument("--num-test-good", type=int, default=8)
+    parser.add_argument("--num-test-per-defect", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="rerun jobs whose JSON exists")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "unified" / "results")
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.config = args.config.resolve()
+    tire = args.tire_root is not None and (args.tire_root / TIRE).is_dir()
+    if args.tire_root is not None and not tire:
+        print(f"tire: {args.tire_root / TIRE} not found, left out")
+    if args.patchcore_categories is None:
+        args.patchcore_categories = list(TEXTURES) + ([TIRE] if tire else [])
+    runs = args.out / "runs"
+    if args.job:
+        rows = run_job(args.job, args)
+        (runs / f"{args.job}.json").write_text(json.dumps(rows, indent=2) + "\n")
+        return
+
+    from anomalib_diffad.data import generate_texture_dataset  # noqa: PLC0415
+
+    generate_texture_dataset(
+        args.data,
+        categories=TEXTURES,
+        image_size=args.image_size,
+        num_train=args.num_train,
+        num_test_good=args.num_test_good,
+        num_test_per_defect=args.num_test_per_defect,
+        seed=args.seed,
+    )
+    runs.mkdir(parents=True, exist_ok=True)
+    environment = os.environ | {"MALLOC_MMAP_THRESHOLD_": "1048576"}  # PatchCore's coreset otherwise holds GBs
+    failed = []
+    for job in jobs(args):
+        if (runs / f"{job}.json").exists() and not args.force:
+            print(f"{job}: kept {runs / f'{job}.json'}", flush=True)
+            continue
+        print(f"=== {job} ({time.strftime('%H:%M:%S')})", flush=True)
+        if subprocess.run([sys.executable, *sys.argv, f"--job={job}"], check=False, env=environment).returncode:
+            failed.append(job)
+    rows = [row for path in sorted(runs.glob("*.json")) for row in json.loads(path.read_text())]
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    prefix = f"OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " if threads else ""
+    script = str(Path(sys.argv[0]).resolve().relative_to(REPO))
+    command = prefix + "python " + shlex.join([script, *sys.argv[1:]])
+    summarize(rows, args.out, command, args)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
