@@ -467,7 +467,14 @@ class DiffAD(AnomalibModule):
 
         Raises:
             ValueError: If no prior is given and none was fitted.
+            NotImplementedError: For a unified model (its prior and class embedding would need the category).
         """
+        if self.model.num_classes is not None:
+            msg = (
+                "Gradient-denoising reconstruction is single-category: a unified DiffAD (num_classes set) would need "
+                "a per-category prior and class labels, which are not implemented."
+            )
+            raise NotImplementedError(msg)
         prior = prior if prior is not None else getattr(self, "reconstruction_prior", None)
         if prior is None:
             msg = (

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
+from anomalib.data import InferenceBatch, MVTecAD
 from anomalib.deploy import ExportType, OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
@@ -129,6 +129,19 @@ def test_model_argument_errors_are_clear() -> None:
         DiffAD(**TINY_MODEL_ARGS).select_category("brick")
 
 
+def test_datamodule_must_fit_the_unified_model(texture_root: Path) -> None:
+    """Too few classes or differently named categories stop training before the first step; reconstruction,
+    which would need a per-category prior, refuses a unified model."""
+    datamodule = _multi(texture_root)
+    with pytest.raises(ValueError, match="num_classes=2 is smaller than the datamodule's 3 categories"):
+        DiffAD(**(TINY_MODEL_ARGS | {"num_classes": 2}))._check_categories(datamodule)  # noqa: SLF001
+    with pytest.raises(ValueError, match="do not match the datamodule's"):
+        DiffAD(**(TINY_MODEL_ARGS | {"categories": ("a", "b", "c")}))._check_categories(datamodule)  # noqa: SLF001
+    DiffAD(**TINY_MODEL_ARGS)._check_categories(datamodule)  # noqa: SLF001  # one unconditional model: allowed
+    with pytest.raises(NotImplementedError, match="per-category prior"):
+        DiffAD(**(TINY_MODEL_ARGS | {"categories": NAMES})).reconstruct(torch.zeros(1, 3, 64, 64), prior=None)
+
+
 def test_single_category_model_state_is_unchanged() -> None:
     """num_classes=None keeps the scalar calibration buffers and adds no per-category state."""
     model = DiffAD(**TINY_MODEL_ARGS)
@@ -201,11 +214,9 @@ def test_post_processor_normalizes_with_each_images_category() -> None:
     post.category_pixel_threshold.copy_(torch.tensor([1.0, 5.0]))
     post.category_pixel_min.copy_(torch.tensor([0.0, 4.0]))
     post.category_pixel_max.copy_(torch.tensor([2.0, 6.0]))
-    from anomalib.data import InferenceBatch
-
     scores = torch.tensor([1.5, 1.5, 5.5])
-    output = post(InferenceBatch(pred_score=scores, anomaly_map=scores.view(3, 1, 1, 1).expand(3, 1, 2, 2)),
-                  torch.tensor([0, 1, 1]))
+    predictions = InferenceBatch(pred_score=scores, anomaly_map=scores.view(3, 1, 1, 1).expand(3, 1, 2, 2))
+    output = post(predictions, torch.tensor([0, 1, 1]))
     torch.testing.assert_close(output.pred_score, torch.tensor([0.75, 0.0, 0.75]))
     assert output.pred_label.tolist() == [True, False, True]
     assert output.anomaly_map[:, 0, 0, 0].tolist() == output.pred_score.tolist()
