@@ -100,6 +100,31 @@ def test_for_category_keeps_the_index(texture_root: Path) -> None:
     assert labels.tolist() == [1] * 8
 
 
+def test_folder_and_mvtec_children_mix(texture_root: Path) -> None:
+    """A ``Folder`` child (named by its ``name``) and an ``MVTecAD`` child combine; each split keeps its images."""
+    from anomalib.data import Folder
+
+    grass = texture_root / "grass"
+    folder = Folder(
+        name="grass_folder",
+        root=grass,
+        normal_dir="train/good",
+        normal_test_dir="test/good",
+        abnormal_dir=[path.relative_to(grass) for path in sorted((grass / "test").iterdir()) if path.name != "good"],
+        mask_dir=[path.relative_to(grass) for path in sorted((grass / "ground_truth").iterdir())],
+        num_workers=0,
+    )
+    datamodule = MultiCategory([MVTecAD(root=texture_root, category="brick", num_workers=0), folder], num_workers=0)
+    datamodule.setup()
+    assert datamodule.categories == ("brick", "grass_folder")
+    for split in ("train_data", "val_data", "test_data"):
+        samples = getattr(datamodule, split).samples
+        expected = samples.image_path.map(lambda path: 0 if _path_category(path) == "brick" else 1)
+        assert samples.category_index.tolist() == expected.tolist(), split
+        assert set(expected) == {0, 1}, split
+    assert len(datamodule.train_data) == 16
+
+
 def test_datamodule_errors_are_clear(texture_root: Path) -> None:
     """Unknown, duplicate or miscounted categories fail with a message naming them."""
     with pytest.raises(ValueError, match="Unknown category 'tile'"):
