@@ -193,17 +193,7 @@ class DiffADPostProcessor(PostProcessor):
         del trainer, args, kwargs
         self.post_process_batch(outputs, pl_module.class_labels(outputs) if self.num_classes is not None else None)
 
-    def on_predict_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Batch,
-        *args,
-        **kwargs,
-    ) -> None:
-        """Normalize and threshold the batch (with each image's category calibration when unified)."""
-        del trainer, args, kwargs
-        self.post_process_batch(outputs, pl_module.class_labels(outputs) if self.num_classes is not None else None)
+    on_predict_batch_end = on_test_batch_end
 
     def post_process_batch(self, batch: Batch, class_labels: torch.Tensor | None = None) -> None:
         """anomalib's in-place post-processing, per category when ``num_classes`` is set."""

@@ -137,7 +137,7 @@ class CategoryDataset(AnomalibDataset):
         """anomalib's item for ``index``, with its category index."""
         item = super().__getitem__(index)
         values = {name: getattr(item, name) for name in _image_fields(ImageItem)}
-        return CategoryImageItem(**values, category=int(self.samples.iloc[index][CATEGORY_COLUMN]))
+        return CategoryImageItem(**values, category=int(self.samples[CATEGORY_COLUMN].iat[index]))
 
     @property
     def collate_fn(self) -> Callable:
@@ -249,7 +249,7 @@ class MultiCategory(AnomalibDataModule):
 
     def _setup(self, _stage: str | None = None) -> None:
         """Set up each included child, then concatenate its subsets with category indices."""
-        children = [(self.category_index(name), self.datamodules[self.category_index(name)]) for name in self.include]
+        children = [(index, self.datamodules[index]) for index in map(self.category_index, self.include)]
         for _, child in children:
             child.setup()
         for subset in ("train_data", "val_data", "test_data"):

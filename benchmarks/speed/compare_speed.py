@@ -61,14 +61,13 @@ def build_diffad(args: argparse.Namespace, size: int):  # noqa: ANN201
 def build_baseline(name: str, args: argparse.Namespace, size: int):  # noqa: ANN201
     """PatchCore (Lite0, memory bank fitted on the train images) or DRAEM (untrained: timing only)."""
     from anomalib.engine import Engine
-    from anomalib.models import Draem, Patchcore
+    from anomalib.models import Draem
+
+    from anomalib_diffad.baselines import lite0_patchcore
 
     if name == "draem":
         return Draem(dtd_dir=tempfile.mkdtemp(), pre_processor=Draem.configure_pre_processor((size, size))).eval()
-    model = Patchcore(
-        backbone="tf_efficientnet_lite0", layers=("blocks.2", "blocks.4"), pre_trained=False,
-        pre_processor=Patchcore.configure_pre_processor((size, size)),
-    )
+    model = lite0_patchcore((size, size))
     Engine(logger=False, default_root_dir=tempfile.mkdtemp(), accelerator="cpu", enable_progress_bar=False,
            limit_val_batches=0).fit(model, datamodule=datamodule(args, size))
     return model.eval()
