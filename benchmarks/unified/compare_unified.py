@@ -2,9 +2,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """One unified model for several categories vs one model per category, for DiffAD and PatchCore.
 
-DiffAD: the separate models are single-category DiffADs trained ``--steps`` steps each; the unified model is
-one class-conditional DiffAD (``categories=...``) trained on all categories at once (``MultiCategory``) for
-``--steps`` times the number of categories, so both sides spend the same training compute. Both use the CPU
+DiffAD: the separate models are single-category DiffADs trained ``--steps`` steps each; a unified model is
+one class-conditional DiffAD (``categories=...``) trained on a set of categories at once (``MultiCategory``)
+for ``--steps`` times the number of categories, so both sides spend the same training compute. Each
+``--diffad-sets``/``--patchcore-sets`` entry (comma-separated categories) is one unified model; every category
+of a set also gets its separate model. Both use the CPU
 preset (``configs/diffad.yaml``) at ``--image-size``; each validates once after training (fusion calibration
 and thresholds; the unified model per category) and is tested with anomalib's Evaluator, the unified model
 on each category in turn.
@@ -109,12 +111,12 @@ def run_job(job: str, args: argparse.Namespace) -> list[dict]:
     from anomalib_diffad.unified import evaluate_per_category  # noqa: PLC0415
 
     seed_everything(args.seed)
-    model_name, mode, *rest = job.split("_")
-    categories = args.diffad_categories if model_name == "diffad" else args.patchcore_categories
+    model_name, mode, names = job.split("_", 2)
+    categories = names.split("+")
     unified = mode == "unified"
-    steps = args.steps * len(categories) if unified else args.steps
+    steps = args.steps * len(categories)
     model, settings = build(model_name, args, categories if unified else None, steps)
-    data = multi(args, categories) if unified else datamodule(args, rest[0])
+    data = multi(args, categories) if unified else datamodule(args, names)
     iterative = model_name == "diffad"
     engine = Engine(
         logger=False,
@@ -135,7 +137,7 @@ def run_job(job: str, args: argparse.Namespace) -> list[dict]:
         metrics = evaluate_per_category(engine, model, data)
     else:
         results = engine.test(model=model, datamodule=data)[0]
-        metrics = {rest[0]: {key: float(value) for key, value in results.items()}}
+        metrics = {names: {key: float(value) for key, value in results.items()}}
     test_seconds = time.perf_counter() - start
     return [
         {
@@ -143,7 +145,7 @@ def run_job(job: str, args: argparse.Namespace) -> list[dict]:
             "mode": mode,
             "category": category,
             "dataset": dataset_name(category),
-            "categories_in_model": categories if unified else [category],
+            "categories_in_model": categories,
             "image_size": args.image_size,
             **{key: values.get(key) for key in METRICS},
             "train_steps": engine.trainer.global_step if iterative else None,
@@ -156,13 +158,29 @@ def run_job(job: str, args: argparse.Namespace) -> list[dict]:
 
 
 def jobs(args: argparse.Namespace) -> list[str]:
-    """All jobs: separate models per category, then the unified model, for each model."""
+    """All jobs: for each model, a separate model per category of its sets, then one unified model per set."""
     names = []
-    if "diffad" in args.models:
-        names += [f"diffad_separate_{category}" for category in args.diffad_categories] + ["diffad_unified"]
-    if "patchcore" in args.models:
-        names += [f"patchcore_separate_{category}" for category in args.patchcore_categories] + ["patchcore_unified"]
+    for model in args.models:
+        sets = getattr(args, f"{model}_sets")
+        categories = dict.fromkeys(category for categories in sets for category in categories)
+        names += [f"{model}_separate_{category}" for category in categories]
+        names += [f"{model}_unified_{'+'.join(categories)}" for categories in sets]
     return names
+
+
+def category_set(text: str) -> list[str]:
+    """Categories of one unified model from ``a,b,c``."""
+    return [name for name in text.split(",") if name]
+
+
+def trained_on(row: dict) -> str:
+    """The categories of the row's model: its own for a separate model, ``a+b+...`` for a unified one."""
+    return "+".join(row["categories_in_model"])
+
+
+def series(row: dict) -> str:
+    """``separate`` for a separate model's row, else the unified model's categories (``a+b+...``)."""
+    return "separate" if row["mode"] == "separate" else trained_on(row)
 
 
 def summarize(rows: list[dict], out: Path, command: str, args: argparse.Namespace) -> None:
@@ -172,13 +190,13 @@ def summarize(rows: list[dict], out: Path, command: str, args: argparse.Namespac
     mpl.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    rows = sorted(rows, key=lambda r: (r["model"], r["dataset"], r["category"], r["mode"] != "separate"))
+    rows = sorted(rows, key=lambda r: (r["model"], r["dataset"], r["category"], len(r["categories_in_model"])))
     (out / "unified.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
-    columns = ["model", "mode", "dataset", "category", *METRICS, "train_steps", "train_seconds"]
+    columns = ["model", "mode", "dataset", "category", "trained_on", *METRICS, "train_steps", "train_seconds"]
     with (out / "unified.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "trained_on": trained_on(row)} for row in rows)
     lines = [
         "# Unified model vs one model per category",
         "",
@@ -187,13 +205,13 @@ def summarize(rows: list[dict], out: Path, command: str, args: argparse.Namespac
         f"    {command}",
         "",
         f"Images at {args.image_size} px. DiffAD: `{args.config.relative_to(REPO)}`, {args.steps} steps per separate "
-        f"model, {args.steps} x {len(args.diffad_categories)} steps for the unified model (same compute), "
+        f"model, {args.steps} x the number of categories for a unified model (same compute), "
         f"batch {args.batch_size}; one validation after training calibrates the fusion and the thresholds "
-        "(per category for the unified model). PatchCore: EfficientNet-Lite0 `blocks.2`+`blocks.4`, coreset "
+        "(per category for a unified model). PatchCore: EfficientNet-Lite0 `blocks.2`+`blocks.4`, coreset "
         f"ratio {args.coreset_ratio}; the unified PatchCore has one memory bank and one pooled threshold. "
         "Metrics: anomalib's Evaluator on each category's test set (F1 at the model's thresholds).",
         "",
-        "| model | category | mode | image AUROC | pixel AUROC | pixel AUPRO | image F1 | pixel F1 "
+        "| model | category | trained on | image AUROC | pixel AUROC | pixel AUPRO | image F1 | pixel F1 "
         "| train steps | train s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -201,28 +219,42 @@ def summarize(rows: list[dict], out: Path, command: str, args: argparse.Namespac
         values = " | ".join("-" if row[key] is None else f"{row[key]:.3f}" for key in METRICS)
         steps = "-" if row["train_steps"] is None else str(row["train_steps"])
         cost = f"{steps} | {row['train_seconds']:.0f}"
-        lines.append(f"| {row['model']} | {row['category']} | {row['mode']} | {values} | {cost} |")
+        lines.append(f"| {row['model']} | {row['category']} | {trained_on(row)} | {values} | {cost} |")
+    lines += ["", "Means over each unified model's categories:", ""]
+    lines += ["| model | categories | mode | image AUROC | pixel AUROC | pixel AUPRO | image F1 | pixel F1 |"]
+    lines += ["|---|---|---|---|---|---|---|---|"]
     for model in sorted({row["model"] for row in rows}):
-        for mode in ("separate", "unified"):
-            selected = [row for row in rows if row["model"] == model and row["mode"] == mode]
-            if selected:
-                means = " | ".join(f"{sum(row[key] for row in selected) / len(selected):.3f}" for key in METRICS)
-                lines.append(f"| {model} | mean of {len(selected)} | {mode} | {means} | | |")
+        for unified in sorted({trained_on(row) for row in rows if row["model"] == model and row["mode"] == "unified"}):
+            categories = unified.split("+")
+            for mode in ("separate", "unified"):
+                selected = [
+                    row
+                    for row in rows
+                    if row["model"] == model and row["category"] in categories and series(row) in {mode, unified}
+                ]
+                selected = [row for row in selected if row["mode"] == mode]
+                if len(selected) == len(categories):
+                    means = " | ".join(f"{sum(row[key] for row in selected) / len(selected):.3f}" for key in METRICS)
+                    lines.append(f"| {model} | {', '.join(categories)} | {mode} | {means} |")
     (out / "unified.md").write_text("\n".join(lines) + "\n")
 
     models = sorted({row["model"] for row in rows})
     panels = [(model, metric) for model in models for metric in ("pixel_AUROC", "pixel_AUPRO")]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
     for axis, (model, metric) in zip(axes[0], panels, strict=True):
-        categories = sorted({row["category"] for row in rows if row["model"] == model})
-        for offset, mode in ((-0.2, "separate"), (0.2, "unified")):
-            values = {row["category"]: row[metric] for row in rows if row["model"] == model and row["mode"] == mode}
-            heights = [values.get(category, 0.0) for category in categories]
-            axis.bar([i + offset for i in range(len(categories))], heights, 0.4, label=mode)
+        selected = [row for row in rows if row["model"] == model]
+        categories = sorted({row["category"] for row in selected})
+        names = ["separate", *sorted({trained_on(row) for row in selected if row["mode"] == "unified"}, key=len)]
+        width = 0.8 / len(names)
+        for number, name in enumerate(names):
+            values = {row["category"]: row[metric] for row in selected if series(row) == name}
+            positions = [i + (number - (len(names) - 1) / 2) * width for i in range(len(categories))]
+            label = name if name == "separate" else f"unified ({len(name.split('+'))})"
+            axis.bar(positions, [values.get(category, 0.0) for category in categories], width, label=label)
         axis.set_xticks(range(len(categories)), categories)
         axis.set_ylim(0.0, 1.0)
         axis.set_title(f"{model}: {metric}")
-    axes[0][0].legend(loc="lower left")
+    axes[0][0].legend(loc="lower left", fontsize="small")
     figure.tight_layout()
     figure.savefig(out / "unified.png", dpi=110)
 
@@ -232,8 +264,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "datasets" / "textures_unified", help="built-in textures")
     parser.add_argument("--tire-root", type=Path, default=None, help="folder holding tire/ (MVTec 3D-AD RGB)")
-    parser.add_argument("--diffad-categories", nargs="+", default=list(TEXTURES))
-    parser.add_argument("--patchcore-categories", nargs="+", default=None, help="default: textures (+ tire)")
+    parser.add_argument(
+        "--diffad-sets",
+        nargs="+",
+        type=category_set,
+        default=None,
+        help="categories of each unified DiffAD, comma-separated (default: the textures, and textures+tire)",
+    )
+    parser.add_argument(
+        "--patchcore-sets",
+        nargs="+",
+        type=category_set,
+        default=None,
+        help="categories of each unified PatchCore, comma-separated (default: textures+tire)",
+    )
     parser.add_argument("--models", nargs="+", choices=("diffad", "patchcore"), default=["diffad", "patchcore"])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "diffad.yaml", help="DiffAD preset")
     parser.add_argument("--image-size", type=int, default=128)
@@ -252,8 +296,9 @@ def main() -> None:
     tire = args.tire_root is not None and (args.tire_root / TIRE).is_dir()
     if args.tire_root is not None and not tire:
         print(f"tire: {args.tire_root / TIRE} not found, left out")
-    if args.patchcore_categories is None:
-        args.patchcore_categories = list(TEXTURES) + ([TIRE] if tire else [])
+    with_tire = [*TEXTURES, TIRE] if tire else list(TEXTURES)
+    args.diffad_sets = args.diffad_sets or ([list(TEXTURES), with_tire] if tire else [with_tire])
+    args.patchcore_sets = args.patchcore_sets or [with_tire]
     runs = args.out / "runs"
     if args.job:
         rows = run_job(args.job, args)
