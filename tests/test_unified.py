@@ -152,6 +152,14 @@ def test_model_argument_errors_are_clear() -> None:
         unified.eval()(torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match="single-category"):
         DiffAD(**TINY_MODEL_ARGS).select_category("brick")
+    with pytest.raises(ValueError, match="single-category"):
+        DiffAD(**(TINY_MODEL_ARGS | {"category": "brick"}))
+    assert DiffAD(**(TINY_MODEL_ARGS | {"categories": NAMES, "category": "grass"})).category == 1
+    assert DiffAD(**(TINY_MODEL_ARGS | {"categories": NAMES[:2], "num_classes": 3})).category_names == (
+        "brick",
+        "grass",
+        "2",
+    )
 
 
 def test_datamodule_must_fit_the_unified_model(texture_root: Path) -> None:
@@ -268,6 +276,23 @@ def test_unified_model_separates_normal_from_defect_in_each_category(unified: di
         assert values["pixel_AUROC"] > 0.7, (name, values)
         assert 0.0 <= values["image_AUROC"] <= 1.0
     assert np.mean([values["image_AUROC"] for values in metrics.values()]) > 0.6, metrics
+
+
+def test_one_test_pass_reports_each_categorys_metrics(unified: dict) -> None:
+    """One ``Engine.test`` over all categories logs every metric per category (``<name>/<metric>``), equal to
+    testing each category on its own, next to the pooled metrics."""
+    results = unified["engine"].test(model=unified["model"], datamodule=unified["datamodule"], verbose=False)[0]
+    for name, values in unified["metrics"].items():
+        for metric, value in values.items():
+            assert "/" not in metric  # evaluate_per_category keeps the plain metric names
+            assert results[f"{name}/{metric}"] == pytest.approx(value, abs=1e-6), (name, metric)
+    assert {"image_AUROC", "pixel_AUPRO"} <= set(results)
+    single = unified["engine"].test(
+        model=unified["model"],
+        datamodule=unified["datamodule"].for_category("grass"),
+        verbose=False,
+    )[0]
+    assert not any(key.startswith(("brick/", "gravel/")) for key in single)  # no test images: not logged
 
 
 def test_each_category_has_its_own_calibration(unified: dict) -> None:

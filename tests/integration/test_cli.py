@@ -116,3 +116,47 @@ def test_autoload_hook_loads_plugin_with_the_cli_without_warnings() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-3:] == ["True", "DiffAD", "MVTec"]
+
+
+def test_cli_trains_and_exports_a_unified_model(tmp_path: Path) -> None:
+    """``configs/diffad_unified.yaml``: ``anomalib train`` reports each category's metrics, and ``anomalib export``
+    of its checkpoint writes one model per category, each scoring as the checkpoint with that category selected
+    and differently from the other categories' (the OpenVINO graph of a selected category: test_unified.py)."""
+    import torch
+    import yaml
+
+    from anomalib_diffad import DiffAD
+    from anomalib_diffad.data import generate_texture_dataset
+
+    names = ("brick", "grass", "gravel")
+    root = generate_texture_dataset(tmp_path / "data", names, image_size=64, num_train=4, num_test_good=2,
+                                    num_test_per_defect=1, seed=3)  # fmt: skip
+    config = yaml.safe_load((REPO / "configs" / "diffad_unified.yaml").read_text())
+    assert tuple(config["model"]["init_args"]["categories"]) == names
+    for child in config["data"]["init_args"]["datamodules"]:
+        child["init_args"]["root"] = str(root)
+    unified = tmp_path / "unified.yaml"
+    unified.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    result = _anomalib(
+        "train", "--config", str(TINY), "--config", str(unified), "--trainer.max_epochs", "1",
+        "--default_root_dir", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    for name in names:
+        assert f"{name}/pixel_AUROC" in result.stdout + result.stderr
+    ckpt = next(out.rglob("model.ckpt"))
+    exports = tmp_path / "exports"
+    _anomalib(
+        "export", "--config", str(TINY), "--config", str(unified), "--ckpt_path", str(ckpt),
+        "--export_type", "torch", "--export_root", str(exports), cwd=tmp_path,
+    )  # fmt: skip
+    reloaded = DiffAD.load_from_checkpoint(ckpt).eval()
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    maps = {}
+    for name in names:
+        exported = torch.load(exports / name / "weights" / "torch" / "model.pt", weights_only=False)["model"].eval()
+        with torch.no_grad(), reloaded.selected_category(name):
+            maps[name] = exported(image).anomaly_map
+            torch.testing.assert_close(maps[name], reloaded(image).anomaly_map, atol=1e-5, rtol=0)
+    assert (maps["brick"] - maps["grass"]).abs().max() > 1e-3
+    assert reloaded.category is None

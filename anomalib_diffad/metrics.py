@@ -1,0 +1,138 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""anomalib's Evaluator that also reports every test metric per category of a unified model.
+
+Example:
+    >>> import torch
+    >>> from anomalib.metrics import AUROC
+    >>> from anomalib_diffad.data.multi import CategoryImageBatch
+    >>> evaluator = CategoryEvaluator(("brick", "grass"), test_metrics=[AUROC(fields=["pred_score", "gt_label"])])
+    >>> batch = CategoryImageBatch(
+    ...     image=torch.zeros(4, 3, 8, 8),
+    ...     gt_label=torch.tensor([0, 1, 0, 1]),
+    ...     pred_score=torch.tensor([0.1, 0.9, 0.8, 0.2]),
+    ...     category=torch.tensor([0, 0, 1, 1]),
+    ... )
+    >>> evaluator.update_categories(evaluator.category_test_metrics, batch)
+    >>> updated = evaluator.updated(evaluator.category_test_metrics)
+    >>> {metric.name: round(float(metric.compute()), 2) for metric in updated}
+    {'brick/AUROC': 1.0, 'grass/AUROC': 0.0}
+"""
+
+import copy
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from anomalib.metrics import AnomalibMetric, Evaluator
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch.nn import ModuleList
+
+
+class CategoryEvaluator(Evaluator):
+    """anomalib ``Evaluator`` plus a copy of each test metric per category, logged as ``<category>/<metric>``.
+
+    The pooled metrics are anomalib's, unchanged. A batch with a ``category`` field (a
+    :class:`~anomalib_diffad.data.multi.MultiCategory` batch) also updates the copies of the categories it holds,
+    with only their images; a category without test images is not logged. So ``anomalib test`` and
+    ``Engine.test`` print, for example, ``image_AUROC`` and ``grass/image_AUROC`` side by side.
+
+    Args:
+        categories: Category names in index order.
+        val_metrics: Validation metrics (pooled only).
+        test_metrics: Test metrics, pooled and per category.
+        compute_on_cpu: Compute the metrics on the CPU (single device).
+
+    Raises:
+        ValueError: If ``categories`` is empty or has duplicates.
+    """
+
+    def __init__(
+        self,
+        categories: Sequence[str],
+        val_metrics: AnomalibMetric | Sequence[AnomalibMetric] | None = None,
+        test_metrics: AnomalibMetric | Sequence[AnomalibMetric] | None = None,
+        compute_on_cpu: bool = True,
+    ) -> None:
+        super().__init__(val_metrics=val_metrics, test_metrics=test_metrics, compute_on_cpu=compute_on_cpu)
+        self.categories = tuple(categories)
+        if not self.categories or len(set(self.categories)) != len(self.categories):
+            msg = f"CategoryEvaluator needs distinct category names, got {self.categories}."
+            raise ValueError(msg)
+        self.category_test_metrics = ModuleList(
+            ModuleList(self._renamed(metric, f"{name}/{metric.name}") for metric in self.test_metrics)
+            for name in self.categories
+        )
+
+    @staticmethod
+    def _renamed(metric: AnomalibMetric, name: str) -> AnomalibMetric:
+        copied = copy.deepcopy(metric)
+        copied.name = name
+        return copied
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Move the per-category metrics to the CPU too when anomalib moves its own."""
+        super().setup(trainer, pl_module, stage)
+        if trainer.num_devices == 1 and self.compute_on_cpu:
+            self.metrics_to_cpu(list(self.category_test_metrics))
+
+    def update_categories(self, metrics: ModuleList, batch: Any) -> None:  # noqa: ANN401
+        """Update each category's ``metrics`` with the images of ``batch`` in that category.
+
+        Args:
+            metrics: One ``ModuleList`` of metrics per category.
+            batch: Batch with a ``category`` field (others are ignored).
+
+        Raises:
+            ValueError: If a category index has no name.
+        """
+        labels = getattr(batch, "category", None)
+        if labels is None:
+            return
+        labels = labels.cpu()
+        if bool((labels >= len(self.categories)).any()):
+            msg = f"Category index {int(labels.max())} has no name; the evaluator's categories are {self.categories}."
+            raise ValueError(msg)
+        for index in torch.unique(labels).tolist():
+            selected = (labels == index).nonzero().squeeze(1)
+            for metric in metrics[index]:
+                metric.update(self._select(batch, metric.fields, selected))
+
+    @staticmethod
+    def _select(batch: Any, fields: Sequence[str], indices: torch.Tensor) -> SimpleNamespace:  # noqa: ANN401
+        """The metric's fields of ``batch`` for the images at ``indices`` (``None`` stays ``None``)."""
+        values = {}
+        for field in fields:
+            value = getattr(batch, field, None)
+            values[field] = None if value is None else value[indices.to(value.device)]
+        return SimpleNamespace(**values)
+
+    @staticmethod
+    def updated(metrics: ModuleList) -> list[AnomalibMetric]:
+        """The metrics of all categories that were updated since their last reset."""
+        return [metric for category in metrics for metric in category if metric.update_called]
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: STEP_OUTPUT | None,
+        batch: Any,  # noqa: ANN401
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Update the pooled and the per-category test metrics."""
+        super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        self.update_categories(self.category_test_metrics, batch)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Log the pooled metrics, then each category's."""
+        super().on_test_epoch_end(trainer, pl_module)
+        for metric in self.updated(self.category_test_metrics):
+            self.log(metric.name, metric)
+            if trainer.barebones:
+                value = metric.compute()
+                trainer.callback_metrics[metric.name] = value
+                trainer.logged_metrics[metric.name] = value
