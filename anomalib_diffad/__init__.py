@@ -16,6 +16,7 @@ from anomalib_diffad.torch_model import DiffADModel
 # names up as attributes of these packages; register ours there too.
 anomalib.models.DiffAD = DiffAD
 anomalib.models.BudgetDraem = BudgetDraem
+anomalib.data.MultiCategory = MultiCategory
 if not hasattr(anomalib.data, "MVTec"):
     anomalib.data.MVTec = MVTec
 patch_benchmark_collect()

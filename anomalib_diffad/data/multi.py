@@ -22,13 +22,13 @@ Example:
     'grass'
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import pandas as pd
 import torch
-from anomalib.data import AnomalibDataModule, AnomalibDataset, ImageBatch, ImageItem
+from anomalib.data import AnomalibDataModule, AnomalibDataset, ImageBatch, ImageItem, get_datamodule
 from anomalib.data.dataclasses.generic import FieldDescriptor
 from anomalib.data.dataclasses.numpy.image import NumpyImageBatch, NumpyImageItem
 from torchvision.transforms.v2 import Transform
@@ -98,6 +98,16 @@ class CategoryImageBatch(_CategoryField, ImageBatch):
         return ImageBatch(**{name: getattr(self, name) for name in _image_fields(ImageBatch)}).to_numpy()
 
 
+def _as_datamodule(datamodule: AnomalibDataModule | Mapping) -> AnomalibDataModule:
+    """``datamodule`` itself, or the datamodule its config (``class_path``, ``init_args``) describes."""
+    if isinstance(datamodule, AnomalibDataModule):
+        return datamodule
+    if isinstance(datamodule, Mapping) and "class_path" in datamodule:
+        return get_datamodule(datamodule)
+    msg = f"MultiCategory takes anomalib datamodules or their configs (class_path, init_args), got {datamodule!r}."
+    raise TypeError(msg)
+
+
 class CategoryDataset(AnomalibDataset):
     """The samples of several anomalib datasets, each tagged with its category index.
 
@@ -153,7 +163,9 @@ class MultiCategory(AnomalibDataModule):
     Batch sizes, workers and augmentations are this module's (the children's augmentations are not used).
 
     Args:
-        datamodules: One anomalib image datamodule per category, e.g. ``MVTecAD(category=...)`` or ``Folder``.
+        datamodules: One anomalib image datamodule per category, e.g. ``MVTecAD(category=...)`` or ``Folder``,
+            or its config (``{"class_path": "MVTecAD", "init_args": {...}}``, as ``anomalib benchmark``
+            passes it: built with anomalib's ``get_datamodule``).
         categories: Category names, in index order (default: each child's ``category``, else its ``name``).
         include: Categories whose samples this module serves (default: all); indices stay those of
             ``categories``, so a model trained on all of them can be tested on one (see :meth:`for_category`).
@@ -197,6 +209,7 @@ class MultiCategory(AnomalibDataModule):
         if not datamodules:
             msg = "MultiCategory needs at least one datamodule."
             raise ValueError(msg)
+        datamodules = [_as_datamodule(datamodule) for datamodule in datamodules]
         names = (
             tuple(getattr(datamodule, "category", "") or datamodule.name for datamodule in datamodules)
             if categories is None

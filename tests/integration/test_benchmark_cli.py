@@ -24,17 +24,14 @@ def _tiny_benchmark_config(shipped: dict, dataset_root: Path, anomaly_source: Pa
     return shipped
 
 
-def test_anomalib_benchmark_writes_one_row_per_model(dataset_root: Path, tmp_path: Path) -> None:
-    """The real console script, the shipped config (made tiny): three rows with metrics in [0, 1]."""
-    shipped = yaml.safe_load((REPO / "configs" / "benchmark.yaml").read_text())
-    assert [m["class_path"] for m in shipped["benchmark"]["model"]["grid"]] == ["DiffAD", "Patchcore", "BudgetDraem"]
-    (tmp_path / "source").mkdir()
-    config = tmp_path / "benchmark.yaml"
-    config.write_text(yaml.safe_dump(_tiny_benchmark_config(shipped, dataset_root, tmp_path / "source")))
+def _run_benchmark(config: dict, tmp_path: Path) -> list[dict[str, str]]:
+    """``anomalib benchmark`` offline on ``config``; the rows of its results CSV."""
+    path = tmp_path / "benchmark.yaml"
+    path.write_text(yaml.safe_dump(config))
     env = os.environ | {"HF_HOME": str(tmp_path / "hf"), "MALLOC_MMAP_THRESHOLD_": "1048576"}
     subprocess.run([sys.executable, "-m", "anomalib_diffad.hub_cache"], env=env, check=True, capture_output=True)
     result = subprocess.run(
-        [str(ANOMALIB), "benchmark", "--config", str(config)],
+        [str(ANOMALIB), "benchmark", "--config", str(path)],
         cwd=tmp_path,
         env=env | {"HF_HUB_OFFLINE": "1"},
         capture_output=True,
@@ -44,7 +41,15 @@ def test_anomalib_benchmark_writes_one_row_per_model(dataset_root: Path, tmp_pat
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (results,) = (tmp_path / "runs" / "benchmark").glob("*/results.csv")
-    rows = list(csv.DictReader(results.open()))
+    return list(csv.DictReader(results.open()))
+
+
+def test_anomalib_benchmark_writes_one_row_per_model(dataset_root: Path, tmp_path: Path) -> None:
+    """The real console script, the shipped config (made tiny): three rows with metrics in [0, 1]."""
+    shipped = yaml.safe_load((REPO / "configs" / "benchmark.yaml").read_text())
+    assert [m["class_path"] for m in shipped["benchmark"]["model"]["grid"]] == ["DiffAD", "Patchcore", "BudgetDraem"]
+    (tmp_path / "source").mkdir()
+    rows = _run_benchmark(_tiny_benchmark_config(shipped, dataset_root, tmp_path / "source"), tmp_path)
     assert [row["model.class_path"] for row in rows] == ["DiffAD", "Patchcore", "BudgetDraem"]
     for row in rows:
         assert row["data.init_args.category"] == "brick"
@@ -52,3 +57,30 @@ def test_anomalib_benchmark_writes_one_row_per_model(dataset_root: Path, tmp_pat
             assert 0.0 <= float(row[metric]) <= 1.0, (row["model.class_path"], metric, row[metric])
         assert float(row["fit_duration"]) > 0
     assert 0.0 <= float(rows[0]["pixel_AUPRO"]) <= 1.0  # DiffAD's evaluator adds AUPRO
+
+
+def test_anomalib_benchmark_runs_unified_models(tmp_path: Path) -> None:
+    """``configs/benchmark_unified.yaml`` (made tiny): every model trains on all three categories at once
+    (``MultiCategory`` built from the config); DiffAD's row also holds each category's metrics."""
+    from anomalib_diffad.data import generate_texture_dataset
+
+    names = ["brick", "grass", "gravel"]
+    root = generate_texture_dataset(tmp_path / "data", names, image_size=64, num_train=4, num_test_good=2,
+                                    num_test_per_defect=1, seed=2)  # fmt: skip
+    shipped = yaml.safe_load((REPO / "configs" / "benchmark_unified.yaml").read_text())
+    diffad, patchcore, draem = shipped["benchmark"]["model"]["grid"]
+    assert diffad["init_args"]["categories"] == names
+    children = shipped["benchmark"]["data"]["init_args"]["datamodules"]
+    assert [child["init_args"]["category"] for child in children] == names
+    for child in children:
+        child["init_args"]["root"] = str(root)
+    diffad["init_args"] = TINY | {"max_steps": 3, "categories": names}
+    (tmp_path / "source").mkdir()
+    draem["init_args"] |= {"dtd_dir": str(tmp_path / "source"), "max_epochs": 1, "image_size": 64}
+    rows = _run_benchmark(shipped, tmp_path)
+    assert [row["model.class_path"] for row in rows] == ["DiffAD", "Patchcore", "BudgetDraem"]
+    for row in rows:
+        assert 0.0 <= float(row["pixel_AUROC"]) <= 1.0, row
+    for name in names:
+        assert 0.0 <= float(rows[0][f"{name}/pixel_AUROC"]) <= 1.0
+        assert rows[1][f"{name}/pixel_AUROC"] == ""  # PatchCore: pooled metrics only
