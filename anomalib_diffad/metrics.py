@@ -21,7 +21,6 @@ Example:
 
 import copy
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -29,6 +28,8 @@ from anomalib.metrics import AnomalibMetric, Evaluator
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.nn import ModuleList
+
+from anomalib_diffad.data.multi import select_images
 
 
 class CategoryEvaluator(Evaluator):
@@ -98,16 +99,7 @@ class CategoryEvaluator(Evaluator):
         for index in torch.unique(labels).tolist():
             selected = (labels == index).nonzero().squeeze(1)
             for metric in metrics[index]:
-                metric.update(self._select(batch, metric.fields, selected))
-
-    @staticmethod
-    def _select(batch: Any, fields: Sequence[str], indices: torch.Tensor) -> SimpleNamespace:  # noqa: ANN401
-        """The metric's fields of ``batch`` for the images at ``indices`` (``None`` stays ``None``)."""
-        values = {}
-        for field in fields:
-            value = getattr(batch, field, None)
-            values[field] = None if value is None else value[indices.to(value.device)]
-        return SimpleNamespace(**values)
+                metric.update(select_images(batch, metric.fields, selected))
 
     @staticmethod
     def updated(metrics: ModuleList) -> list[AnomalibMetric]:

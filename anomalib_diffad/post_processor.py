@@ -12,6 +12,7 @@ from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 
 from anomalib_diffad.anomaly_map import top_k_mean
+from anomalib_diffad.data.multi import select_images
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +126,7 @@ class DiffADPostProcessor(PostProcessor):
                 selected = category == index
                 if not bool(selected.any()):
                     continue
-                subset = SimpleNamespace(**{
-                    name: None if value is None else value[selected] for name, value in vars(fused).items()
-                })
+                subset = select_images(fused, vars(fused), selected)
                 for metric in metrics.values():
                     metric.to(fused.anomaly_map.device).update(subset)
             if not metrics["image"].update_called:
@@ -156,27 +155,29 @@ class DiffADPostProcessor(PostProcessor):
             values["pixel_threshold"] = torch.where(torch.isnan(pixel), image, pixel)
         return values
 
-    def _normalize_category(
+    def _normalize_categories(
         self,
-        preds: torch.Tensor | None,
-        kind: str,
+        pred_score: torch.Tensor | None,
+        anomaly_map: torch.Tensor | None,
         class_labels: torch.Tensor,
-    ) -> torch.Tensor | None:
-        if preds is None:
-            return None
-        values = self.category_values(class_labels, preds.ndim)
-        return self._normalize(preds, values[f"{kind}_min"], values[f"{kind}_max"], values[f"{kind}_threshold"])
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Scores and maps min-max normalized around each image's category thresholds."""
+        normalized = []
+        for preds, kind in ((pred_score, "image"), (anomaly_map, "pixel")):
+            if preds is not None:
+                values = self.category_values(class_labels, preds.ndim)
+                preds = self._normalize(preds, values[f"{kind}_min"], values[f"{kind}_max"], values[f"{kind}_threshold"])
+            normalized.append(preds)
+        return normalized[0], normalized[1]
 
     def forward(self, predictions: InferenceBatch, class_labels: torch.Tensor | None = None) -> InferenceBatch:
         """anomalib's post-processing, with each image's category calibration when ``num_classes`` is set."""
         if self.num_classes is None:
             return super().forward(predictions)
         _require_labels(class_labels, self.num_classes)
-        pred_score = predictions.pred_score
-        anomaly_map = predictions.anomaly_map
+        pred_score, anomaly_map = predictions.pred_score, predictions.anomaly_map
         if self.enable_normalization:
-            pred_score = self._normalize_category(pred_score, "image", class_labels)
-            anomaly_map = self._normalize_category(anomaly_map, "pixel", class_labels)
+            pred_score, anomaly_map = self._normalize_categories(pred_score, anomaly_map, class_labels)
         pred_label = pred_mask = None
         if self.enable_thresholding:
             pred_label = self._apply_threshold(pred_score, self.normalized_image_threshold)
@@ -202,8 +203,11 @@ class DiffADPostProcessor(PostProcessor):
             return
         _require_labels(class_labels, self.num_classes)
         if self.enable_normalization:
-            batch.anomaly_map = self._normalize_category(batch.anomaly_map, "pixel", class_labels)
-            batch.pred_score = self._normalize_category(batch.pred_score, "image", class_labels)
+            batch.pred_score, batch.anomaly_map = self._normalize_categories(
+                batch.pred_score,
+                batch.anomaly_map,
+                class_labels,
+            )
         if self.enable_thresholding:
             self.threshold_batch(batch)
 

@@ -22,8 +22,9 @@ Example:
     'grass'
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 from typing import ClassVar
 
 import pandas as pd
@@ -96,6 +97,18 @@ class CategoryImageBatch(_CategoryField, ImageBatch):
     def to_numpy(self) -> NumpyImageBatch:
         """anomalib's numpy batch (which has no category field)."""
         return ImageBatch(**{name: getattr(self, name) for name in _image_fields(ImageBatch)}).to_numpy()
+
+
+def select_images(batch: object, fields: Iterable[str], selected: torch.Tensor) -> SimpleNamespace:
+    """The ``fields`` of ``batch`` for the ``selected`` images (boolean mask or indices); missing ones are ``None``.
+
+    Enough of a batch for anomalib's metrics, which read only their ``fields``.
+    """
+    values = {}
+    for field in fields:
+        value = getattr(batch, field, None)
+        values[field] = None if value is None else value[selected.to(value.device)]
+    return SimpleNamespace(**values)
 
 
 def _as_datamodule(datamodule: AnomalibDataModule | Mapping) -> AnomalibDataModule:
