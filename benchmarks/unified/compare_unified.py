@@ -254,7 +254,7 @@ def summarize(rows: list[dict], out: Path, command: str, args: argparse.Namespac
         axis.set_xticks(range(len(categories)), categories)
         axis.set_ylim(0.0, 1.0)
         axis.set_title(f"{model}: {metric}")
-    axes[0][0].legend(loc="lower left", fontsize="small")
+        axis.legend(loc="lower left", fontsize="small")
     figure.tight_layout()
     figure.savefig(out / "unified.png", dpi=110)
 
