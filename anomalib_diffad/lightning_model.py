@@ -62,6 +62,22 @@ def _category_names(categories: Sequence[str] | None, num_classes: int) -> tuple
     return names + tuple(map(str, range(len(names), num_classes)))
 
 
+def _images_of_category(dataloader: Iterable[Any], index: int) -> Iterator[torch.Tensor]:
+    """The images of category ``index`` in batches that carry a ``category`` field.
+
+    Raises:
+        ValueError: If a batch has no ``category``.
+    """
+    for batch in dataloader:
+        labels = getattr(batch, "category", None)
+        if labels is None:
+            msg = "A unified DiffAD fits one prior per category: the batches need a category (use MultiCategory)."
+            raise ValueError(msg)
+        selected = labels.to(batch.image.device) == index
+        if bool(selected.any()):
+            yield batch.image[selected]
+
+
 def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(image_size, int):
         return (image_size, image_size)
@@ -273,9 +289,14 @@ class DiffAD(AnomalibModule):
         Raises:
             ValueError: If the model is not class-conditional, or the category is unknown or out of range.
         """
-        if category is None:
-            self.category = None
-            return
+        self.category = None if category is None else self.category_index(category)
+
+    def category_index(self, category: str | int) -> int:
+        """Index of a category given by name (needs ``categories``) or index.
+
+        Raises:
+            ValueError: If the model is not class-conditional, or the category is unknown or out of range.
+        """
         num_classes = self.model.num_classes
         if num_classes is None:
             msg = "This DiffAD is a single-category model (num_classes=None): there is no category to select."
@@ -288,7 +309,7 @@ class DiffAD(AnomalibModule):
         if not 0 <= int(category) < num_classes:
             msg = f"Category index {category} is out of range for num_classes={num_classes}."
             raise ValueError(msg)
-        self.category = int(category)
+        return int(category)
 
     @property
     def category_names(self) -> tuple[str, ...]:
@@ -439,23 +460,44 @@ class DiffAD(AnomalibModule):
         predictions = self.model(batch.image, self.class_labels(batch))
         return batch.update(**predictions._asdict())
 
-    def fit_reconstruction_prior(self, dataloader: Iterable[Any], **kwargs: Any) -> ReconstructionPrior:  # noqa: ANN401
+    def fit_reconstruction_prior(
+        self,
+        dataloader: Iterable[Any],
+        categories: Sequence[str | int] | None = None,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> ReconstructionPrior | dict[int, ReconstructionPrior]:
         """Fit the Gaussian prior of normal features that :meth:`reconstruct` uses, and keep it on the model.
 
-        The prior is not part of the checkpoint or the exported graph: refit it after loading, or save its
-        ``state_dict`` (the ``ReconstructionPanels`` callback does).
+        A unified model gets one prior per category, each fitted on the images of its category only (the
+        batches' ``category``: a :class:`~anomalib_diffad.data.multi.MultiCategory` train dataloader); the
+        dataloader is read once per category. The priors are not part of the checkpoint or the exported graph:
+        refit them after loading, or save their ``state_dict`` (the ``ReconstructionPanels`` callback does).
 
         Args:
             dataloader: Batches of normal training images (e.g. ``datamodule.train_dataloader()``).
+            categories: Unified model: the categories to fit (default: all).
             **kwargs: Options of :func:`~anomalib_diffad.reconstruction.fit_reconstruction_prior` (backbone,
                 layers, ``n_features``, ...).
 
         Returns:
-            The fitted prior.
+            The fitted prior; for a unified model, the priors by category index.
+
+        Raises:
+            ValueError: Unified model: a category is unknown, or the dataloader has no image of it.
         """
-        prior = fit_reconstruction_prior(self, dataloader, **kwargs)
-        object.__setattr__(self, "reconstruction_prior", prior)  # not a submodule: state_dict and export unchanged
-        return prior
+        if self.model.num_classes is None:
+            prior = fit_reconstruction_prior(self, dataloader, **kwargs)
+            object.__setattr__(self, "reconstruction_prior", prior)  # not a submodule: state_dict, export unchanged
+            return prior
+        priors = dict(getattr(self, "reconstruction_priors", {}))
+        for index in map(self.category_index, categories or self.category_names):
+            try:
+                priors[index] = fit_reconstruction_prior(self, _images_of_category(dataloader, index), **kwargs)
+            except ValueError as error:
+                msg = f"Category {self.category_names[index]!r}: {error} Pass categories=[...] to fit only some."
+                raise ValueError(msg) from error
+        object.__setattr__(self, "reconstruction_priors", priors)
+        return priors
 
     def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score test images (with their categories when unified)."""
@@ -488,31 +530,38 @@ class DiffAD(AnomalibModule):
         *,
         prior: ReconstructionPrior | None = None,
         config: GradientDenoising | None = None,
+        category: str | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Gradient-denoising reconstruction (paper Algorithm 1) of pre-processed ``[-1, 1]`` images.
 
-        Runs on the EMA weights, in batches, on the images' device; usable inside ``no_grad`` and predict.
+        Runs on the EMA weights, in batches, on the images' device; usable inside ``no_grad`` and predict. A
+        unified model reconstructs images of one category at a time: with that category's class embedding and
+        prior.
 
         Args:
             images: Images ``(N, 3, H, W)`` as the model sees them (after the pre-processor).
             return_steps: Also return the intermediate images ``(S, N, 3, H, W)``.
-            prior: Gaussian of normal features (default: the one :meth:`fit_reconstruction_prior` kept).
+            prior: Gaussian of normal features (default: the one :meth:`fit_reconstruction_prior` kept; for a
+                unified model, the category's).
             config: Step size and counts (default: the official code's).
+            category: Unified model: the images' category (default: the selected one).
 
         Returns:
             The reconstructions, or ``(reconstructions, steps)`` when ``return_steps``.
 
         Raises:
-            ValueError: If no prior is given and none was fitted.
-            NotImplementedError: For a unified model (its prior and class embedding would need the category).
+            ValueError: If no prior is given and none was fitted, or a unified model gets no category.
         """
-        if self.model.num_classes is not None:
-            msg = (
-                "Gradient-denoising reconstruction is single-category: a unified DiffAD (num_classes set) would need "
-                "a per-category prior and class labels, which are not implemented."
-            )
-            raise NotImplementedError(msg)
-        prior = prior if prior is not None else getattr(self, "reconstruction_prior", None)
+        labels = None
+        if self.model.num_classes is None:
+            prior = prior if prior is not None else getattr(self, "reconstruction_prior", None)
+        else:
+            index = self.category if category is None else self.category_index(category)
+            if index is None:
+                msg = "A unified DiffAD reconstructs one category at a time: pass category=... or select_category()."
+                raise ValueError(msg)
+            prior = prior if prior is not None else getattr(self, "reconstruction_priors", {}).get(index)
+            labels = torch.full((images.shape[0],), index, dtype=torch.long, device=images.device)
         if prior is None:
             msg = (
                 "No reconstruction prior: call model.fit_reconstruction_prior(datamodule.train_dataloader()) "
@@ -525,6 +574,7 @@ class DiffAD(AnomalibModule):
             self.model.ema_denoiser,
             self.model.schedule,
             config,
+            class_labels=labels,
             return_steps=return_steps,
         )
         return (output.reconstruction, output.steps) if return_steps else output.reconstruction

@@ -216,8 +216,15 @@ class ReconstructionPrior(nn.Module):
 
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor]) -> None:
-        """Fit the per-position Gaussian (PaDiM's covariance, ``+0.01 I``) on batches of normal ``[-1, 1]`` images."""
+        """Fit the per-position Gaussian (PaDiM's covariance, ``+0.01 I``) on batches of normal ``[-1, 1]`` images.
+
+        Raises:
+            ValueError: If there is no image.
+        """
         self.padim.memory_bank = [self.embed(images) for images in batches]
+        if not self.padim.memory_bank:
+            msg = "No images to fit the reconstruction prior on."
+            raise ValueError(msg)
         self.padim.fit()
 
 

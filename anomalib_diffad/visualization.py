@@ -205,7 +205,17 @@ class ReconstructionPanels(Callback):
         return prior
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Load or fit the prior."""
+        """Load or fit the prior.
+
+        Raises:
+            ValueError: For a unified model (use its ``fit_reconstruction_prior`` and ``reconstruct(category=...)``).
+        """
+        if pl_module.model.num_classes is not None:
+            msg = (
+                "ReconstructionPanels handles single-category models; for a unified DiffAD call "
+                "model.fit_reconstruction_prior(train_dataloader) and model.reconstruct(images, category=...)."
+            )
+            raise ValueError(msg)
         self.prior = self._load_or_fit_prior(trainer, pl_module)
         self._written = 0
         self._started = time.monotonic()

@@ -17,6 +17,7 @@ from anomalib_diffad.anomaly_map import AnomalyMapGenerator
 from anomalib_diffad.data import generate_texture_dataset
 from anomalib_diffad.data.multi import CategoryImageBatch, CategoryImageItem
 from anomalib_diffad.post_processor import DiffADPostProcessor
+from anomalib_diffad.reconstruction import GradientDenoising
 from anomalib_diffad.unified import export_per_category, evaluate_per_category
 from tests.helpers.presets import TINY_MODEL_ARGS
 
@@ -163,16 +164,13 @@ def test_model_argument_errors_are_clear() -> None:
 
 
 def test_datamodule_must_fit_the_unified_model(texture_root: Path) -> None:
-    """Too few classes or differently named categories stop training before the first step; reconstruction,
-    which would need a per-category prior, refuses a unified model."""
+    """Too few classes or differently named categories stop training before the first step."""
     datamodule = _multi(texture_root)
     with pytest.raises(ValueError, match="num_classes=2 is smaller than the datamodule's 3 categories"):
         DiffAD(**(TINY_MODEL_ARGS | {"num_classes": 2}))._check_categories(datamodule)  # noqa: SLF001
     with pytest.raises(ValueError, match="do not match the datamodule's"):
         DiffAD(**(TINY_MODEL_ARGS | {"categories": ("a", "b", "c")}))._check_categories(datamodule)  # noqa: SLF001
     DiffAD(**TINY_MODEL_ARGS)._check_categories(datamodule)  # noqa: SLF001  # one unconditional model: allowed
-    with pytest.raises(NotImplementedError, match="per-category prior"):
-        DiffAD(**(TINY_MODEL_ARGS | {"categories": NAMES})).reconstruct(torch.zeros(1, 3, 64, 64), prior=None)
 
 
 def test_single_category_model_state_is_unchanged() -> None:
@@ -348,3 +346,28 @@ def test_per_category_export_parity(unified: dict, tmp_path: Path, monkeypatch: 
                     assert difference <= PARITY_TOLERANCE, (name, key, path, difference)
             other = inferencers[NAMES[(NAMES.index(name) + 1) % 3]].predict(path)
             assert np.abs(np.asarray(other.anomaly_map).reshape(-1) - expected["anomaly_map"]).max() > 1e-3
+
+
+def test_unified_reconstruction_uses_each_categorys_prior_and_embedding(unified: dict) -> None:
+    """One prior per category, fitted on that category's training images only; reconstruction runs with the
+    category's class embedding and prior, lowers the images' distance to it, and needs a category."""
+    model, datamodule = unified["model"], unified["datamodule"]
+    with pytest.raises(ValueError, match="one category at a time"):
+        model.reconstruct(torch.zeros(1, 3, 64, 64))
+    priors = model.fit_reconstruction_prior(datamodule.train_dataloader(), n_features=16)
+    assert sorted(priors) == [0, 1, 2]
+    means = [prior.padim.gaussian.mean for prior in priors.values()]
+    assert all((means[0] - other).abs().max() > 1e-3 for other in means[1:])
+    only_grass = datamodule.for_category("grass")
+    only_grass.setup()
+    grass = next(iter(only_grass.test_dataloader()))
+    images = model.pre_processor.transform(grass.image)
+    config = GradientDenoising(num_denoise_steps=2, denoise_every=3)
+    with torch.no_grad():
+        reconstruction = model.reconstruct(images, category="grass", config=config)
+        before, after = priors[1].distance(images).mean(), priors[1].distance(reconstruction).mean()
+        other = model.reconstruct(images, prior=priors[1], category="brick", config=config)
+    assert after < before, (before, after)
+    assert (other - reconstruction).abs().max() > 1e-4  # brick's class embedding denoises differently
+    with pytest.raises(ValueError, match="Category 'brick'"):
+        model.fit_reconstruction_prior(only_grass.train_dataloader(), categories=["brick"])
