@@ -18,7 +18,7 @@ from anomalib_diffad.data import generate_texture_dataset
 from anomalib_diffad.data.multi import CategoryImageBatch, CategoryImageItem
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.reconstruction import GradientDenoising
-from anomalib_diffad.unified import export_per_category, evaluate_per_category
+from anomalib_diffad.unified import evaluate_per_category, export_per_category
 from tests.helpers.presets import TINY_MODEL_ARGS
 
 NAMES = ("brick", "grass", "gravel")
