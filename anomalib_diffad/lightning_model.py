@@ -691,8 +691,8 @@ class DiffAD(AnomalibModule):
             renamed.with_suffix(".bin").replace(path.with_suffix(".bin"))
         return path
 
-    @staticmethod
     def _post_training_quantization_ov(
+        self,
         model: "openvino.Model",
         datamodule: AnomalibDataModule | None = None,
     ) -> "openvino.Model":
@@ -702,7 +702,8 @@ class DiffAD(AnomalibModule):
         arithmetic of the reverse-posterior KL (log-variances, squared differences) and of the
         post-processor's normalization. Here everything but ``Convolution``, ``GroupConvolution`` and
         ``MatMul`` (nearly all of the compute) stays in floating point. Calibrates on the validation images,
-        as anomalib does.
+        as anomalib does; a unified model's graph on those of its selected category when the datamodule is a
+        ``MultiCategory``.
 
         Args:
             model: OpenVINO model of the whole pipeline (pre-processor, model, post-processor).
@@ -719,6 +720,8 @@ class DiffAD(AnomalibModule):
         if datamodule is None:
             msg = "INT8_PTQ needs calibration images: pass a datamodule (--data in the CLI)."
             raise ValueError(msg)
+        if isinstance(datamodule, MultiCategory) and self.category is not None:
+            datamodule = datamodule.for_category(self.category_names[self.category])
         datamodule.setup("fit")
         dataloader = datamodule.val_dataloader()
         if len(dataloader.dataset) == 0:

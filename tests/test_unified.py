@@ -3,6 +3,7 @@
 """Unified (class-conditional) DiffAD: category labels in batches, per-category calibration, metrics, export."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -371,3 +372,21 @@ def test_unified_reconstruction_uses_each_categorys_prior_and_embedding(unified:
     assert (other - reconstruction).abs().max() > 1e-4  # brick's class embedding denoises differently
     with pytest.raises(ValueError, match="Category 'brick'"):
         model.fit_reconstruction_prior(only_grass.train_dataloader(), categories=["brick"])
+
+
+def test_int8_calibration_of_a_category_graph_uses_its_images(
+    unified: dict,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """INT8 post-training quantization of one category's graph calibrates on that category's validation images."""
+    import nncf
+
+    calibration = []
+    monkeypatch.setattr(nncf, "quantize", lambda model, dataset, **kwargs: calibration.append(dataset) or model)
+    graph = SimpleNamespace(get_ops=list)
+    model = unified["model"]
+    with model.selected_category("gravel"):
+        model._post_training_quantization_ov(graph, unified["datamodule"])  # noqa: SLF001
+    batches = list(calibration[0].get_data())
+    assert batches
+    assert all(batch.category.tolist() == [2] * len(batch.category) for batch in batches)
