@@ -66,6 +66,7 @@ class CategoryEvaluator(Evaluator):
             ModuleList(self._renamed(metric, f"{name}/{metric.name}") for metric in self.test_metrics)
             for name in self.categories
         )
+        self._no_images: Any = None
 
     @staticmethod
     def _renamed(metric: AnomalibMetric, name: str) -> AnomalibMetric:
@@ -96,15 +97,34 @@ class CategoryEvaluator(Evaluator):
         if bool((labels >= len(self.categories)).any()):
             msg = f"Category index {int(labels.max())} has no name; the evaluator's categories are {self.categories}."
             raise ValueError(msg)
+        fields = {field for category in metrics for metric in category for field in metric.fields}
+        self._no_images = select_images(batch, fields, torch.zeros(0, dtype=torch.long))
         for index in torch.unique(labels).tolist():
             selected = (labels == index).nonzero().squeeze(1)
             for metric in metrics[index]:
                 metric.update(select_images(batch, metric.fields, selected))
 
-    @staticmethod
-    def updated(metrics: ModuleList) -> list[AnomalibMetric]:
-        """The metrics of all categories that were updated since their last reset."""
-        return [metric for category in metrics for metric in category if metric.update_called]
+    def updated(self, metrics: ModuleList, trainer: Trainer | None = None) -> list[AnomalibMetric]:
+        """The metrics of every category updated since the last reset, on this or any other rank of ``trainer``.
+
+        All ranks must compute (and so synchronize) the same metrics with states of the same shapes: a rank that
+        saw no image of a category another rank saw updates that category's metrics with zero images.
+        """
+        here = [any(metric.update_called for metric in category) for category in metrics]
+        anywhere = torch.tensor(here, dtype=torch.float32)
+        if trainer is not None and trainer.world_size > 1:
+            anywhere = trainer.strategy.reduce(anywhere.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+        selected = []
+        for category, local, total in zip(metrics, here, anywhere.tolist(), strict=True):
+            if total > 0:
+                if not local and self._no_images is not None:
+                    for metric in category:
+                        if any(isinstance(default, list) for default in metric._defaults.values()):  # noqa: SLF001
+                            metric.update(self._no_images)  # list states gather per-image values: add none
+                        else:  # count states already hold the right zeros; torchmetrics cannot update with none
+                            metric._update_count += 1  # noqa: SLF001  # a never-updated metric breaks the DDP sync
+                selected.extend(category)
+        return selected
 
     def on_test_batch_end(
         self,
@@ -122,7 +142,7 @@ class CategoryEvaluator(Evaluator):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Log the pooled metrics, then each category's."""
         super().on_test_epoch_end(trainer, pl_module)
-        for metric in self.updated(self.category_test_metrics):
+        for metric in self.updated(self.category_test_metrics, trainer):
             self.log(metric.name, metric)
             if trainer.barebones:
                 value = metric.compute()

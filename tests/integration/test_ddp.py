@@ -8,7 +8,9 @@ minute and a half on two cores (two extra Python processes that each import anom
 skips it.
 """
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +99,70 @@ def test_ddp_two_cpu_processes(dataset_root: Path, tiny_model_args: dict, tmp_pa
     for key in ("mean", "std"):  # 4 images per rank, all 8 in the single process; float64 sums in another order
         torch.testing.assert_close(ranks[0][key], single[key], rtol=1e-5, atol=1e-6, msg=key)
     assert abs(ranks[0]["loss"] - single["loss"]) <= LOSS_TOLERANCE * single["loss"], (ranks[0]["loss"], single)
+
+
+UNIFIED_DDP_SCRIPT = """
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+
+from anomalib_diffad import DiffAD, MultiCategory
+
+root, args, out = Path(sys.argv[1]), yaml.safe_load(sys.argv[2]), Path(sys.argv[3])
+names = ("brick", "grass", "gravel")
+seed_everything(0)
+datamodule = MultiCategory(
+    [MVTecAD(root=root, category=name, num_workers=0, val_split_mode="same_as_test") for name in names],
+    train_batch_size=2, eval_batch_size=2, num_workers=0,
+)
+model = DiffAD(**(args | {"categories": names}))
+engine = Engine(logger=False, default_root_dir=out, max_steps=1, accelerator="cpu", devices=2, strategy="ddp",
+                enable_progress_bar=False)
+engine.fit(model=model, datamodule=datamodule)
+results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+(out / f"rank{engine.trainer.global_rank}.json").write_text(json.dumps(results))
+"""
+
+
+def test_ddp_unified_test_reports_every_category(tiny_model_args: dict, tmp_path: Path) -> None:
+    """Two gloo ranks test a unified model whose gravel category has a single test image, so only one rank
+    sees it: both ranks still synchronize and report every category's metrics, with the same values."""
+    import yaml
+
+    from anomalib_diffad.data import generate_texture_dataset
+
+    root = generate_texture_dataset(tmp_path / "data", ("brick", "grass", "gravel"), image_size=64, num_train=4,
+                                    num_test_good=2, num_test_per_defect=1, seed=1)  # fmt: skip
+    gravel = root / "gravel"
+    kept = sorted(path.name for path in (gravel / "test").iterdir() if path.name != "good")[0]
+    for folder in (gravel / "test", gravel / "ground_truth"):
+        for path in folder.iterdir():
+            if path.name != kept:
+                shutil.rmtree(path)
+    assert len(list((gravel / "test").rglob("*.png"))) == 1
+    script = tmp_path / "ddp_unified.py"
+    script.write_text(UNIFIED_DDP_SCRIPT)
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, str(script), str(root), yaml.safe_dump(tiny_model_args), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert ranks[0] == ranks[1]
+    for name in ("brick", "grass", "gravel"):
+        for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score"):
+            assert f"{name}/{metric}" in ranks[0], (name, metric)
+    assert 0.0 <= ranks[0]["gravel/pixel_AUROC"] <= 1.0
