@@ -139,7 +139,7 @@ def test_ddp_unified_test_reports_every_category(tiny_model_args: dict, tmp_path
     root = generate_texture_dataset(tmp_path / "data", ("brick", "grass", "gravel"), image_size=64, num_train=4,
                                     num_test_good=2, num_test_per_defect=1, seed=1)  # fmt: skip
     gravel = root / "gravel"
-    kept = sorted(path.name for path in (gravel / "test").iterdir() if path.name != "good")[0]
+    kept = min(path.name for path in (gravel / "test").iterdir() if path.name != "good")
     for folder in (gravel / "test", gravel / "ground_truth"):
         for path in folder.iterdir():
             if path.name != kept:
