@@ -69,18 +69,17 @@ def _single_process(dataset_root: Path, args: dict, root_dir: Path) -> dict:
     }
 
 
-def test_ddp_two_cpu_processes(dataset_root: Path, tiny_model_args: dict, tmp_path: Path) -> None:
-    """Two gloo ranks finish, hold identical feature statistics and weights, and match the single process:
-    the statistics of the same eight images within float32 rounding, the loss within ``LOSS_TOLERANCE``."""
+def _run_two_ranks(script: str, dataset_root: Path, model_args: dict, tmp_path: Path) -> Path:
+    """Run a DDP script (data root, model arguments, output folder) to its end; its output folder."""
     import yaml
 
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(DDP_SCRIPT)
+    path = tmp_path / "ddp_script.py"
+    path.write_text(script)
     out = tmp_path / "ddp"
     out.mkdir()
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
-        [sys.executable, str(script), str(dataset_root), yaml.safe_dump(tiny_model_args), str(out)],
+        [sys.executable, str(path), str(dataset_root), yaml.safe_dump(model_args), str(out)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -89,6 +88,13 @@ def test_ddp_two_cpu_processes(dataset_root: Path, tiny_model_args: dict, tmp_pa
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+def test_ddp_two_cpu_processes(dataset_root: Path, tiny_model_args: dict, tmp_path: Path) -> None:
+    """Two gloo ranks finish, hold identical feature statistics and weights, and match the single process:
+    the statistics of the same eight images within float32 rounding, the loss within ``LOSS_TOLERANCE``."""
+    out = _run_two_ranks(DDP_SCRIPT, dataset_root, tiny_model_args, tmp_path)
     ranks = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     assert [rank["world_size"] for rank in ranks] == [2, 2]
     assert [rank["ema_updates"] for rank in ranks] == [2, 2]
@@ -132,8 +138,6 @@ results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
 def test_ddp_unified_test_reports_every_category(tiny_model_args: dict, tmp_path: Path) -> None:
     """Two gloo ranks test a unified model whose gravel category has a single test image, so only one rank
     sees it: both ranks still synchronize and report every category's metrics, with the same values."""
-    import yaml
-
     from anomalib_diffad.data import generate_texture_dataset
 
     root = generate_texture_dataset(tmp_path / "data", ("brick", "grass", "gravel"), image_size=64, num_train=4,
@@ -145,21 +149,7 @@ def test_ddp_unified_test_reports_every_category(tiny_model_args: dict, tmp_path
             if path.name != kept:
                 shutil.rmtree(path)
     assert len(list((gravel / "test").rglob("*.png"))) == 1
-    script = tmp_path / "ddp_unified.py"
-    script.write_text(UNIFIED_DDP_SCRIPT)
-    out = tmp_path / "ddp"
-    out.mkdir()
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, str(script), str(root), yaml.safe_dump(tiny_model_args), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    out = _run_two_ranks(UNIFIED_DDP_SCRIPT, root, tiny_model_args, tmp_path)
     ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert ranks[0] == ranks[1]
     for name in ("brick", "grass", "gravel"):
