@@ -45,6 +45,7 @@ from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.reconstruction import (
     GradientDenoising,
     ReconstructionPrior,
+    fit_category_priors,
     fit_reconstruction_prior,
     gradient_denoise,
 )
@@ -60,22 +61,6 @@ def _category_names(categories: Sequence[str] | None, num_classes: int) -> tuple
     """A name for every class index: the given categories, then the remaining indices as text."""
     names = tuple(categories or ())
     return names + tuple(map(str, range(len(names), num_classes)))
-
-
-def _images_of_category(dataloader: Iterable[Any], index: int) -> Iterator[torch.Tensor]:
-    """The images of category ``index`` in batches that carry a ``category`` field.
-
-    Raises:
-        ValueError: If a batch has no ``category``.
-    """
-    for batch in dataloader:
-        labels = getattr(batch, "category", None)
-        if labels is None:
-            msg = "A unified DiffAD fits one prior per category: the batches need a category (use MultiCategory)."
-            raise ValueError(msg)
-        selected = labels.to(batch.image.device) == index
-        if bool(selected.any()):
-            yield batch.image[selected]
 
 
 def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -469,8 +454,8 @@ class DiffAD(AnomalibModule):
         """Fit the Gaussian prior of normal features that :meth:`reconstruct` uses, and keep it on the model.
 
         A unified model gets one prior per category, each fitted on the images of its category only (the
-        batches' ``category``: a :class:`~anomalib_diffad.data.multi.MultiCategory` train dataloader); the
-        dataloader is read once per category. The priors are not part of the checkpoint or the exported graph:
+        batches' ``category``: a :class:`~anomalib_diffad.data.multi.MultiCategory` train dataloader; see
+        :func:`~anomalib_diffad.reconstruction.fit_category_priors`). The priors are not part of the checkpoint or the exported graph:
         refit them after loading, or save their ``state_dict`` (the ``ReconstructionPanels`` callback does).
 
         Args:
@@ -489,13 +474,16 @@ class DiffAD(AnomalibModule):
             prior = fit_reconstruction_prior(self, dataloader, **kwargs)
             object.__setattr__(self, "reconstruction_prior", prior)  # not a submodule: state_dict, export unchanged
             return prior
-        priors = dict(getattr(self, "reconstruction_priors", {}))
-        for index in map(self.category_index, categories or self.category_names):
-            try:
-                priors[index] = fit_reconstruction_prior(self, _images_of_category(dataloader, index), **kwargs)
-            except ValueError as error:
-                msg = f"Category {self.category_names[index]!r}: {error} Pass categories=[...] to fit only some."
-                raise ValueError(msg) from error
+        indices = [self.category_index(category) for category in categories or self.category_names]
+        fitted = fit_category_priors(self, dataloader, indices, **kwargs)
+        for index in indices:
+            if index not in fitted:
+                msg = (
+                    f"Category {self.category_names[index]!r}: no training images of it in the dataloader. "
+                    "Pass categories=[...] to fit only some."
+                )
+                raise ValueError(msg)
+        priors = dict(getattr(self, "reconstruction_priors", {})) | fitted
         object.__setattr__(self, "reconstruction_priors", priors)
         return priors
 

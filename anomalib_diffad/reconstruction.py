@@ -22,9 +22,10 @@ Example:
     1.0
 """
 
+import copy
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -221,10 +222,19 @@ class ReconstructionPrior(nn.Module):
         Raises:
             ValueError: If there is no image.
         """
-        self.padim.memory_bank = [self.embed(images) for images in batches]
-        if not self.padim.memory_bank:
+        self.fit_embeddings([self.embed(images) for images in batches])
+
+    @torch.no_grad()
+    def fit_embeddings(self, embeddings: list[torch.Tensor]) -> None:
+        """Fit the Gaussian on :meth:`embed` outputs of normal images.
+
+        Raises:
+            ValueError: If there is no embedding.
+        """
+        if not embeddings:
             msg = "No images to fit the reconstruction prior on."
             raise ValueError(msg)
+        self.padim.memory_bank = embeddings
         self.padim.fit()
 
 
@@ -336,6 +346,40 @@ def _batch_images(batch: Any) -> torch.Tensor:  # noqa: ANN401
     return batch.image if hasattr(batch, "image") else batch[0] if isinstance(batch, list | tuple) else batch
 
 
+def _new_prior(
+    torch_model: DiffADModel,
+    backbone: str | None,
+    layers: Iterable[str],
+    n_features: int,
+    pretrained_weights: str | None,
+    seed: int,
+) -> ReconstructionPrior:
+    """An unfitted prior with pretrained weights (the model's own backbone: copied, no I/O), on its device."""
+    own_backbone = str(torch_model.feature_extractor.backbone)
+    prior = ReconstructionPrior(backbone or own_backbone, layers, n_features, seed)
+    if backbone is None or backbone == own_backbone:
+        prior.copy_backbone(torch_model.feature_extractor)
+    else:
+        prior.load_pretrained_backbone(pretrained_weights)
+    return prior.to(next(torch_model.parameters()).device)
+
+
+def _model_batches(
+    model: nn.Module,
+    dataloader: Iterable[Any],
+    max_batches: int | None,
+) -> Iterator[tuple[Any, torch.Tensor]]:
+    """Each batch with its images on the model's device, through the model's pre-processor if it has one."""
+    torch_model = getattr(model, "model", model)
+    transform = getattr(getattr(model, "pre_processor", None), "transform", None)
+    device = next(torch_model.parameters()).device
+    for index, batch in enumerate(dataloader):
+        if max_batches is not None and index >= max_batches:
+            return
+        images = _batch_images(batch).to(device)
+        yield batch, transform(images) if transform else images
+
+
 def fit_reconstruction_prior(
     model: nn.Module,
     dataloader: Iterable[Any],
@@ -363,23 +407,61 @@ def fit_reconstruction_prior(
     Returns:
         The fitted prior, on the model's device.
     """
-    torch_model: DiffADModel = getattr(model, "model", model)
-    transform = getattr(getattr(model, "pre_processor", None), "transform", None)
-    own_backbone = str(torch_model.feature_extractor.backbone)
-    prior = ReconstructionPrior(backbone or own_backbone, layers, n_features, seed)
-    if backbone is None or backbone == own_backbone:
-        prior.copy_backbone(torch_model.feature_extractor)
-    else:
-        prior.load_pretrained_backbone(pretrained_weights)
-    device = next(torch_model.parameters()).device
-    prior.to(device)
-
-    def batches() -> Iterable[torch.Tensor]:
-        for index, batch in enumerate(dataloader):
-            if max_batches is not None and index >= max_batches:
-                return
-            images = _batch_images(batch).to(device)
-            yield transform(images) if transform else images
-
-    prior.fit(batches())
+    prior = _new_prior(getattr(model, "model", model), backbone, layers, n_features, pretrained_weights, seed)
+    prior.fit(images for _, images in _model_batches(model, dataloader, max_batches))
     return prior
+
+
+@torch.no_grad()
+def fit_category_priors(
+    model: nn.Module,
+    dataloader: Iterable[Any],
+    categories: Iterable[int],
+    backbone: str | None = None,
+    layers: Iterable[str] = ("blocks.1", "blocks.2", "blocks.4"),
+    n_features: int = 100,
+    pretrained_weights: str | None = "auto",
+    seed: int = 0,
+    max_batches: int | None = None,
+) -> dict[int, ReconstructionPrior]:
+    """One :class:`ReconstructionPrior` per category of a unified DiffAD, each on its category's images only.
+
+    Reads ``dataloader`` once: every batch is embedded once and its embeddings go to their categories' priors
+    (same backbone and channel subset, one Gaussian each).
+
+    Args:
+        model: As for :func:`fit_reconstruction_prior`.
+        dataloader: Batches with a ``category`` field (a ``MultiCategory`` train dataloader).
+        categories: Category indices to fit.
+        backbone: As for :func:`fit_reconstruction_prior`.
+        layers: As for :func:`fit_reconstruction_prior`.
+        n_features: As for :func:`fit_reconstruction_prior`.
+        pretrained_weights: As for :func:`fit_reconstruction_prior`.
+        seed: As for :func:`fit_reconstruction_prior`.
+        max_batches: Use at most this many batches (``None``: all).
+
+    Returns:
+        The fitted prior of every category that has images in ``dataloader``.
+
+    Raises:
+        ValueError: If a batch has no ``category``.
+    """
+    prior = _new_prior(getattr(model, "model", model), backbone, layers, n_features, pretrained_weights, seed)
+    embeddings: dict[int, list[torch.Tensor]] = {index: [] for index in categories}
+    for batch, images in _model_batches(model, dataloader, max_batches):
+        labels = getattr(batch, "category", None)
+        if labels is None:
+            msg = "Per-category priors need batches with a category (use MultiCategory)."
+            raise ValueError(msg)
+        embedded = prior.embed(images)
+        labels = labels.to(embedded.device)
+        for index, values in embeddings.items():
+            selected = labels == index
+            if bool(selected.any()):
+                values.append(embedded[selected])
+    priors = {}
+    for index, values in embeddings.items():
+        if values:
+            priors[index] = copy.deepcopy(prior)
+            priors[index].fit_embeddings(values)
+    return priors
