@@ -66,6 +66,7 @@ class CategoryEvaluator(Evaluator):
             ModuleList(self._renamed(metric, f"{name}/{metric.name}") for metric in self.test_metrics)
             for name in self.categories
         )
+        self._fields = sorted({field for metric in self.test_metrics for field in metric.fields})
         self._no_images: Any = None
 
     @staticmethod
@@ -97,8 +98,7 @@ class CategoryEvaluator(Evaluator):
         if bool((labels >= len(self.categories)).any()):
             msg = f"Category index {int(labels.max())} has no name; the evaluator's categories are {self.categories}."
             raise ValueError(msg)
-        fields = {field for category in metrics for metric in category for field in metric.fields}
-        self._no_images = select_images(batch, fields, torch.zeros(0, dtype=torch.long))
+        self._no_images = select_images(batch, self._fields, torch.zeros(0, dtype=torch.long))
         for index in torch.unique(labels).tolist():
             selected = (labels == index).nonzero().squeeze(1)
             for metric in metrics[index]:
