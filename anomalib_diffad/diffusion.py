@@ -126,13 +126,15 @@ def p_mean_log_variance(
     t: torch.Tensor,
     eps: torch.Tensor,
     v: torch.Tensor,
+    clip_x0: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and log variance of the reverse step ``p_theta(x_{t-1} | x_t)``.
 
-    The mean is the posterior mean at the clipped ``x_0`` predicted from ``eps`` (DDPM Eq. 11 via x_0);
-    the log variance is the learned range (improved DDPM Eq. 15).
+    The mean is the posterior mean at the ``x_0`` predicted from ``eps`` (DDPM Eq. 11 via x_0), clipped to
+    the data range when ``clip_x0`` (a sampling and scoring device; training uses the unclipped estimate, as
+    guided-diffusion does); the log variance is the learned range (improved DDPM Eq. 15).
     """
-    x0 = predict_x0_from_eps(schedule, xt, t, eps, clip=True)
+    x0 = predict_x0_from_eps(schedule, xt, t, eps, clip=clip_x0)
     return q_posterior_mean(schedule, x0, xt, t), learned_range_log_variance(schedule, v, t)
 
 
@@ -174,11 +176,15 @@ def posterior_kl_map(
     t: torch.Tensor,
     eps: torch.Tensor,
     v: torch.Tensor,
+    clip_x0: bool = True,
 ) -> torch.Tensor:
-    """Per-pixel ``KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))`` in bits: DiffAD's pixel-level score."""
+    """Per-pixel ``KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))`` in bits: DiffAD's pixel-level score.
+
+    Scoring clips the model's ``x_0`` estimate to the data range, as the paper's code does (``clip_x0``).
+    """
     true_mean = q_posterior_mean(schedule, x0, xt, t)
     true_log_var = q_posterior_log_variance(schedule, t, xt.ndim)
-    model_mean, model_log_var = p_mean_log_variance(schedule, xt, t, eps, v)
+    model_mean, model_log_var = p_mean_log_variance(schedule, xt, t, eps, v, clip_x0)
     return gaussian_kl(true_mean, true_log_var, model_mean, model_log_var) / LN2
 
 
@@ -193,11 +199,12 @@ def variational_bound_terms(
     """Per-sample variational-bound term L_vb in bits with the mean stopped (improved DDPM Sec. 3.1).
 
     The predicted noise is detached so that L_vb trains only the variance, leaving the mean to L_simple.
-    ``t > 0`` gives the posterior KL ``L_{t-1}``; ``t == 0`` gives the decoder NLL ``L_0``.
+    ``t > 0`` gives the posterior KL ``L_{t-1}``; ``t == 0`` gives the decoder NLL ``L_0``. The model's mean
+    uses the unclipped ``x_0`` estimate (clipping is a sampling device, not part of the bound).
     """
     eps = eps.detach()
-    kl = posterior_kl_map(schedule, x0, xt, t, eps, v).mean(dim=tuple(range(1, x0.ndim)))
-    model_mean, model_log_var = p_mean_log_variance(schedule, xt, t, eps, v)
+    kl = posterior_kl_map(schedule, x0, xt, t, eps, v, clip_x0=False).mean(dim=tuple(range(1, x0.ndim)))
+    model_mean, model_log_var = p_mean_log_variance(schedule, xt, t, eps, v, clip_x0=False)
     decoder_nll = discretized_gaussian_nll(x0, model_mean, model_log_var).mean(dim=tuple(range(1, x0.ndim))) / LN2
     return torch.where(t == 0, decoder_nll, kl)
 

@@ -484,15 +484,20 @@ def _ref_posterior_kl_bits(
     t: torch.Tensor,
     eps: torch.Tensor,
     v: torch.Tensor,
+    clip: bool = True,
 ) -> torch.Tensor:
-    """Float64 reference of KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) in bits, via Bayes and torch.distributions."""
+    """Float64 reference of KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) in bits, via Bayes and torch.distributions.
+
+    ``clip``: the model's x0 estimate is clipped to [-1, 1] (scoring) or not (the training bound).
+    """
     out = torch.empty(x0.shape, dtype=torch.float64)
     for i, ti in enumerate(t.tolist()):
         abar = ref.abar[ti]
         log_lo, log_hi = math.log(ref.posterior_var_clipped(ti)), math.log(ref.betas[ti])
         for idx in range(x0[i].numel()):
             a, b, e, vv = (z[i].flatten()[idx].item() for z in (x0, xt, eps, v))
-            x0_hat = min(max((b - math.sqrt(1 - abar) * e) / math.sqrt(abar), -1.0), 1.0)
+            x0_hat = (b - math.sqrt(1 - abar) * e) / math.sqrt(abar)
+            x0_hat = min(max(x0_hat, -1.0), 1.0) if clip else x0_hat
             true_mean, _ = ref.posterior(ti, a, b)
             model_mean, _ = ref.posterior(ti, x0_hat, b)
             frac = (vv + 1) / 2
@@ -584,8 +589,8 @@ def test_variational_bound_terms_shape_and_per_timestep_terms(schedule: Diffusio
     terms = variational_bound_terms(schedule, x0, xt, t, eps, v)
     assert terms.shape == (4,)
 
-    kl_bits = posterior_kl_map(schedule, x0, xt, t, eps, v).mean(dim=(1, 2, 3))
-    model_mean, model_log_var = p_mean_log_variance(schedule, xt, t, eps, v)
+    kl_bits = posterior_kl_map(schedule, x0, xt, t, eps, v, clip_x0=False).mean(dim=(1, 2, 3))
+    model_mean, model_log_var = p_mean_log_variance(schedule, xt, t, eps, v, clip_x0=False)
     nll_bits = discretized_gaussian_nll(x0, model_mean, model_log_var).mean(dim=(1, 2, 3)) / math.log(2.0)
     assert torch.allclose(terms[[1, 3]], kl_bits[[1, 3]], rtol=1e-6)
     assert torch.allclose(terms[[0, 2]], nll_bits[[0, 2]], rtol=1e-6)
@@ -594,8 +599,38 @@ def test_variational_bound_terms_shape_and_per_timestep_terms(schedule: Diffusio
     exact_prob = _exact_bin_probability(x0, model_mean, model_log_var)
     exact_nll_bits = (-exact_prob.clamp(min=1e-12).log()).mean(dim=(1, 2, 3)) / math.log(2.0)
     assert torch.allclose(terms[[0, 2]].double(), exact_nll_bits[[0, 2]], rtol=1e-2)
-    ref_kl_bits = _ref_posterior_kl_bits(ref, x0[[1, 3]], xt[[1, 3]], t[[1, 3]], eps[[1, 3]], v[[1, 3]])
+    ref_kl_bits = _ref_posterior_kl_bits(ref, x0[[1, 3]], xt[[1, 3]], t[[1, 3]], eps[[1, 3]], v[[1, 3]], clip=False)
     assert torch.allclose(terms[[1, 3]].double(), ref_kl_bits.mean(dim=(1, 2, 3)), rtol=2e-3)
+
+
+@pytest.mark.parametrize("t_value", [5, 300])
+def test_variational_bound_uses_unclipped_x0_and_scoring_clips(schedule: DiffusionSchedule, ref: Ref, t_value: int) -> None:
+    """An eps whose x0 estimate leaves [-1, 1]: L_vb is the KL at the unclipped estimate, the score map clips.
+
+    Closed form with a shared x_t: the means differ by ``coef1 * (x0 - x0_hat)``, so the KL in nats is
+    ``0.5 * (lv2 - lv1 - 1 + exp(lv1 - lv2) + coef1^2 (x0 - x0_hat)^2 exp(-lv2))``.
+    """
+    t = _t(t_value)
+    x0 = torch.full((1, 1, 1, 1), 0.5)
+    noise = torch.full((1, 1, 1, 1), 0.3)
+    xt = q_sample(schedule, x0, t, noise)
+    abar = ref.abar[t_value]
+    x0_hat = 2.5  # an eps that implies this x0: well outside the data range
+    eps = torch.full_like(xt, (xt.item() - math.sqrt(abar) * x0_hat) / math.sqrt(1 - abar))
+    v = torch.full_like(xt, 0.2)
+    coef1 = ref.betas[t_value] * math.sqrt(ref.abar_prev(t_value)) / (1 - abar)
+    lv1 = math.log(ref.posterior_var_clipped(t_value))
+    lv2 = 0.6 * math.log(ref.betas[t_value]) + 0.4 * lv1
+
+    def kl_bits(estimate: float) -> float:
+        nats = 0.5 * (lv2 - lv1 - 1 + math.exp(lv1 - lv2) + coef1**2 * (0.5 - estimate) ** 2 * math.exp(-lv2))
+        return nats / math.log(2.0)
+
+    bound = variational_bound_terms(schedule, x0, xt, t, eps, v).item()
+    score = posterior_kl_map(schedule, x0, xt, t, eps, v).item()
+    assert bound == pytest.approx(kl_bits(x0_hat), rel=2e-3)
+    assert score == pytest.approx(kl_bits(1.0), rel=2e-3)
+    assert bound > 1.5 * score  # the two differ: clipping is not in the bound
 
 
 def test_variational_bound_terms_t0_is_decoder_nll_not_kl(schedule: DiffusionSchedule) -> None:
