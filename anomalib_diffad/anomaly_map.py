@@ -23,11 +23,16 @@ def feature_error_map(predicted: torch.Tensor, target: torch.Tensor, size: tuple
     return F.interpolate(error, size=size, mode="bilinear", align_corners=False)
 
 
+def feature_distance_map(features: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+    """Feature-space cue: ``1 - cos`` between each position's feature vector and its one-step estimate."""
+    return 1.0 - F.cosine_similarity(features, estimate, dim=1).unsqueeze(1)
+
+
 class AnomalyMapGenerator(nn.Module):
     """Put the KL and feature maps on one scale, fuse them with ``alpha`` and optionally smooth.
 
     ``A = alpha * (kl - mu_kl) / sd_kl + (1 - alpha) * (feat - mu_feat) / sd_feat``. The four statistics are
-    buffers calibrated on validation normals by :class:`~anomalib_diffad.post_processor.DiffADPostProcessor`,
+    buffers calibrated on normal training images by :class:`~anomalib_diffad.post_processor.DiffADPostProcessor`,
     so ``alpha`` weighs the two cues the same way on every dataset; they start at (0, 1) which reduces to the
     paper's unnormalized sum ``alpha * kl + (1 - alpha) * feat``.
 
@@ -59,33 +64,52 @@ class AnomalyMapGenerator(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(shape))
         self.register_buffer("feature_std", torch.ones(shape))
 
+    def moments(
+        self,
+        kl_maps: torch.Tensor,
+        feature_maps: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Pixel count, sum and sum of squares of each map, per class: ``(G, 2, 3)`` float64, ``G`` = classes or 1.
+
+        Moments of several batches (or ranks) add up; :meth:`set_moments` turns their sum into the statistics.
+        """
+        groups = 1 if self.num_classes is None else self.num_classes
+        if self.num_classes is not None and class_labels is None:
+            msg = f"A generator with num_classes={self.num_classes} calibrates per class: pass class_labels."
+            raise ValueError(msg)
+        labels = torch.zeros(len(kl_maps), dtype=torch.long) if class_labels is None else class_labels.long().cpu()
+        result = torch.zeros(groups, 2, 3, dtype=torch.float64)
+        for component, maps in enumerate((kl_maps, feature_maps)):
+            per_image = maps.detach().double().flatten(1).cpu()
+            for group in labels.unique().tolist():
+                values = per_image[labels == group]
+                result[group, component] += torch.stack([values.new_tensor(values.numel()), values.sum(), (values**2).sum()])
+        return result
+
     @torch.no_grad()
+    def set_moments(self, moments: torch.Tensor) -> None:
+        """Set the fusion statistics from summed :meth:`moments`; a class without pixels keeps its statistics."""
+        count, total, total_sq = moments.unbind(-1)
+        mean = total / count.clamp(min=1)
+        std = (total_sq / count.clamp(min=1) - mean**2).clamp(min=0).sqrt().clamp(min=MIN_STD)
+        seen = count[:, 0] > 0
+        for name, values in (("kl_mean", mean[:, 0]), ("kl_std", std[:, 0]), ("feature_mean", mean[:, 1]), ("feature_std", std[:, 1])):
+            buffer = getattr(self, name)
+            if self.num_classes is None:
+                if bool(seen[0]):
+                    buffer.fill_(float(values[0]))
+            else:
+                buffer[seen.to(buffer.device)] = values[seen].to(buffer)
+
     def calibrate(
         self,
         kl_maps: torch.Tensor,
         feature_maps: torch.Tensor,
         class_labels: torch.Tensor | None = None,
     ) -> None:
-        """Set the fusion statistics from the maps of anomaly-free images (per class when ``num_classes``).
-
-        A class without maps keeps its statistics.
-        """
-        kl_maps, feature_maps = kl_maps.double(), feature_maps.double()
-        if self.num_classes is None:
-            groups = [(..., torch.ones(len(kl_maps), dtype=torch.bool))]
-        else:
-            if class_labels is None:
-                msg = f"A generator with num_classes={self.num_classes} calibrates per class: pass class_labels."
-                raise ValueError(msg)
-            groups = [(label, class_labels.cpu() == label) for label in range(self.num_classes)]
-        for index, selected in groups:
-            if not bool(selected.any()):
-                continue
-            kl, feature = kl_maps[selected.to(kl_maps.device)], feature_maps[selected.to(kl_maps.device)]
-            self.kl_mean[index] = kl.mean()
-            self.kl_std[index] = kl.std().clamp(min=MIN_STD)
-            self.feature_mean[index] = feature.mean()
-            self.feature_std[index] = feature.std().clamp(min=MIN_STD)
+        """Set the fusion statistics from the maps of anomaly-free images (per class when ``num_classes``)."""
+        self.set_moments(self.moments(kl_maps, feature_maps, class_labels))
 
     def statistics(self, class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """``(kl_mean, kl_std, feature_mean, feature_std)``; per image ``(N, 1, 1, 1)`` for a per-class generator."""

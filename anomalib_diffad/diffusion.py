@@ -169,6 +169,11 @@ def discretized_gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, log_var: torc
     return -log_probs
 
 
+def gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Negative log-density in nats of continuous data ``x0`` under ``N(mean, exp(log_var))`` (feature space L_0)."""
+    return 0.5 * (math.log(2.0 * math.pi) + log_var + (x0 - mean) ** 2 * torch.exp(-log_var))
+
+
 def posterior_kl_map(
     schedule: DiffusionSchedule,
     x0: torch.Tensor,
@@ -195,17 +200,20 @@ def variational_bound_terms(
     t: torch.Tensor,
     eps: torch.Tensor,
     v: torch.Tensor,
+    discrete: bool = True,
 ) -> torch.Tensor:
     """Per-sample variational-bound term L_vb in bits with the mean stopped (improved DDPM Sec. 3.1).
 
     The predicted noise is detached so that L_vb trains only the variance, leaving the mean to L_simple.
-    ``t > 0`` gives the posterior KL ``L_{t-1}``; ``t == 0`` gives the decoder NLL ``L_0``. The model's mean
-    uses the unclipped ``x_0`` estimate (clipping is a sampling device, not part of the bound).
+    ``t > 0`` gives the posterior KL ``L_{t-1}``; ``t == 0`` gives the decoder NLL ``L_0``: discretized for
+    8-bit images (``discrete``), a Gaussian density for continuous data (features). The model's mean uses the
+    unclipped ``x_0`` estimate (clipping is a sampling device, not part of the bound).
     """
     eps = eps.detach()
     kl = posterior_kl_map(schedule, x0, xt, t, eps, v, clip_x0=False).mean(dim=tuple(range(1, x0.ndim)))
     model_mean, model_log_var = p_mean_log_variance(schedule, xt, t, eps, v, clip_x0=False)
-    decoder_nll = discretized_gaussian_nll(x0, model_mean, model_log_var).mean(dim=tuple(range(1, x0.ndim))) / LN2
+    nll = discretized_gaussian_nll if discrete else gaussian_nll
+    decoder_nll = nll(x0, model_mean, model_log_var).mean(dim=tuple(range(1, x0.ndim))) / LN2
     return torch.where(t == 0, decoder_nll, kl)
 
 

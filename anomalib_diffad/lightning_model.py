@@ -89,6 +89,9 @@ class DiffAD(AnomalibModule):
 
     Args:
         image_size: Size the images are resized to; also the export input size.
+        space: Where the DDPM runs: ``"pixel"`` (the paper; the default) or ``"feature"`` (on the frozen
+            backbone's standardized features at 1/8 resolution, whole images; see
+            :class:`~anomalib_diffad.torch_model.DiffADModel` and ``configs/diffad_feature.yaml``).
         block_out_channels: UNet channels per resolution level.
         layers_per_block: UNet residual blocks per level.
         attention_levels: UNet levels with self-attention (0 = full resolution).
@@ -148,6 +151,7 @@ class DiffAD(AnomalibModule):
     def __init__(
         self,
         image_size: int | Sequence[int] = 256,
+        space: str = "pixel",
         block_out_channels: Sequence[int] = (32, 64, 128, 128),
         layers_per_block: int = 1,
         attention_levels: Sequence[int] = (3,),
@@ -207,6 +211,7 @@ class DiffAD(AnomalibModule):
             visualizer=visualizer,
         )
         self.model = DiffADModel(
+            space=space,
             image_size=size,
             block_out_channels=block_out_channels,
             layers_per_block=layers_per_block,
@@ -225,7 +230,7 @@ class DiffAD(AnomalibModule):
             standardize_features=standardize_features,
             noise_seed=noise_seed,
         )
-        self.loss = DiffADLoss(self.model.schedule, simple_weight, vb_weight, feature_weight)
+        self.loss = DiffADLoss(self.model.schedule, simple_weight, vb_weight, feature_weight, discrete=space == "pixel")
         self.pretrained_weights = pretrained_weights
         self.lr = lr
         self.weight_decay = weight_decay
@@ -538,8 +543,12 @@ class DiffAD(AnomalibModule):
             The reconstructions, or ``(reconstructions, steps)`` when ``return_steps``.
 
         Raises:
-            ValueError: If no prior is given and none was fitted, or a unified model gets no category.
+            ValueError: If no prior is given and none was fitted, a unified model gets no category, or the model
+                diffuses features.
         """
+        if self.model.space != "pixel":
+            msg = "Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features (space='feature')."
+            raise ValueError(msg)
         labels = None
         if self.model.num_classes is None:
             prior = prior if prior is not None else getattr(self, "reconstruction_prior", None)

@@ -17,7 +17,9 @@ class DiffADLoss(nn.Module):
         schedule: Diffusion schedule shared with the model.
         simple_weight: Weight of ``L_simple`` (epsilon MSE).
         vb_weight: Weight of ``L_vb`` (bits per dimension; trains the variance only).
-        feature_weight: Weight of ``L_feat`` (MSE between predicted and pretrained features).
+        feature_weight: Weight of ``L_feat`` (MSE between predicted and pretrained features; none in feature space).
+        discrete: The diffused data are 8-bit images (decoder likelihood of ``L_vb`` at ``t = 0``); ``False`` for
+            continuous features.
 
     Example:
         >>> from anomalib_diffad.torch_model import DiffADModel
@@ -34,8 +36,10 @@ class DiffADLoss(nn.Module):
         simple_weight: float = 1.0,
         vb_weight: float = 1.0,
         feature_weight: float = 1.0,
+        discrete: bool = True,
     ) -> None:
         super().__init__()
+        self.discrete = discrete
         self.schedule = schedule
         self.simple_weight = simple_weight
         self.vb_weight = vb_weight
@@ -52,7 +56,11 @@ class DiffADLoss(nn.Module):
             outputs.t,
             prediction.eps,
             prediction.v,
+            discrete=self.discrete,
         ).mean()
-        feature = F.mse_loss(prediction.features, outputs.target_features)
+        if outputs.target_features is None:
+            feature = torch.zeros_like(simple)
+        else:
+            feature = F.mse_loss(prediction.features, outputs.target_features)
         loss = self.simple_weight * simple + self.vb_weight * vb + self.feature_weight * feature
         return {"loss": loss, "simple": simple, "vb": vb, "feature": feature}

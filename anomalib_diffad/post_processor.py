@@ -1,8 +1,9 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Post-processor that calibrates DiffAD's map fusion on validation normals before thresholding."""
+"""Post-processor of DiffAD: fusion calibrated on training normals, thresholds that work from normals alone."""
 
 import logging
+import math
 from types import SimpleNamespace
 
 import torch
@@ -10,32 +11,65 @@ from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import F1AdaptiveThreshold, MinMax
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
+from torch.utils.data import DataLoader, Subset
 
-from anomalib_diffad.anomaly_map import top_k_mean
-from anomalib_diffad.data.multi import select_images
+from anomalib_diffad.data.multi import CATEGORY_COLUMN, select_images
 
 logger = logging.getLogger(__name__)
 
 CATEGORY_BUFFERS = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
 """Per-category buffers of a unified post-processor, each ``(num_classes,)`` and named ``category_<name>``."""
+NORMALIZATION_SLOPE = 8.0
+"""Slope of the logistic normalization: ``threshold +- (max - min) / 2`` maps to about 0.02 and 0.98."""
+
+
+def calibration_indices(dataset: object, count: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The first ``count`` images of a training set (per category of a unified set), this rank's share of them.
+
+    Deterministic (dataset order, no shuffling), so every validation calibrates on the same images; rank ``r``
+    of ``world_size`` takes every ``world_size``-th of them, and the ranks' moments are summed.
+    """
+    samples = getattr(dataset, "samples", None)
+    if samples is not None and CATEGORY_COLUMN in samples:
+        categories = samples[CATEGORY_COLUMN].to_numpy()
+        chosen = [i for c in sorted(set(categories.tolist())) for i in (categories == c).nonzero()[0][:count].tolist()]
+    else:
+        chosen = list(range(min(count, len(dataset))))
+    return chosen[rank::world_size]
+
+
+def upper_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
+    """The ``quantile`` of all ``values`` (an order statistic, no size limit unlike ``torch.quantile``)."""
+    flat = values.detach().flatten().float()
+    return flat.kthvalue(min(flat.numel(), max(1, math.ceil(quantile * flat.numel())))).values
 
 
 class DiffADPostProcessor(PostProcessor):
-    """anomalib ``PostProcessor`` whose validation pass first calibrates the KL/feature fusion.
+    """anomalib ``PostProcessor`` that calibrates DiffAD on training normals and never cuts the maps.
 
-    During validation it keeps the component maps that the torch model computed for each batch. At the end
-    of the epoch it sets the fusion statistics (:meth:`AnomalyMapGenerator.calibrate`) from the anomaly-free
-    images, re-fuses every cached batch with them, and only then feeds anomalib's adaptive thresholds and
-    min-max normalization. Statistics, thresholds and min/max are all buffers, so they survive checkpoint
-    reload and are constants of the exported graph; ``forward`` is anomalib's unchanged.
+    - **Fusion.** At the start of every validation it scores the first ``calibration_images`` normal
+      *training* images (per category for a unified model; split over DDP ranks, moments all-reduced) and sets
+      the KL/feature fusion statistics (:meth:`AnomalyMapGenerator.set_moments`) from them, so no validation or
+      test image fits any part of the model, whatever the datamodule's validation split is.
+    - **Thresholds** come from validation, as in every anomalib model: anomalib's F1-adaptive thresholds when
+      the validation images include anomalies; with normals only (a split taken from train) the F1 threshold
+      would be the largest normal score, so the thresholds are the ``normal_quantile`` of the normal image
+      scores and of the normal pixels instead.
+    - **Normalization** is logistic, ``sigmoid(8 (x - threshold) / (max - min))``: the threshold maps to 0.5
+      as in anomalib, but the mapping is strictly increasing, so no clamp cuts a map (anomalib's linear
+      normalization clamps to [0, 1], which flattened whole maps to 0 with normals-only validation) and
+      threshold-free metrics (AUROC, AUPRO) of the normalized outputs equal those of the raw maps.
 
-    With ``num_classes`` (a unified model) every category gets its own fusion statistics, F1-adaptive
-    thresholds and min/max (buffers ``category_<name>`` of shape ``(num_classes,)``, computed with anomalib's
-    metrics on that category's validation images); images are normalized with their own category's values.
-    The scalar buffers of anomalib's ``PostProcessor`` then hold the values pooled over all categories.
+    Statistics, thresholds and min/max are buffers, so they survive checkpoint reload and are constants of the
+    exported graph. With ``num_classes`` (a unified model) every category gets its own thresholds and min/max
+    (buffers ``category_<name>`` of shape ``(num_classes,)``, from that category's validation images); the
+    scalar buffers of anomalib's ``PostProcessor`` then hold the values pooled over all categories.
 
     Args:
         num_classes: Categories with their own calibration (``None``: one set, as anomalib's).
+        calibration_images: Normal training images (per category) that calibrate the fusion.
+        normal_quantile: Quantile of the normal validation scores and pixels used as thresholds when
+            validation has no anomalous image.
         **kwargs: anomalib ``PostProcessor`` arguments.
 
     Example:
@@ -46,75 +80,129 @@ class DiffADPostProcessor(PostProcessor):
         torch.Size([3])
     """
 
-    def __init__(self, num_classes: int | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        calibration_images: int = 32,
+        normal_quantile: float = 0.99,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
+        if calibration_images < 1 or not 0.0 < normal_quantile <= 1.0:
+            msg = f"Need calibration_images >= 1 and 0 < normal_quantile <= 1, got {calibration_images}, {normal_quantile}."
+            raise ValueError(msg)
         self.num_classes = num_classes
+        self.calibration_images = calibration_images
+        self.normal_quantile = normal_quantile
         if num_classes is not None:
             for name in CATEGORY_BUFFERS:
                 self.register_buffer(f"category_{name}", torch.full((num_classes,), float("nan")))
-        self._cache: list[tuple[torch.Tensor | None, ...]] = []
+        self._cache: list[SimpleNamespace] = []
+
+    @property
+    def _checkpoint_config_keys(self) -> tuple[str, ...]:
+        return (*super()._checkpoint_config_keys, "calibration_images", "normal_quantile")
+
+    @staticmethod
+    def _normalize(
+        preds: torch.Tensor | None,
+        norm_min: torch.Tensor,
+        norm_max: torch.Tensor,
+        threshold: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """Strictly increasing logistic normalization around ``threshold``; raw values while uncalibrated."""
+        if preds is None:
+            return preds
+        threshold = torch.where(torch.isnan(threshold), (norm_max + norm_min) / 2, threshold)
+        value_range = norm_max - norm_min
+        safe_range = torch.where(value_range > 0, value_range, torch.ones_like(value_range))
+        normalized = torch.sigmoid(NORMALIZATION_SLOPE * (preds - threshold) / safe_range)
+        has_range = ~torch.isnan(norm_min) & ~torch.isnan(norm_max)
+        return torch.where(has_range, normalized, preds)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Drop what a previous (possibly interrupted) validation left behind."""
-        del trainer, pl_module
+        """Calibrate the fusion on training normals before any validation image is scored."""
         self._cache = []
+        self.calibrate_fusion(trainer, pl_module)
+
+    @torch.no_grad()
+    def calibrate_fusion(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Set the fusion statistics from the component maps of normal training images (all DDP ranks)."""
+        datamodule = getattr(trainer, "datamodule", None)
+        dataset = getattr(datamodule, "train_data", None)
+        if dataset is None or len(dataset) == 0:
+            logger.warning("No training images to calibrate the map fusion on: it keeps its stored statistics.")
+            return
+        indices = calibration_indices(dataset, self.calibration_images, trainer.global_rank, trainer.world_size)
+        loader = DataLoader(
+            Subset(dataset, indices),
+            batch_size=getattr(datamodule, "eval_batch_size", 8),
+            collate_fn=dataset.collate_fn,
+        )
+        generator = pl_module.model.anomaly_map_generator
+        moments = torch.zeros(generator.num_classes or 1, 2, 3, dtype=torch.float64)
+        transform = getattr(pl_module.pre_processor, "transform", None)
+        for batch in loader:
+            images = batch.image.to(pl_module.device)
+            labels = None if generator.num_classes is None else pl_module.class_labels(batch).to(pl_module.device)
+            maps = pl_module.model.component_scores(transform(images) if transform else images, labels)
+            moments += generator.moments(maps.kl, maps.feature, labels)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            moments = moments.to(pl_module.device)
+            torch.distributed.all_reduce(moments)
+        generator.set_moments(moments.cpu())
+        logger.info("Map fusion calibrated on %d normal training images (this rank's share).", len(indices))
 
     def on_validation_batch_end(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: object,
+        outputs: Batch,
         *args,
         **kwargs,
     ) -> None:
-        """Keep the batch's component maps, labels, masks and categories until the fusion is calibrated."""
-        del trainer, args, kwargs
-        kl_map, feature_map = pl_module.model.component_maps
-        gt_mask = getattr(outputs, "gt_mask", None)
+        """Feed anomalib's threshold and min/max metrics, and keep the batch for the normals-only thresholds."""
+        super().on_validation_batch_end(trainer, pl_module, outputs, *args, **kwargs)
         categories = pl_module.class_labels(outputs) if self.num_classes is not None else None
-        self._cache.append((
-            kl_map.cpu(),
-            feature_map.cpu(),
-            outputs.gt_label.cpu(),
-            None if gt_mask is None else gt_mask.cpu(),
-            None if categories is None else categories.cpu(),
-        ))
+        gt_mask = getattr(outputs, "gt_mask", None)
+        self._cache.append(
+            SimpleNamespace(
+                pred_score=outputs.pred_score.detach().cpu(),
+                anomaly_map=outputs.anomaly_map.detach().cpu(),
+                gt_label=outputs.gt_label.cpu(),
+                gt_mask=None if gt_mask is None else gt_mask.cpu(),
+                category=None if categories is None else categories.cpu(),
+            ),
+        )
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Calibrate the fusion on normal images, then compute thresholds and min/max on the fused maps."""
+        """anomalib's thresholds and min/max, normal quantiles where validation has no anomaly, per category."""
+        normals_only = bool(self._cache) and not any(bool(batch.gt_label.any()) for batch in self._cache)
+        if normals_only:  # anomalib's F1 threshold needs anomalies (it warns and returns the largest normal score)
+            self._image_threshold_metric.reset()
+            self._pixel_threshold_metric.reset()
+        super().on_validation_epoch_end(trainer, pl_module)
         if not self._cache:
             return
-        kl_maps, feature_maps, labels, _, categories = zip(*self._cache, strict=True)
-        labels_all = torch.cat(labels)
-        categories_all = None if self.num_classes is None else torch.cat(categories)
-        normal = _normal_images(labels_all, categories_all)
-        generator = pl_module.model.anomaly_map_generator
-        generator.calibrate(
-            torch.cat(kl_maps)[normal],
-            torch.cat(feature_maps)[normal],
-            None if categories_all is None else categories_all[normal],
-        )
-        device = generator.kl_mean.device
-        fused_batches = []
-        for kl_map, feature_map, gt_label, gt_mask, category in self._cache:
-            category = None if category is None else category.to(device)
-            anomaly_map = generator(kl_map.to(device), feature_map.to(device), category)
-            fused = SimpleNamespace(
-                anomaly_map=anomaly_map,
-                pred_score=top_k_mean(anomaly_map, pl_module.model.top_k),
-                gt_label=gt_label.to(device),
-                gt_mask=None if gt_mask is None else gt_mask.to(device),
-            )
-            fused_batches.append((fused, category))
-            super().on_validation_batch_end(trainer, pl_module, fused)
-        self._cache = []
-        super().on_validation_epoch_end(trainer, pl_module)
+        if self.enable_thresholding and normals_only:
+            scores, maps = self._normal_outputs(self._cache)
+            self._image_threshold.copy_(upper_quantile(scores, self.normal_quantile))
+            self._pixel_threshold.copy_(upper_quantile(maps, self.normal_quantile))
         if self.num_classes is not None:
-            self._calibrate_categories(fused_batches)
+            self._calibrate_categories(self._cache)
+        self._cache = []
+
+    @staticmethod
+    def _normal_outputs(batches: list[SimpleNamespace]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and maps of the normal images of ``batches``."""
+        normal = [batch.gt_label == 0 for batch in batches]
+        scores = torch.cat([batch.pred_score[mask] for batch, mask in zip(batches, normal, strict=True)])
+        maps = torch.cat([batch.anomaly_map[mask] for batch, mask in zip(batches, normal, strict=True)])
+        return scores, maps
 
     @torch.no_grad()
-    def _calibrate_categories(self, batches: list[tuple[SimpleNamespace, torch.Tensor]]) -> None:
-        """Per-category F1-adaptive thresholds and min/max (anomalib's metrics) of the fused validation maps."""
+    def _calibrate_categories(self, batches: list[SimpleNamespace]) -> None:
+        """Per-category thresholds (as the pooled ones) and min/max (anomalib's metrics) of the validation maps."""
         for index in range(self.num_classes):
             metrics = {
                 "image_threshold": F1AdaptiveThreshold(fields=["pred_score", "gt_label"], strict=False),
@@ -122,20 +210,26 @@ class DiffADPostProcessor(PostProcessor):
                 "image": MinMax(fields=["pred_score"], strict=False),
                 "pixel": MinMax(fields=["anomaly_map"], strict=False),
             }
-            for fused, category in batches:
-                selected = category == index
-                if not bool(selected.any()):
-                    continue
-                subset = select_images(fused, vars(fused), selected)
+            subsets = []
+            for batch in batches:
+                selected = batch.category == index
+                if bool(selected.any()):
+                    subsets.append(select_images(batch, ("pred_score", "anomaly_map", "gt_label", "gt_mask"), selected))
+            for subset in subsets:
                 for metric in metrics.values():
-                    metric.to(fused.anomaly_map.device).update(subset)
-            if not metrics["image"].update_called:
+                    metric.update(subset)
+            if not subsets:
                 logger.warning("Category %d has no validation images: it keeps its previous calibration.", index)
                 continue
             device = self.category_image_threshold.device
             if self.enable_thresholding:
-                for name in ("image_threshold", "pixel_threshold"):
-                    getattr(self, f"category_{name}")[index] = metrics[name].compute().to(device)
+                if any(bool(subset.gt_label.any()) for subset in subsets):
+                    thresholds = [metrics[name].compute() for name in ("image_threshold", "pixel_threshold")]
+                else:
+                    scores, maps = self._normal_outputs(subsets)
+                    thresholds = [upper_quantile(values, self.normal_quantile) for values in (scores, maps)]
+                self.category_image_threshold[index] = thresholds[0].to(device)
+                self.category_pixel_threshold[index] = thresholds[1].to(device)
             if self.enable_normalization:
                 for kind in ("image", "pixel"):
                     minimum, maximum = metrics[kind].compute()
@@ -216,13 +310,3 @@ def _require_labels(class_labels: torch.Tensor | None, num_classes: int) -> None
     if class_labels is None:
         msg = f"A unified post-processor (num_classes={num_classes}) needs each image's category index."
         raise ValueError(msg)
-
-
-def _normal_images(labels: torch.Tensor, categories: torch.Tensor | None) -> torch.Tensor:
-    """Mask of the normal images; a category (or the whole set) without normals uses all its images."""
-    normal = labels == 0
-    groups = [torch.ones_like(normal)] if categories is None else [categories == c for c in categories.unique()]
-    for group in groups:
-        if not bool((normal & group).any()):
-            normal = normal | group
-    return normal

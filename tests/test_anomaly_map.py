@@ -151,9 +151,9 @@ def test_generator_calibrate_sets_statistics() -> None:
     generator.calibrate(kl, feature)
     kl64, feature64 = kl.double().numpy(), feature.double().numpy()
     assert generator.kl_mean.item() == pytest.approx(kl64.mean(), rel=1e-5)
-    assert generator.kl_std.item() == pytest.approx(kl64.std(ddof=1), rel=1e-5)
+    assert generator.kl_std.item() == pytest.approx(kl64.std(ddof=0), rel=1e-5)
     assert generator.feature_mean.item() == pytest.approx(feature64.mean(), rel=1e-5)
-    assert generator.feature_std.item() == pytest.approx(feature64.std(ddof=1), rel=1e-5)
+    assert generator.feature_std.item() == pytest.approx(feature64.std(ddof=0), rel=1e-5)
 
 
 def test_generator_calibrated_components_are_standardized() -> None:
@@ -163,14 +163,14 @@ def test_generator_calibrated_components_are_standardized() -> None:
     feature_only.calibrate(kl, feature)
     for component in (kl_only(kl, feature), feature_only(kl, feature)):
         assert component.double().mean().item() == pytest.approx(0.0, abs=1e-5)
-        assert component.double().std().item() == pytest.approx(1.0, abs=1e-5)
+        assert component.double().std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
 
     # the fused map is the alpha-weighted sum of the two z-scored maps (numpy float64 reference)
     generator = AnomalyMapGenerator(alpha=0.3)
     generator.calibrate(kl, feature)
     kl64, feature64 = kl.double().numpy(), feature.double().numpy()
-    z_kl = (kl64 - kl64.mean()) / kl64.std(ddof=1)
-    z_feature = (feature64 - feature64.mean()) / feature64.std(ddof=1)
+    z_kl = (kl64 - kl64.mean()) / kl64.std(ddof=0)
+    z_feature = (feature64 - feature64.mean()) / feature64.std(ddof=0)
     np.testing.assert_allclose(generator(kl, feature).numpy(), 0.3 * z_kl + 0.7 * z_feature, rtol=1e-4, atol=1e-5)
 
 

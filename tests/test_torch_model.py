@@ -5,7 +5,7 @@
 import pytest
 import torch
 
-from anomalib_diffad.torch_model import DiffADModel, random_crop
+from anomalib_diffad.torch_model import DiffADModel, aligned_crop_offsets, crop_at
 
 TINY = {
     "image_size": (32, 32),
@@ -92,15 +92,76 @@ def test_scoring_uses_ema_weights(model: DiffADModel) -> None:
     torch.testing.assert_close(before, after)
 
 
-def test_random_crop_returns_windows_of_the_images() -> None:
-    """Each crop is a contiguous window of its own image."""
-    images = torch.arange(10 * 12, dtype=torch.float32).view(1, 1, 10, 12).repeat(2, 3, 1, 1)  # value = 12 y + x
-    crops = random_crop(images, 4)
-    assert crops.shape == (2, 3, 4, 4)
-    for image, crop in zip(images, crops, strict=True):
-        top, left = divmod(int(crop[0, 0, 0]), 12)
-        torch.testing.assert_close(image[:, top : top + 4, left : left + 4], crop)
-    assert random_crop(images, 16) is images
+def test_aligned_crops_are_windows_of_the_images_on_the_grid() -> None:
+    """Each crop is the window of its own image at a corner on the grid; scaled crops cut the same place."""
+    images = torch.arange(32 * 48, dtype=torch.float32).view(1, 1, 32, 48).repeat(6, 3, 1, 1)  # value = 48 y + x
+    torch.manual_seed(0)
+    tops, lefts = aligned_crop_offsets(6, (32, 48), 16, grid=8)
+    assert all(top % 8 == 0 and 0 <= top <= 16 for top in tops)
+    assert all(left % 8 == 0 and 0 <= left <= 32 for left in lefts)
+    assert len({*zip(tops, lefts, strict=True)}) > 1
+    crops = crop_at(images, tops, lefts, 16)
+    quarter = crop_at(images[..., ::4, ::4], tops, lefts, 16, scale=4)
+    for image, crop, small, top, left in zip(images, crops, quarter, tops, lefts, strict=True):
+        torch.testing.assert_close(crop, image[:, top : top + 16, left : left + 16])
+        torch.testing.assert_close(small, image[:, top : top + 16 : 4, left : left + 16 : 4])
+
+
+def test_crop_training_targets_equal_the_whole_image_targets_at_that_place() -> None:
+    """The feature target of a training crop is the whole image's target at the crop's place, exactly.
+
+    Targets computed on the crop itself (the previous behaviour) see the crop's borders as image borders and
+    differ from what scoring compares against; that difference is asserted too, so the test shows the bug.
+    """
+    torch.manual_seed(0)
+    model = DiffADModel(**(TINY | {"image_size": (64, 64), "layers": ("blocks.2", "blocks.4")}), train_crop_size=32)
+    model.train()
+    images = _images(4, size=64, seed=5)
+    outputs = model(images)
+    assert model.crop_grid == 4  # the stride of the feature targets
+    whole = model.target_features(images)
+    for index in range(4):
+        matches = [
+            (top, left)
+            for top in range(0, 33, 4)
+            for left in range(0, 33, 4)
+            if torch.equal(images[index, :, top : top + 32, left : left + 32], outputs.x0[index])
+        ]
+        assert len(matches) == 1, matches
+        top, left = matches[0]
+        expected = whole[index, :, top // 4 : top // 4 + 8, left // 4 : left // 4 + 8]
+        torch.testing.assert_close(outputs.target_features[index], expected, rtol=0, atol=0)
+    on_crops = model.target_features(outputs.x0)
+    assert (on_crops - outputs.target_features).pow(2).mean() > 0.05
+
+
+def test_crop_size_must_lie_on_the_grid() -> None:
+    """A crop side off the targets' 4-pixel grid is refused with the grid in the message."""
+    with pytest.raises(ValueError, match="multiple of 4"):
+        DiffADModel(**TINY, train_crop_size=30)
+
+
+def test_scoring_writes_no_state_on_the_module(model: DiffADModel) -> None:
+    """Eval forward is a pure function: no attribute of the model changes (export and concurrent use)."""
+    before = {name: value for name, value in vars(model).items() if not name.startswith("_")}
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    with torch.no_grad():
+        model(_images(2))
+    after = {name: value for name, value in vars(model).items() if not name.startswith("_")}
+    assert after.keys() == before.keys()
+    assert all(after[name] is before[name] for name in before)
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, buffers[name]), name
+
+
+def test_component_scores_returns_both_maps(model: DiffADModel) -> None:
+    """The KL and feature maps come back from the call, and fuse into the eval forward's anomaly map."""
+    images = _images(2)
+    with torch.no_grad():
+        maps = model.component_scores(images)
+        output = model(images)
+    assert maps.kl.shape == maps.feature.shape == (2, 1, 32, 32)
+    torch.testing.assert_close(model.anomaly_map_generator(maps.kl, maps.feature), output.anomaly_map)
 
 
 def test_training_outputs_shapes(model: DiffADModel) -> None:

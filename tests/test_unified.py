@@ -20,7 +20,7 @@ from anomalib_diffad.data.multi import CategoryImageBatch, CategoryImageItem
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.reconstruction import GradientDenoising
 from anomalib_diffad.unified import evaluate_per_category, export_per_category
-from tests.helpers.presets import TINY_MODEL_ARGS
+from tests.helpers.presets import OPENVINO_FP32, TINY_MODEL_ARGS
 
 NAMES = ("brick", "grass", "gravel")
 PARITY_TOLERANCE = 1e-4
@@ -230,8 +230,8 @@ def test_per_class_fusion_statistics_select_each_images_row() -> None:
     torch.testing.assert_close(generator.kl_mean, torch.tensor([2.0, 0.0, 12.0]))
     assert generator.kl_std[1] == 1.0  # class 1 had no maps: unchanged
     fused = generator(kl, feature, labels)
-    # each class's maps sit one (unbiased, 8-pixel) std below and above its own mean in both cues
-    expected = torch.tensor([-1.0, 1.0, -1.0, 1.0]) * (7 / 8) ** 0.5
+    # each class's maps sit one (population) std below and above its own mean in both cues
+    expected = torch.tensor([-1.0, 1.0, -1.0, 1.0])
     torch.testing.assert_close(fused[:, 0, 0, 0], expected)
     with pytest.raises(ValueError, match="class label"):
         generator(kl, feature)
@@ -249,7 +249,8 @@ def test_post_processor_normalizes_with_each_images_category() -> None:
     scores = torch.tensor([1.5, 1.5, 5.5])
     predictions = InferenceBatch(pred_score=scores, anomaly_map=scores.view(3, 1, 1, 1).expand(3, 1, 2, 2))
     output = post(predictions, torch.tensor([0, 1, 1]))
-    torch.testing.assert_close(output.pred_score, torch.tensor([0.75, 0.0, 0.75]))
+    # logistic normalization sigmoid(8 (x - threshold) / (max - min)) with each image's own category's values
+    torch.testing.assert_close(output.pred_score, torch.sigmoid(torch.tensor([2.0, -14.0, 2.0])))
     assert output.pred_label.tolist() == [True, False, True]
     assert output.anomaly_map[:, 0, 0, 0].tolist() == output.pred_score.tolist()
 
@@ -272,7 +273,9 @@ def test_unified_model_separates_normal_from_defect_in_each_category(unified: di
     metrics = unified["metrics"]
     assert set(metrics) == set(NAMES)
     for name, values in metrics.items():
-        assert values["pixel_AUROC"] > 0.7, (name, values)
+        # 0.65: the fusion is calibrated on the 8 (seen) training images of each category, no longer on the
+        # test normals; measured 0.73 / 0.68 / 0.95 (brick, grass, gravel); chance is 0.5
+        assert values["pixel_AUROC"] > 0.65, (name, values)
         assert 0.0 <= values["image_AUROC"] <= 1.0
     assert np.mean([values["image_AUROC"] for values in metrics.values()]) > 0.6, metrics
 
@@ -336,7 +339,7 @@ def test_per_category_export_parity(unified: dict, tmp_path: Path, monkeypatch: 
     openvino_paths = export_per_category(engine, model, ExportType.OPENVINO, tmp_path / "openvino", ["grass"])
     assert model.category is None  # the selection is restored
     inferencers = {name: TorchInferencer(path, device="cpu") for name, path in torch_paths.items()}
-    openvino = OpenVINOInferencer(openvino_paths["grass"], device="CPU")
+    openvino = OpenVINOInferencer(openvino_paths["grass"], device="CPU", config=OPENVINO_FP32)
     for name in NAMES:
         for path, expected in _lightning_predictions(unified, name).items():
             checks = [inferencers[name]] + ([openvino] if name == "grass" else [])

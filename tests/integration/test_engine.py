@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """anomalib's model integration pattern for DiffAD: fit, test, validate, train, predict, export, parity."""
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.lightning_model import QUANTIZED_OP_TYPES
+from tests.helpers.presets import OPENVINO_FP32
 
 PARITY_TOLERANCE = 1e-4
 INT8_MAP_TOLERANCE = 0.05  # mean error of the INT8_PTQ export's normalized maps against the FP32 Lightning path
@@ -87,14 +89,102 @@ def test_test_from_checkpoint_is_deterministic(project: dict, dataset_root: Path
         assert 0.0 <= results[0][key] <= 1.0, key
 
 
-def test_validate_recalibrates_identically(project: dict, dataset_root: Path, tiny_model_args: dict) -> None:
-    """Re-running validation from the checkpoint reproduces the stored calibration exactly."""
-    model = DiffAD(**tiny_model_args)
-    _engine(project["root_dir"]).validate(model=model, datamodule=_datamodule(dataset_root), ckpt_path=project["ckpt"])
-    stored = torch.load(project["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+def test_fusion_is_calibrated_on_training_images_only(project: dict, dataset_root: Path) -> None:
+    """The fusion statistics are those of the first training images, whatever the validation split holds.
+
+    MVTecAD's default validation set is the test set: the statistics must not depend on any of its images.
+    """
+    model = project["model"]
+    datamodule = _datamodule(dataset_root)
+    datamodule.setup()
+    post = model.post_processor
+    train = torch.stack([datamodule.train_data[i].image for i in range(post.calibration_images)[: len(datamodule.train_data)]])
+    generator = model.model.anomaly_map_generator
+    with torch.no_grad():
+        maps = model.model.eval().component_scores(model.pre_processor.transform(train))
+    expected = generator.moments(maps.kl, maps.feature)
+    count, total, total_sq = expected[0].unbind(-1)
+    mean = total / count
+    std = (total_sq / count - mean**2).sqrt()
+    torch.testing.assert_close(generator.kl_mean.double(), mean[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(generator.kl_std.double(), std[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(generator.feature_mean.double(), mean[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(generator.feature_std.double(), std[1], rtol=1e-5, atol=1e-6)
+    test_normals = torch.stack([item.image for item in datamodule.val_data if int(item.gt_label) == 0])
+    with torch.no_grad():
+        leaked = model.model.component_scores(model.pre_processor.transform(test_normals))
+    assert abs(float(leaked.feature.mean()) - float(generator.feature_mean)) > 1e-4  # would match if it leaked
+
+
+def test_validate_recalibrates_identically(project: dict, dataset_root: Path) -> None:
+    """Validation recomputes the fusion statistics, thresholds and min/max: garbage in, the stored values out."""
+    model = DiffAD.load_from_checkpoint(project["ckpt"])
+    stored = {name: value.clone() for name, value in model.state_dict().items()}
+    calibrated = [name for name in stored if "anomaly_map_generator" in name or name.startswith("post_processor")]
+    assert len(calibrated) >= 10
     for name, value in model.state_dict().items():
-        if "anomaly_map_generator" in name or name.startswith("post_processor"):
+        if name in calibrated:
+            value.fill_(float("nan") if name.startswith("post_processor") else 123.0)
+    _engine(project["root_dir"]).validate(model=model, datamodule=_datamodule(dataset_root))
+    for name, value in model.state_dict().items():
+        if name in calibrated:
             torch.testing.assert_close(value, stored[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.fixture(scope="module")
+def normals_only(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny model fitted with a validation split taken from train (normal images only), then tested."""
+    from tests.helpers.presets import TINY_MODEL_ARGS
+
+    model = DiffAD(**TINY_MODEL_ARGS)
+    datamodule = MVTecAD(
+        root=dataset_root,
+        category="brick",
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        val_split_mode="from_train",
+        val_split_ratio=0.25,
+    )
+    engine = _engine(tmp_path_factory.mktemp("normals_only"))
+    engine.fit(model=model, datamodule=datamodule)
+    raw = [model.model.eval()(model.pre_processor.transform(batch.image)) for batch in datamodule.test_dataloader()]
+    batches = engine.predict(model=model, dataloaders=datamodule.test_dataloader())
+    return {"model": model, "raw": raw, "post": batches, "datamodule": datamodule}
+
+
+def test_normals_only_validation_gives_quantile_thresholds(normals_only: dict) -> None:
+    """With only normals in validation, each threshold is the 0.99 quantile of the normal validation outputs."""
+    model, datamodule = normals_only["model"], normals_only["datamodule"]
+    with torch.no_grad():
+        outputs = [model.model(model.pre_processor.transform(batch.image)) for batch in datamodule.val_dataloader()]
+    scores = torch.cat([output.pred_score for output in outputs])
+    maps = torch.cat([output.anomaly_map for output in outputs]).flatten()
+    post = model.post_processor
+    image_rank = math.ceil(0.99 * len(scores))
+    pixel_rank = math.ceil(0.99 * len(maps))
+    assert float(post._image_threshold) == pytest.approx(float(scores.sort().values[image_rank - 1]), rel=1e-5)  # noqa: SLF001
+    assert float(post._pixel_threshold) == pytest.approx(float(maps.sort().values[pixel_rank - 1]), rel=1e-5)  # noqa: SLF001
+    assert float(post._pixel_threshold) < float(maps.max())  # noqa: SLF001
+
+
+def test_normals_only_validation_does_not_flatten_the_maps(normals_only: dict) -> None:
+    """Normalized maps keep the raw maps' ranking: AUROC and AUPRO equal those of the raw maps, no pixel is cut."""
+    from anomalib.metrics import AUPRO, AUROC
+
+    raw, post = normals_only["raw"], normals_only["post"]
+    masks = torch.cat([batch.gt_mask for batch in post]).int()
+    results = {}
+    for kind, maps in (("raw", torch.cat([r.anomaly_map for r in raw])), ("post", torch.cat([b.anomaly_map for b in post]))):
+        batch = SimpleNamespace(anomaly_map=maps.squeeze(1), gt_mask=masks)
+        results[kind] = []
+        for metric in (AUROC(fields=["anomaly_map", "gt_mask"]), AUPRO(fields=["anomaly_map", "gt_mask"])):
+            metric.update(batch)
+            results[kind].append(float(metric.compute()))
+    assert results["post"] == pytest.approx(results["raw"], abs=1e-4)
+    assert results["raw"][0] > 0.6  # the tiny model localizes the synthetic defects
+    normalized = torch.cat([b.anomaly_map for b in post])
+    assert float(((normalized > 1e-6) & (normalized < 1 - 1e-6)).float().mean()) > 0.99  # nothing clamped
 
 
 def test_train_resumes_and_tests(project: dict, dataset_root: Path, tiny_model_args: dict) -> None:
@@ -159,7 +249,7 @@ def _assert_batched_parity(path: Path, predictions: dict) -> None:
     to its first image, because ``repeat_interleave`` fixed the timestep vector to the example batch)."""
     import openvino as ov
 
-    model = ov.Core().compile_model(path, "CPU")
+    model = ov.Core().compile_model(path, "CPU", OPENVINO_FP32)
     paths = sorted(predictions)
     images = np.concatenate([OpenVINOInferencer.pre_process(read_image(p, as_tensor=False)) for p in paths])
     outputs = model(images)
@@ -194,7 +284,7 @@ def test_export_parity(
         monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
         _assert_parity(TorchInferencer(path, device="cpu"), predictions)
     elif export_type == ExportType.OPENVINO:
-        _assert_parity(OpenVINOInferencer(path, device="CPU"), predictions)
+        _assert_parity(OpenVINOInferencer(path, device="CPU", config=OPENVINO_FP32), predictions)
         _assert_batched_parity(path, predictions)
     else:
         _assert_parity(OnnxOutputsByName(path), predictions)
@@ -231,7 +321,7 @@ def test_int8_post_training_quantization(
     assert quantizers
     assert consumers <= QUANTIZED_OP_TYPES | {"Convert"}, consumers
     monkeypatch.chdir(tmp_path)
-    inferencer = OpenVINOInferencer(path, device="CPU")
+    inferencer = OpenVINOInferencer(path, device="CPU", config=OPENVINO_FP32)
     score_errors, map_errors, labels, reference_labels = [], [], [], []
     for image_path, expected in predictions.items():
         result = inferencer.predict(image_path)
@@ -265,7 +355,7 @@ class OnnxOutputsByName:
         import openvino as ov
 
         self.names = [output.name for output in onnx.load(path, load_external_data=False).graph.output]
-        self.model = ov.Core().compile_model(path, "CPU")
+        self.model = ov.Core().compile_model(path, "CPU", OPENVINO_FP32)
 
     def predict(self, path: str) -> SimpleNamespace:
         image = OpenVINOInferencer.pre_process(read_image(path, as_tensor=False))
