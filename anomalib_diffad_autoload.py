@@ -20,7 +20,7 @@ import sys
 TRIGGER = "anomalib.cli.cli"
 # Deprecation warnings that every ``anomalib`` CLI run prints (anomalib's own imports of timm.models.layers and
 # of its dinov2 package; Lightning's use of torch's LeafSpec in its training loop) and that no user can act on.
-# They are ignored in the CLI's process only, right before anomalib.cli.cli executes.
+# They are ignored right before anomalib.cli.cli executes, and by ``import anomalib_diffad`` before it imports anomalib.
 FOREIGN_DEPRECATIONS = (
     "Importing from timm.models.layers is deprecated",
     "The anomalib.models.components.dinov2 package is deprecated",
