@@ -5,12 +5,15 @@
 Lightning's progress bar draws only on a terminal: redirected to a file, a long ``anomalib train`` prints
 nothing between the model summary and the end. :class:`TextProgress` prints lines such as::
 
-    17:02:11 DiffAD on MVTecAD/brick: training 120 steps (30 epochs x 4 batches)
-    17:02:14 train step 1/120 (0.4 step/s, ~5.0 min left), loss 1.941
-    17:02:44 train step 31/120 (1.0 step/s, ~1.5 min left), loss 0.612
-    17:04:13 train step 120/120 (1.0 step/s, took 2.0 min), loss 0.402
-    17:04:13 validating: 1 batch
-    17:04:20 validation done (1 batch in 7 s)
+    17:27:16 DiffAD on MVTecAD/brick: training 120 steps (30 epochs x 4 batches)
+    17:27:19 train step 1/120 (2.5 s/step, ~5.0 min left), loss 2.51
+    17:27:51 train step 15/120 (2.3 s/step, ~4.0 min left), loss 1.191
+    17:30:58 train step 120/120 (1.8 s/step, took 3.7 min), loss 0.9263
+    17:30:58 validating: 1 batch
+    17:31:05 validation done (1 batch in 7 s)
+    17:31:05 testing: 4 batches
+    17:31:13 test batch 1/4 (8.3 s/batch, ~25 s left)
+    17:31:28 testing done (4 batches in 22 s)
 
 ``configs/diffad.yaml`` and ``configs/diffad_tiny.yaml`` enable it; for any other run add
 ``--trainer.callbacks+=anomalib_diffad.callbacks.TextProgress``.
