@@ -18,6 +18,23 @@ import os
 import sys
 
 TRIGGER = "anomalib.cli.cli"
+# Deprecation warnings that every ``anomalib`` CLI run prints (anomalib's own imports of timm.models.layers and
+# of its dinov2 package; Lightning's use of torch's LeafSpec in its training loop) and that no user can act on.
+# They are ignored right before anomalib.cli.cli executes, and by ``import anomalib_diffad`` before it imports anomalib.
+FOREIGN_DEPRECATIONS = (
+    "Importing from timm.models.layers is deprecated",
+    "The anomalib.models.components.dinov2 package is deprecated",
+    "`isinstance(treespec, LeafSpec)` is deprecated",
+)
+
+
+def ignore_foreign_deprecations() -> None:
+    """Ignore the :data:`FOREIGN_DEPRECATIONS` (``FutureWarning`` with these exact message starts)."""
+    import re  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    for message in FOREIGN_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=FutureWarning)
 
 
 class _AfterAnomalibCli:
@@ -37,6 +54,7 @@ class _AfterAnomalibCli:
         exec_module = spec.loader.exec_module
 
         def exec_then_load_plugin(module: object) -> None:
+            ignore_foreign_deprecations()
             exec_module(module)
             try:
                 import anomalib_diffad  # noqa: F401, PLC0415

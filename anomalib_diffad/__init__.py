@@ -2,15 +2,19 @@
 # SPDX-License-Identifier: Apache-2.0
 """DiffAD, the diffusion anomaly detector of Lu et al. (ICCV 2023), as an anomalib 2.7 model plugin."""
 
-import anomalib.data
-import anomalib.models
+from anomalib_diffad_autoload import ignore_foreign_deprecations
 
-from anomalib_diffad.baselines import BudgetDraem
-from anomalib_diffad.compat import patch_benchmark_collect
-from anomalib_diffad.data.multi import MultiCategory
-from anomalib_diffad.datamodules import MVTec
-from anomalib_diffad.lightning_model import DiffAD
-from anomalib_diffad.torch_model import DiffADModel
+ignore_foreign_deprecations()  # before anomalib.models, whose import warns about anomalib's own internals
+
+import anomalib.data  # noqa: E402
+import anomalib.models  # noqa: E402
+
+from anomalib_diffad.baselines import BudgetDraem  # noqa: E402
+from anomalib_diffad.compat import patch_benchmark_collect  # noqa: E402
+from anomalib_diffad.data.multi import MultiCategory  # noqa: E402
+from anomalib_diffad.datamodules import MVTec  # noqa: E402
+from anomalib_diffad.lightning_model import DiffAD  # noqa: E402
+from anomalib_diffad.torch_model import DiffADModel  # noqa: E402
 
 # anomalib's name-based resolvers (``get_model``, ``get_datamodule``, used by ``anomalib benchmark``) look
 # names up as attributes of these packages; register ours there too.

@@ -375,7 +375,6 @@ class DiffAD(AnomalibModule):
                 value.item(),
                 on_epoch=True,
                 prog_bar=name == "loss",
-                logger=True,
                 batch_size=batch.image.shape[0],
             )
         return {"loss": losses["loss"]}

@@ -1,22 +1,45 @@
 #!/usr/bin/env bash
 # The main job: set everything up, write the built-in texture dataset (CC0 photos from scikit-image), then
-# train and test DiffAD on each category through the `anomalib` CLI, and write the result table and the
-# anomaly-map images under results/demo/. About 10 minutes on 2 CPU cores.
+# train and test DiffAD on each category through the `anomalib` CLI, and write the result table and one
+# summary picture (results/demo/summary.png) under results/demo/.
+# Measured on 2 CPU cores: 15.3 min for the dataset and the three runs (one torch thread per process, other jobs
+# on the same cores: load average 4.9), plus about 4.5 min of set-up the first time; see
+# benchmarks/speed/results/demo_time.json (benchmarks/speed/demo_time.py remeasures it).
+# Progress (category k of n, steps done of total with rate and time left, validation, testing) is printed as
+# plain lines, also when the output goes to a file (CI, nohup, tee).
+# Settings: EPOCHS, DATA, OUT, CATEGORIES, CONFIG; VENV=<an installed venv> skips the set-up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+if [ -z "${VENV:-}" ]; then
+  echo "$(date +%T) demo: setting up .venv (scripts/setup.sh; a few minutes the first time)"
+  bash scripts/setup.sh
+  VENV=.venv
+fi
+setup_seconds=$SECONDS
 export MALLOC_MMAP_THRESHOLD_=1048576  # glibc keeps freed tensors otherwise; see benchmarks/README.md
 DATA=${DATA:-datasets/textures}
 OUT=${OUT:-results/demo}
 EPOCHS=${EPOCHS:-30}
-.venv/bin/python -m anomalib_diffad.data.textures --root "$DATA"
-for category in brick grass gravel; do
-  .venv/bin/anomalib train --config configs/diffad.yaml \
+CONFIG=${CONFIG:-configs/diffad.yaml}
+read -r -a categories <<< "${CATEGORIES:-brick grass gravel}"
+echo "$(date +%T) demo: writing the built-in texture dataset to $DATA (kept if already there)"
+"$VENV/bin/python" -m anomalib_diffad.data.textures --root "$DATA" --categories "${categories[@]}"
+for index in "${!categories[@]}"; do
+  category=${categories[$index]}
+  echo "$(date +%T) demo: category $((index + 1)) of ${#categories[@]}: $category" \
+    "($EPOCHS epochs; validation on 20% of the training normals, then the test set)"
+  "$VENV/bin/anomalib" train --config "$CONFIG" \
     --data MVTec --data.root "$DATA" --data.category "$category" \
+    --data.val_split_mode from_train --data.val_split_ratio 0.2 --data.seed 0 \
     --model.image_size 128 \
     --trainer.max_epochs "$EPOCHS" --trainer.check_val_every_n_epoch "$EPOCHS" \
-    --trainer.logger lightning.pytorch.loggers.CSVLogger \
+    --trainer.logger lightning.pytorch.loggers.CSVLogger --trainer.log_every_n_steps 1 \
     --trainer.logger.save_dir "$OUT/logs" --trainer.logger.name "$category" \
     --default_root_dir "$OUT"
 done
-.venv/bin/python -m anomalib_diffad.report "$OUT"
+echo "$(date +%T) demo: writing the result table and the summary picture"
+"$VENV/bin/python" -m anomalib_diffad.report "$OUT" --data-root "$DATA"
+run_seconds=$((SECONDS - setup_seconds))
+echo "$(date +%T) demo: done in $((SECONDS / 60)) min $((SECONDS % 60)) s" \
+  "(set-up $((setup_seconds / 60)) min $((setup_seconds % 60)) s, data and runs $((run_seconds / 60)) min $((run_seconds % 60)) s)"
+echo "demo: open $OUT/summary.png first; the table is $OUT/results.md"

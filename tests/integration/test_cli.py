@@ -33,7 +33,7 @@ def _anomalib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def fitted(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``anomalib fit --model DiffAD --data MVTec`` with the tiny preset; returns the results folder."""
     out = tmp_path_factory.mktemp("cli")
-    _anomalib(
+    result = _anomalib(
         "fit",
         "--config", str(TINY),
         "--model", "DiffAD",
@@ -46,6 +46,7 @@ def fitted(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         "--default_root_dir", str(out),
         cwd=out,
     )  # fmt: skip
+    assert "no logger configured" not in result.stdout + result.stderr  # the preset has logger: false
     return out
 
 
