@@ -14,7 +14,7 @@ from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer, Tor
 from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
-from anomalib_diffad.lightning_model import QUANTIZED_OP_TYPES
+from anomalib_diffad.export import QUANTIZED_OP_TYPES
 
 PARITY_TOLERANCE = 1e-4
 INT8_MAP_TOLERANCE = 0.05  # mean error of the INT8_PTQ export's normalized maps against the FP32 Lightning path
