@@ -15,6 +15,7 @@ from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.export import QUANTIZED_OP_TYPES
+from tests.helpers.openvino import FP32
 
 PARITY_TOLERANCE = 1e-4
 INT8_MAP_TOLERANCE = 0.05  # mean error of the INT8_PTQ export's normalized maps against the FP32 Lightning path
@@ -159,7 +160,7 @@ def _assert_batched_parity(path: Path, predictions: dict) -> None:
     to its first image, because ``repeat_interleave`` fixed the timestep vector to the example batch)."""
     import openvino as ov
 
-    model = ov.Core().compile_model(path, "CPU")
+    model = ov.Core().compile_model(path, "CPU", FP32)
     paths = sorted(predictions)
     images = np.concatenate([OpenVINOInferencer.pre_process(read_image(p, as_tensor=False)) for p in paths])
     outputs = model(images)
@@ -194,7 +195,7 @@ def test_export_parity(
         monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
         _assert_parity(TorchInferencer(path, device="cpu"), predictions)
     elif export_type == ExportType.OPENVINO:
-        _assert_parity(OpenVINOInferencer(path, device="CPU"), predictions)
+        _assert_parity(OpenVINOInferencer(path, device="CPU", config=FP32), predictions)
         _assert_batched_parity(path, predictions)
     else:
         _assert_parity(OnnxOutputsByName(path), predictions)
@@ -265,7 +266,7 @@ class OnnxOutputsByName:
         import openvino as ov
 
         self.names = [output.name for output in onnx.load(path, load_external_data=False).graph.output]
-        self.model = ov.Core().compile_model(path, "CPU")
+        self.model = ov.Core().compile_model(path, "CPU", FP32)
 
     def predict(self, path: str) -> SimpleNamespace:
         image = OpenVINOInferencer.pre_process(read_image(path, as_tensor=False))
