@@ -3,13 +3,13 @@
 """Export of DiffAD: anomalib's torch, ONNX and OpenVINO exports, fitted to the diffusion graph.
 
 :class:`DiffADExportMixin` overrides anomalib's ``ExportMixin`` methods; :class:`~anomalib_diffad.DiffAD` inherits
-it before ``AnomalibModule``. It bounds the batch (diffusers' upsampler branches on ``batch >= 64``), writes one
-graph per category of a unified model, names the OpenVINO outputs and restricts INT8 quantization to
-convolutions and matrix products.
+it before ``AnomalibModule``. The ONNX and OpenVINO graphs take images of any size (or a fixed ``input_size``)
+and any batch; a unified model writes one graph per category; the OpenVINO outputs keep their
+``InferenceBatch`` names; INT8 quantization touches only convolutions and matrix products.
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
@@ -18,6 +18,7 @@ import torch
 from anomalib.data import AnomalibDataModule, InferenceBatch
 
 from anomalib_diffad.data.multi import MultiCategory
+from anomalib_diffad.pre_processor import resizes_to_fixed_size
 
 if TYPE_CHECKING:
     import openvino
@@ -26,6 +27,22 @@ logger = logging.getLogger(__name__)
 
 QUANTIZED_OP_TYPES = frozenset({"Convolution", "GroupConvolution", "MatMul"})
 """OpenVINO operations that INT8 post-training quantization (``CompressionType.INT8_PTQ``) may quantize."""
+
+
+def checked_input_size(input_size: Sequence[int]) -> tuple[int, int]:
+    """``input_size`` as ``(height, width)``.
+
+    Raises:
+        ValueError: If it is not two positive integers.
+    """
+    size = tuple(input_size)
+    if len(size) != 2 or not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in size):
+        msg = (
+            f"input_size must be two positive integers (height, width), got {input_size!r}. Leave it out "
+            "(CLI: no --input_size) to export a graph that takes images of any size."
+        )
+        raise ValueError(msg)
+    return (size[0], size[1])
 
 
 class DiffADExportMixin:
@@ -69,11 +86,21 @@ class DiffADExportMixin:
         input_size: tuple[int, int] | None = None,
         **kwargs: Any,  # noqa: ANN401
     ) -> Path:
-        """Export to ONNX at a fixed input size (default: ``image_size``) with a bounded dynamic batch.
+        """Export to ONNX with a dynamic batch, and a dynamic or the given input size.
 
-        diffusers' upsampler branches on ``batch >= 64``; bounding the batch (times the scoring timesteps)
-        below 64 lets ``torch.export`` resolve that branch statically. A unified model without a selected
-        category writes one graph per category (see :meth:`to_torch`).
+        Without ``input_size`` the graph takes images of any height and width: the pre-processor resizes them to
+        ``image_size`` inside it, so everything after it (scoring noise, smoothing) sees fixed sizes. A
+        pre-processor that resizes to no fixed size keeps the input at ``image_size``. With ``input_size`` the
+        input is fixed at that ``(height, width)`` (still resized to ``image_size`` inside).
+
+        ``torch.export`` must trace the batch bounded: diffusers' upsampler branches on ``batch >= 64`` (a
+        ``contiguous()``, a no-op in the graph), and the batch times the scoring timesteps stays below 64
+        during tracing. The bound only lives in the trace: ONNX dimensions carry none, so the exported file
+        takes any batch. A unified model without a selected category writes one graph per category (see
+        :meth:`to_torch`).
+
+        Raises:
+            ValueError: If ``input_size`` is not two positive integers.
         """
         if self._exports_every_category:
             return self._export_every_category(
@@ -81,7 +108,12 @@ class DiffADExportMixin:
                 lambda root: self.to_onnx(root, model_file_name, input_size, **kwargs),
             )
         max_batch = max(1, 63 // len(self.model.score_timesteps))
-        kwargs.setdefault("dynamic_shapes", ({0: torch.export.Dim("batch", min=1, max=max_batch)},))
+        axes = {0: torch.export.Dim("batch", min=1, max=max_batch)}
+        if input_size is not None:
+            input_size = checked_input_size(input_size)
+        elif resizes_to_fixed_size(getattr(self.pre_processor, "export_transform", None)):
+            axes |= {2: torch.export.Dim("height", min=2), 3: torch.export.Dim("width", min=2)}
+        kwargs.setdefault("dynamic_shapes", (axes,))
         return super().to_onnx(export_root, model_file_name, input_size or self.model.image_size, **kwargs)
 
     def to_openvino(

@@ -27,7 +27,6 @@ from anomalib import LearningType
 from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
@@ -40,6 +39,7 @@ from anomalib_diffad.export import DiffADExportMixin
 from anomalib_diffad.loss import DiffADLoss
 from anomalib_diffad.metrics import CategoryEvaluator
 from anomalib_diffad.post_processor import DiffADPostProcessor
+from anomalib_diffad.pre_processor import DiffADPreProcessor
 from anomalib_diffad.reconstruction import (
     GradientDenoising,
     ReconstructionPrior,
@@ -79,7 +79,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
     """DiffAD anomaly detector (anomalib Lightning module).
 
     Args:
-        image_size: Size the images are resized to; also the export input size.
+        image_size: Size the images are resized to (inside the exported graph too, which takes any size).
         block_out_channels: UNet channels per resolution level.
         layers_per_block: UNet residual blocks per level.
         attention_levels: UNet levels with self-attention (0 = full resolution).
@@ -228,10 +228,13 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         self.select_category(category)
 
     @classmethod
-    def configure_pre_processor(cls, image_size: int | Sequence[int] | None = None) -> PreProcessor:
-        """Resize to ``image_size`` and scale to [-1, 1] (``Normalize(0.5, 0.5)`` survives checkpoints)."""
+    def configure_pre_processor(cls, image_size: int | Sequence[int] | None = None) -> DiffADPreProcessor:
+        """Resize to ``image_size`` and scale to [-1, 1] (``Normalize(0.5, 0.5)`` survives checkpoints).
+
+        The exported graph resizes with antialiasing too (see :class:`DiffADPreProcessor`).
+        """
         size = _as_size(image_size or 256)
-        return PreProcessor(transform=Compose([Resize(size, antialias=True), Normalize([0.5] * 3, [0.5] * 3)]))
+        return DiffADPreProcessor(transform=Compose([Resize(size, antialias=True), Normalize([0.5] * 3, [0.5] * 3)]))
 
     @staticmethod
     def configure_post_processor() -> DiffADPostProcessor:
