@@ -16,21 +16,17 @@ Example:
     >>> engine.fit(DiffAD(), datamodule=datamodule)  # doctest: +SKIP
 """
 
-import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from tempfile import TemporaryDirectory
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from anomalib import LearningType
-from anomalib.data import AnomalibDataModule, Batch, InferenceBatch
+from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
@@ -39,9 +35,11 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.data.checks import check_datamodule
 from anomalib_diffad.data.multi import MultiCategory
+from anomalib_diffad.export import DiffADExportMixin
 from anomalib_diffad.loss import DiffADLoss
 from anomalib_diffad.metrics import CategoryEvaluator
 from anomalib_diffad.post_processor import DiffADPostProcessor
+from anomalib_diffad.pre_processor import DiffADPreProcessor
 from anomalib_diffad.reconstruction import (
     GradientDenoising,
     ReconstructionPrior,
@@ -50,11 +48,6 @@ from anomalib_diffad.reconstruction import (
     gradient_denoise,
 )
 from anomalib_diffad.torch_model import DiffADModel
-
-if TYPE_CHECKING:
-    import openvino
-
-logger = logging.getLogger(__name__)
 
 
 def _category_names(categories: Sequence[str] | None, num_classes: int) -> tuple[str, ...]:
@@ -71,8 +64,6 @@ def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 TRAIN_SEED_KEY = "diffad_train_seed"
-QUANTIZED_OP_TYPES = frozenset({"Convolution", "GroupConvolution", "MatMul"})
-"""OpenVINO operations that INT8 post-training quantization (``CompressionType.INT8_PTQ``) may quantize."""
 
 
 def epoch_seed(train_seed: int, step: int, rank: int) -> int:
@@ -84,11 +75,11 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the training loss stops being finite."""
 
 
-class DiffAD(AnomalibModule):
+class DiffAD(DiffADExportMixin, AnomalibModule):
     """DiffAD anomaly detector (anomalib Lightning module).
 
     Args:
-        image_size: Size the images are resized to; also the export input size.
+        image_size: Size the images are resized to (inside the exported graph too, which takes any size).
         space: Where the DDPM runs: ``"pixel"`` (the paper; the default) or ``"feature"`` (on the frozen
             backbone's standardized features at 1/8 resolution, whole images; see
             :class:`~anomalib_diffad.torch_model.DiffADModel` and ``configs/diffad_feature.yaml``).
@@ -242,10 +233,13 @@ class DiffAD(AnomalibModule):
         self.select_category(category)
 
     @classmethod
-    def configure_pre_processor(cls, image_size: int | Sequence[int] | None = None) -> PreProcessor:
-        """Resize to ``image_size`` and scale to [-1, 1] (``Normalize(0.5, 0.5)`` survives checkpoints)."""
+    def configure_pre_processor(cls, image_size: int | Sequence[int] | None = None) -> DiffADPreProcessor:
+        """Resize to ``image_size`` and scale to [-1, 1] (``Normalize(0.5, 0.5)`` survives checkpoints).
+
+        The exported graph resizes with antialiasing too (see :class:`DiffADPreProcessor`).
+        """
         size = _as_size(image_size or 256)
-        return PreProcessor(transform=Compose([Resize(size, antialias=True), Normalize([0.5] * 3, [0.5] * 3)]))
+        return DiffADPreProcessor(transform=Compose([Resize(size, antialias=True), Normalize([0.5] * 3, [0.5] * 3)]))
 
     @staticmethod
     def configure_post_processor() -> DiffADPostProcessor:
@@ -590,148 +584,6 @@ class DiffAD(AnomalibModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _export_every_category(self, export_root: Path | str, export: Callable[[Path], Path]) -> Path:
-        """Run ``export`` once per category of a unified model, into ``<export_root>/<category>``.
-
-        Returns:
-            ``export_root``.
-        """
-        for index, name in enumerate(self.category_names):
-            with self.selected_category(index):
-                export(Path(export_root) / name)
-        return Path(export_root)
-
-    @property
-    def _exports_every_category(self) -> bool:
-        """A unified model without a selected category exports one graph per category."""
-        return self.model.num_classes is not None and self.category is None
-
-    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
-        """anomalib's torch export; a unified model without a selected category writes one file per category.
-
-        ``anomalib export --ckpt_path`` reloads the checkpoint with its saved arguments, so a unified model
-        reaches the export with no category selected: it then writes ``<export_root>/<category>/weights/...``
-        for every category (:meth:`select_category` first to export one).
-        """
-        if self._exports_every_category:
-            return self._export_every_category(export_root, lambda root: self.to_torch(root, model_file_name))
-        return super().to_torch(export_root, model_file_name)
-
-    def to_onnx(
-        self,
-        export_root: Path | str,
-        model_file_name: str = "model",
-        input_size: tuple[int, int] | None = None,
-        **kwargs: Any,  # noqa: ANN401
-    ) -> Path:
-        """Export to ONNX at a fixed input size (default: ``image_size``) with a bounded dynamic batch.
-
-        diffusers' upsampler branches on ``batch >= 64``; bounding the batch (times the scoring timesteps)
-        below 64 lets ``torch.export`` resolve that branch statically. A unified model without a selected
-        category writes one graph per category (see :meth:`to_torch`).
-        """
-        if self._exports_every_category:
-            return self._export_every_category(
-                export_root,
-                lambda root: self.to_onnx(root, model_file_name, input_size, **kwargs),
-            )
-        max_batch = max(1, 63 // len(self.model.score_timesteps))
-        kwargs.setdefault("dynamic_shapes", ({0: torch.export.Dim("batch", min=1, max=max_batch)},))
-        return super().to_onnx(export_root, model_file_name, input_size or self.model.image_size, **kwargs)
-
-    def to_openvino(
-        self,
-        export_root: Path | str,
-        model_file_name: str = "model",
-        input_size: tuple[int, int] | None = None,
-        **kwargs: Any,  # noqa: ANN401
-    ) -> Path:
-        """Export to OpenVINO IR, then leave each output tensor with exactly its ``InferenceBatch`` name.
-
-        INT8 post-training quantization requires a calibrated model: OpenVINO's low-precision passes fail to
-        compile a graph whose normalization constants are still NaN.
-
-        OpenVINO's constant folding of the post-processor's ``where`` guards merges internal tensor names
-        into the outputs; ``OpenVINOInferencer`` takes an arbitrary name of each set, so it could return
-        ``where_12`` instead of ``anomaly_map``. A unified model without a selected category writes one graph
-        per category (see :meth:`to_torch`).
-        """
-        if self._exports_every_category:
-            return self._export_every_category(
-                export_root,
-                lambda root: self.to_openvino(root, model_file_name, input_size, **kwargs),
-            )
-        import openvino as ov  # noqa: PLC0415
-        from anomalib.deploy import CompressionType  # noqa: PLC0415
-
-        quantized = kwargs.get("compression_type") in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}
-        if quantized and bool(torch.isnan(getattr(self.post_processor, "image_min", torch.zeros(()))).any()):
-            msg = (
-                "INT8 post-training quantization needs a calibrated model, and this one has no thresholds or "
-                "normalization statistics yet (they are NaN): export a checkpoint written after validation "
-                "(anomalib train/fit validates at the end), or run `anomalib validate` on it first."
-            )
-            raise ValueError(msg)
-        path = super().to_openvino(export_root, model_file_name, input_size, **kwargs)
-        model = ov.Core().read_model(path)
-        for output in model.outputs:
-            names = output.get_names() & set(InferenceBatch._fields)
-            if len(names) == 1:
-                output.get_tensor().set_names(names)
-        with TemporaryDirectory(dir=path.parent) as tmp:
-            renamed = Path(tmp) / path.name
-            ov.save_model(model, renamed, compress_to_fp16=False)  # weights keep the precision they were given
-            del model
-            renamed.replace(path)
-            renamed.with_suffix(".bin").replace(path.with_suffix(".bin"))
-        return path
-
-    def _post_training_quantization_ov(
-        self,
-        model: "openvino.Model",
-        datamodule: AnomalibDataModule | None = None,
-    ) -> "openvino.Model":
-        """NNCF INT8 post-training quantization of the convolutions and matrix products only.
-
-        anomalib's version lets NNCF quantize every operation it supports, including the elementwise
-        arithmetic of the reverse-posterior KL (log-variances, squared differences) and of the
-        post-processor's normalization. Here everything but ``Convolution``, ``GroupConvolution`` and
-        ``MatMul`` (nearly all of the compute) stays in floating point. Calibrates on the validation images,
-        as anomalib does; a unified model's graph on those of its selected category when the datamodule is a
-        ``MultiCategory``.
-
-        Args:
-            model: OpenVINO model of the whole pipeline (pre-processor, model, post-processor).
-            datamodule: Datamodule whose validation images calibrate the activation ranges.
-
-        Returns:
-            The quantized model.
-
-        Raises:
-            ValueError: If ``datamodule`` is missing or has no validation images.
-        """
-        import nncf  # noqa: PLC0415
-
-        if datamodule is None:
-            msg = "INT8_PTQ needs calibration images: pass a datamodule (--data in the CLI)."
-            raise ValueError(msg)
-        if isinstance(datamodule, MultiCategory) and self.category is not None:
-            datamodule = datamodule.for_category(self.category_names[self.category])
-        datamodule.setup("fit")
-        dataloader = datamodule.val_dataloader()
-        if len(dataloader.dataset) == 0:
-            msg = "INT8_PTQ calibrates on the validation images, and the datamodule has none."
-            raise ValueError(msg)
-        if len(dataloader.dataset) < 300:
-            logger.warning("INT8_PTQ calibrates on %d images; 300 or more are recommended.", len(dataloader.dataset))
-        ignored = sorted({op.get_type_name() for op in model.get_ops()} - QUANTIZED_OP_TYPES)
-        return nncf.quantize(
-            model,
-            nncf.Dataset(dataloader, lambda batch: batch["image"]),
-            subset_size=len(dataloader),
-            ignored_scope=nncf.IgnoredScope(types=ignored, validate=False),
-        )
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

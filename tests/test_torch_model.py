@@ -206,3 +206,70 @@ def test_invalid_score_timesteps_are_rejected() -> None:
     """Scoring timesteps outside [0, T) fail at construction with a clear message."""
     with pytest.raises(ValueError, match="score_timesteps"):
         DiffADModel(**TINY, score_timesteps=(20, 1000))
+
+
+FEATURE = TINY | {"image_size": (64, 64), "layers": ("blocks.2", "blocks.4"), "attention_levels": ()}
+
+
+def test_feature_space_diffuses_standardized_backbone_features() -> None:
+    """Feature space: x0 is the backbone's features at 1/8 resolution; the denoiser predicts their noise only."""
+    torch.manual_seed(0)
+    model = DiffADModel(space="feature", **FEATURE).train()
+    images = _images(2, size=64)
+    outputs = model(images)
+    assert outputs.x0.shape == (2, 40 + 112, 8, 8)
+    torch.testing.assert_close(outputs.x0, model.target_features(images))
+    assert outputs.target_features is None and outputs.prediction.features is None
+    assert outputs.prediction.eps.shape == outputs.prediction.v.shape == outputs.x0.shape
+    assert model.score_noise.shape == (3, 1, 152, 8, 8)
+
+
+def test_feature_space_maps_are_the_shared_math_on_the_features() -> None:
+    """The feature-space cues equal the diffusion module's KL and 1 - cos, computed by hand on the same tensors.
+
+    Unlike the pixel path, the KL is not z-scored per image and the x0 estimate is not clipped to [-1, 1].
+    """
+    from anomalib_diffad.diffusion import posterior_kl_map, predict_x0_from_eps, q_sample
+
+    torch.manual_seed(0)
+    model = DiffADModel(space="feature", **FEATURE, score_timesteps=(50, 300)).eval()
+    images = _images(2, size=64, seed=3)
+    with torch.no_grad():
+        maps = model.component_scores(images)
+        x0 = model.target_features(images).repeat(2, 1, 1, 1)
+        t = torch.tensor([50, 50, 300, 300])
+        noise = model.score_noise[:, 0].repeat_interleave(2, dim=0)
+        xt = q_sample(model.schedule, x0, t, noise)
+        prediction = model.ema_denoiser(xt, t)
+        kl = posterior_kl_map(model.schedule, x0, xt, t, prediction.eps, prediction.v, clip_x0=False)
+        estimate = predict_x0_from_eps(model.schedule, xt, t, prediction.eps, clip=False)
+        cosine = torch.nn.functional.cosine_similarity(x0, estimate, dim=1)
+    kl_map = kl.mean(dim=1).view(2, 2, 8, 8).mean(dim=0)
+    distance = (1 - cosine).view(2, 2, 8, 8).mean(dim=0)
+    up = torch.nn.functional.interpolate
+    expected_kl = up(kl_map[:, None], size=(64, 64), mode="bilinear", align_corners=False)
+    expected_feature = up(distance[:, None], size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(maps.kl, expected_kl, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(maps.feature, expected_feature, rtol=1e-4, atol=1e-5)
+    assert float(maps.kl.mean()) > 0.0  # not z-scored per image: every KL is positive
+
+
+def test_feature_space_scoring_is_deterministic() -> None:
+    """Two models with the same seed score an image identically, alone or in a batch."""
+    images = _images(3, size=64, seed=4)
+    scores = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = DiffADModel(space="feature", **FEATURE).eval()
+        with torch.no_grad():
+            scores.append((model(images[:1]), model(images)))
+    assert torch.equal(scores[0][0].anomaly_map, scores[1][0].anomaly_map)
+    torch.testing.assert_close(scores[0][1].anomaly_map[:1], scores[0][0].anomaly_map, rtol=1e-5, atol=1e-5)
+
+
+def test_feature_space_refuses_crops_and_unknown_spaces() -> None:
+    """Feature space trains on whole images; an unknown space is named in the error."""
+    with pytest.raises(ValueError, match="whole images"):
+        DiffADModel(space="feature", **FEATURE, train_crop_size=32)
+    with pytest.raises(ValueError, match="space must be one of"):
+        DiffADModel(space="latent", **FEATURE)

@@ -20,7 +20,8 @@ from anomalib_diffad.data.multi import CategoryImageBatch, CategoryImageItem
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.reconstruction import GradientDenoising
 from anomalib_diffad.unified import evaluate_per_category, export_per_category
-from tests.helpers.presets import OPENVINO_FP32, TINY_MODEL_ARGS
+from tests.helpers.openvino import FP32
+from tests.helpers.presets import TINY_MODEL_ARGS
 
 NAMES = ("brick", "grass", "gravel")
 PARITY_TOLERANCE = 1e-4
@@ -339,7 +340,7 @@ def test_per_category_export_parity(unified: dict, tmp_path: Path, monkeypatch: 
     openvino_paths = export_per_category(engine, model, ExportType.OPENVINO, tmp_path / "openvino", ["grass"])
     assert model.category is None  # the selection is restored
     inferencers = {name: TorchInferencer(path, device="cpu") for name, path in torch_paths.items()}
-    openvino = OpenVINOInferencer(openvino_paths["grass"], device="CPU", config=OPENVINO_FP32)
+    openvino = OpenVINOInferencer(openvino_paths["grass"], device="CPU", config=FP32)
     for name in NAMES:
         for path, expected in _lightning_predictions(unified, name).items():
             checks = [inferencers[name]] + ([openvino] if name == "grass" else [])

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.data.textures import make_normal_image
+from anomalib_diffad.provenance import recorded_command
 
 mpl.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -88,7 +89,7 @@ def main() -> None:
         "slope_mib_per_100_images_second_half": round(float(slope), 2),
         "visualizations_written": len(list((folder / "out").rglob("*.png"))),
         "rss_curve": [[n, round(r, 1)] for n, r in zip(recorder.images, recorder.rss, strict=True)],
-        "command": "python " + " ".join(sys.argv),
+        "command": recorded_command(sys.argv, REPO),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "stream.json").write_text(json.dumps(result, indent=2) + "\n")

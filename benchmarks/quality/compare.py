@@ -32,7 +32,6 @@ import argparse
 import json
 import platform
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.backbone import LITE0
 from anomalib_diffad.baselines import LITE0_PATCHCORE_LAYERS, lite0_patchcore
 from anomalib_diffad.post_processor import DiffADPostProcessor, calibration_indices
+from anomalib_diffad.provenance import recorded_command, relative_path
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ("diffad", "patchcore", "draem")
@@ -170,7 +170,7 @@ def build_model(name: str, args: argparse.Namespace, work: Path) -> tuple[torch.
         preset = yaml.safe_load(args.config.read_text())["model"]["init_args"]
         preset |= {"image_size": args.image_size, "lr_anneal_steps": args.max_steps}
         model = DiffAD(**preset, post_processor=DiffADPostProcessor(enable_normalization=False))
-        settings = {"preset": str(args.config), "space": preset.get("space", "pixel")}
+        settings = {"preset": relative_path(args.config, REPO), "space": preset.get("space", "pixel")}
         return model, settings | {"train_crop_size": preset.get("train_crop_size")}
     if name == "patchcore":
         model = lite0_patchcore(
@@ -307,7 +307,7 @@ def main() -> None:
         out_json = args.out / f"{prefix}_{run_name(args.worker, args)}.json"
         result = run_one(args.worker, args, out_json)
         result["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads"
-        result["command"] = "python " + shlex.join(arg for arg in sys.argv if not arg.startswith("--worker"))
+        result["command"] = recorded_command([arg for arg in sys.argv if not arg.startswith("--worker")], REPO)
         args.out.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps({key: value for key, value in result.items() if key != "scoring_ablation"}, indent=2))

@@ -31,7 +31,6 @@ cost about 150 s per 256 px image on one CPU thread, hence fewer here):
 
 import argparse
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -46,7 +45,10 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
+from anomalib_diffad.provenance import recorded_command, relative_path
 from anomalib_diffad.reconstruction import GradientDenoising, fit_reconstruction_prior
+
+REPO = Path(__file__).resolve().parents[2]
 
 GRID_IMAGES = 6
 REGIONS = ("good_images", "normal_pixels", "defect_pixels")
@@ -258,14 +260,14 @@ def main(argv: list[str] | None = None) -> int:
 
     record = {
         "category": args.category,
-        "root": str(args.root),
+        "root": relative_path(args.root, REPO),
         "image_size": args.image_size,
         "images": seen,
         "diffad": {"settings": asdict(config) | {"prior_features": args.prior_features}, **meters["diffad"].summary()},
         "train_seconds": round(train_seconds, 1),
         "reconstruct_seconds": round(time.monotonic() - started, 1),
         "device": str(device),
-        "command": "python " + shlex.join(sys.argv),
+        "command": recorded_command(sys.argv, REPO),
     }
     if "draem" in meters:
         settings = {"checkpoint": args.draem_ckpt.name} if args.draem_ckpt else {"steps": args.draem_steps}

@@ -29,6 +29,8 @@ import torch
 import yaml
 from cpu_costs import matmul_gflops, median_seconds  # same folder: the script's directory is on sys.path
 
+from anomalib_diffad.provenance import recorded_command
+
 REPO = Path(__file__).resolve().parents[2]
 OV_VARIANTS = ("openvino_fp32", "openvino_fp16", "openvino_int8", "openvino_int8_ptq")
 
@@ -251,7 +253,7 @@ def main() -> None:
     payload = {
         "matmul_peak_gflops_fp32": round(peak, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "command": "python " + " ".join(sys.argv),
+        "command": recorded_command(sys.argv, REPO),
         "rows": rows,
     }
     (args.out / "speed.json").write_text(json.dumps(payload, indent=2) + "\n")

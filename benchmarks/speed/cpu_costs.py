@@ -25,6 +25,7 @@ mpl.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from anomalib_diffad import DiffAD  # noqa: E402
+from anomalib_diffad.provenance import recorded_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,7 +88,7 @@ def main() -> None:
                 )
 
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"results": results, "threads": torch.get_num_threads(), "command": "python " + " ".join(sys.argv)}
+    payload = {"results": results, "threads": torch.get_num_threads(), "command": recorded_command(sys.argv, REPO)}
     (args.out / "cpu_costs.json").write_text(json.dumps(payload, indent=2) + "\n")
     timings = {key: value for key, value in results.items() if key.endswith("_s")}
     figure, axis = plt.subplots(figsize=(9, 5))

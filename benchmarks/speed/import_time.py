@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--startup-only", action="store_true", help="only the hook's cost (seconds, not minutes)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "speed" / "results")
     args = parser.parse_args()
+    from anomalib_diffad.provenance import recorded_command  # noqa: PLC0415  (measurements run in fresh processes)
+
     on = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     off = on | {"ANOMALIB_DIFFAD_AUTOLOAD": "0"}
     python = sys.executable
@@ -74,7 +76,11 @@ def main() -> None:
         "python_pass_hook_off_ms": median_ms([python, "-c", "pass"], off, args.repeats),
     }
     if args.startup_only:
-        payload = {"results": results, "modules_imported_by_hook": hook_imports, "command": "python " + " ".join(sys.argv)}
+        payload = {
+            "results": results,
+            "modules_imported_by_hook": hook_imports,
+            "command": recorded_command(sys.argv, REPO),
+        }
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "startup_hook.json").write_text(json.dumps(payload, indent=2) + "\n")
         print(json.dumps(payload, indent=2))
@@ -98,7 +104,7 @@ def main() -> None:
         "results": results,
         "modules_imported_by_hook": hook_imports,
         "heavy_modules_loaded_by_plain_python": json.loads(modules.replace("'", '"')),
-        "command": "python " + " ".join(sys.argv),
+        "command": recorded_command(sys.argv, REPO),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "import_time.json").write_text(json.dumps(payload, indent=2) + "\n")

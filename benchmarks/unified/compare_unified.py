@@ -31,7 +31,6 @@ import csv
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -306,6 +305,7 @@ def main() -> None:
         return
 
     from anomalib_diffad.data import generate_texture_dataset  # noqa: PLC0415
+    from anomalib_diffad.provenance import recorded_command  # noqa: PLC0415
 
     generate_texture_dataset(
         args.data,
@@ -329,8 +329,7 @@ def main() -> None:
     rows = [row for path in sorted(runs.glob("*.json")) for row in json.loads(path.read_text())]
     threads = os.environ.get("OMP_NUM_THREADS", "")
     prefix = f"OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " if threads else ""
-    script = str(Path(sys.argv[0]).resolve().relative_to(REPO))
-    command = prefix + "python " + shlex.join([script, *sys.argv[1:]])
+    command = prefix + recorded_command(sys.argv, REPO)
     summarize(rows, args.out, command, args)
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")

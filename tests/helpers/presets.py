@@ -8,6 +8,3 @@ import yaml
 
 CONFIG = Path(__file__).parents[2] / "configs" / "diffad_tiny.yaml"
 TINY_MODEL_ARGS: dict = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]
-
-OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
-"""OpenVINO runs in bf16 by default on CPUs with AVX-512 BF16 (about 1e-2 off torch): parity checks ask for f32."""

@@ -76,7 +76,8 @@ def test_test_with_dotted_model_name_reports_metrics(fitted: Path, dataset_root:
 
 
 def test_export_openvino_with_short_name(fitted: Path) -> None:
-    """``anomalib export --model DiffAD --export_type openvino`` writes an IR with the four named outputs."""
+    """``anomalib export --model DiffAD --export_type openvino`` writes an IR with the four named outputs that
+    takes images of any size (no ``--input_size``)."""
     import openvino as ov
 
     ckpt = fitted / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
@@ -94,8 +95,11 @@ def test_export_openvino_with_short_name(fitted: Path) -> None:
         cwd=fitted,
     )  # fmt: skip
     xml = next((fitted / "export").rglob("model.xml"))
-    names = [output.get_names() for output in ov.Core().read_model(xml).outputs]
-    assert names == [{"pred_score"}, {"pred_label"}, {"anomaly_map"}, {"pred_mask"}]
+    model = ov.Core().read_model(xml)
+    assert [output.get_names() for output in model.outputs] == [
+        {"pred_score"}, {"pred_label"}, {"anomaly_map"}, {"pred_mask"},
+    ]
+    assert model.inputs[0].get_partial_shape().to_string() == "[?,3,?,?]"
 
 
 def test_autoload_hook_imports_nothing_heavy() -> None:

@@ -15,13 +15,14 @@ from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer, Tor
 from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
-from anomalib_diffad.lightning_model import QUANTIZED_OP_TYPES
-from tests.helpers.presets import OPENVINO_FP32
+from anomalib_diffad.export import QUANTIZED_OP_TYPES
+from tests.helpers.openvino import FP32
 
 PARITY_TOLERANCE = 1e-4
 INT8_MAP_TOLERANCE = 0.05  # mean error of the INT8_PTQ export's normalized maps against the FP32 Lightning path
 INT8_SCORE_TOLERANCE = 0.25  # and of its normalized image scores (see test_int8_post_training_quantization)
 OUTPUTS = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
+RAW_SIZES = ((40, 48), (72, 80))  # (height, width) of raw images: below and above the tiny model's 64 px, not square
 
 
 def _datamodule(root: Path) -> MVTecAD:
@@ -216,6 +217,37 @@ def predictions(project: dict, dataset_root: Path) -> dict[str, dict[str, np.nda
     return by_path
 
 
+@pytest.fixture(scope="module")
+def raw_images(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A normal and a defective test image resized to each of ``RAW_SIZES``: raw inputs the graph must resize."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("raw_images")
+    test_dir = dataset_root / "brick" / "test"
+    for source in (test_dir / "good" / "000.png", test_dir / "stain" / "000.png"):
+        for height, width in RAW_SIZES:
+            image = Image.open(source).resize((width, height), Image.Resampling.BICUBIC)
+            image.save(folder / f"{source.parent.name}_{height}x{width}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def raw_predictions(project: dict, raw_images: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Lightning-path predictions of the raw images (``anomalib predict --data <folder>``), keyed by path."""
+    from tests.helpers.presets import TINY_MODEL_ARGS
+
+    batches = _engine(project["root_dir"]).predict(
+        model=DiffAD(**TINY_MODEL_ARGS),
+        data_path=raw_images,
+        ckpt_path=project["ckpt"],
+    )
+    return {
+        path: {key: getattr(batch, key)[index].detach().cpu().numpy() for key in OUTPUTS}
+        for batch in batches
+        for index, path in enumerate(batch.image_path)
+    }
+
+
 def test_predict_outputs_are_normalized(predictions: dict) -> None:
     """Predict returns normalized scores and maps in [0, 1] with boolean labels and masks for every image."""
     assert len(predictions) == 8  # 4 good + 4 defects
@@ -246,11 +278,14 @@ def _assert_parity(inferencer: OpenVINOInferencer | TorchInferencer, predictions
 
 def _assert_batched_parity(path: Path, predictions: dict) -> None:
     """The IR's dynamic batch: all images in one call give each image's own outputs (a batch once collapsed
-    to its first image, because ``repeat_interleave`` fixed the timestep vector to the example batch)."""
+    to its first image, because ``repeat_interleave`` fixed the timestep vector to the example batch).
+
+    The batch, 3 x the 8 test images, is above the bound the export traces with (21: 63 // 3 timesteps), so the
+    UNet sees 72 >= 64 images, diffusers' other upsampler branch: the file itself has no bound."""
     import openvino as ov
 
-    model = ov.Core().compile_model(path, "CPU", OPENVINO_FP32)
-    paths = sorted(predictions)
+    model = ov.Core().compile_model(path, "CPU", FP32)
+    paths = sorted(predictions) * 3
     images = np.concatenate([OpenVINOInferencer.pre_process(read_image(p, as_tensor=False)) for p in paths])
     outputs = model(images)
     by_name = {output.get_any_name(): outputs[output] for output in model.outputs}
@@ -266,11 +301,14 @@ def test_export_parity(
     export_type: ExportType,
     project: dict,
     predictions: dict,
+    raw_predictions: dict,
     tiny_model_args: dict,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Every export reloads in anomalib's inferencers and matches the Lightning path within 1e-4."""
+    """Every export reloads in anomalib's inferencers and matches the Lightning path within 1e-4, on the test
+    images and on raw images of other sizes and aspect ratios (the exported pre-processor resizes them with
+    antialiasing, as Lightning does)."""
     path = _engine(project["root_dir"]).export(
         model=DiffAD(**tiny_model_args),
         export_type=export_type,
@@ -282,12 +320,46 @@ def test_export_parity(
     monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes ./openvino_cache
     if export_type == ExportType.TORCH:
         monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
-        _assert_parity(TorchInferencer(path, device="cpu"), predictions)
+        _assert_parity(TorchInferencer(path, device="cpu"), predictions | raw_predictions)
     elif export_type == ExportType.OPENVINO:
-        _assert_parity(OpenVINOInferencer(path, device="CPU", config=OPENVINO_FP32), predictions)
+        _assert_parity(OpenVINOInferencer(path, device="CPU", config=FP32), predictions | raw_predictions)
         _assert_batched_parity(path, predictions)
     else:
-        _assert_parity(OnnxOutputsByName(path), predictions)
+        _assert_parity(OnnxOutputsByName(path), predictions | raw_predictions)
+
+
+def test_export_with_input_size(
+    project: dict,
+    raw_predictions: dict,
+    tiny_model_args: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``input_size`` fixes the graph's input at that ``(height, width)``, resized to ``image_size`` inside: raw
+    images of that size match the Lightning path."""
+    import openvino as ov
+
+    height, width = RAW_SIZES[1]
+    path = _engine(project["root_dir"]).export(
+        model=DiffAD(**tiny_model_args),
+        export_type=ExportType.OPENVINO,
+        export_root=tmp_path,
+        ckpt_path=project["ckpt"],
+        input_size=(height, width),
+    )
+    assert ov.Core().read_model(path).inputs[0].get_partial_shape().to_string() == f"[?,3,{height},{width}]"
+    monkeypatch.chdir(tmp_path)
+    of_size = {path: value for path, value in raw_predictions.items() if f"_{height}x{width}." in path}
+    assert len(of_size) == 2
+    _assert_parity(OpenVINOInferencer(path, device="CPU", config=FP32), of_size)
+
+
+@pytest.mark.parametrize("input_size", [(0, 64), (64,), (64, 64, 3), (64.5, 64)])
+def test_export_rejects_invalid_input_size(input_size: tuple, tiny_model_args: dict, tmp_path: Path) -> None:
+    """An ``input_size`` that is not two positive integers stops the export with a message, before any work."""
+    with pytest.raises(ValueError, match="input_size must be two positive integers"):
+        DiffAD(**tiny_model_args).to_onnx(tmp_path, input_size=input_size)
+    assert not any(tmp_path.iterdir())
 
 
 def test_int8_post_training_quantization(
@@ -319,9 +391,10 @@ def test_int8_post_training_quantization(
         target.get_node().get_type_name() for op in quantizers for target in op.output(0).get_target_inputs()
     }
     assert quantizers
-    assert consumers <= QUANTIZED_OP_TYPES | {"Convert"}, consumers
+    # ShapeOf reads only the shape of the quantized input image (the exported resize's weights depend on it)
+    assert consumers <= QUANTIZED_OP_TYPES | {"Convert", "ShapeOf"}, consumers
     monkeypatch.chdir(tmp_path)
-    inferencer = OpenVINOInferencer(path, device="CPU", config=OPENVINO_FP32)
+    inferencer = OpenVINOInferencer(path, device="CPU", config=FP32)
     score_errors, map_errors, labels, reference_labels = [], [], [], []
     for image_path, expected in predictions.items():
         result = inferencer.predict(image_path)
@@ -355,7 +428,7 @@ class OnnxOutputsByName:
         import openvino as ov
 
         self.names = [output.name for output in onnx.load(path, load_external_data=False).graph.output]
-        self.model = ov.Core().compile_model(path, "CPU", OPENVINO_FP32)
+        self.model = ov.Core().compile_model(path, "CPU", FP32)
 
     def predict(self, path: str) -> SimpleNamespace:
         image = OpenVINOInferencer.pre_process(read_image(path, as_tensor=False))

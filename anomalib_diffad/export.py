@@ -1,0 +1,211 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Export of DiffAD: anomalib's torch, ONNX and OpenVINO exports, fitted to the diffusion graph.
+
+:class:`DiffADExportMixin` overrides anomalib's ``ExportMixin`` methods; :class:`~anomalib_diffad.DiffAD` inherits
+it before ``AnomalibModule``. The ONNX and OpenVINO graphs take images of any size (or a fixed ``input_size``)
+and any batch; a unified model writes one graph per category; the OpenVINO outputs keep their
+``InferenceBatch`` names; INT8 quantization touches only convolutions and matrix products.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import TYPE_CHECKING, Any
+
+import torch
+from anomalib.data import AnomalibDataModule, InferenceBatch
+
+from anomalib_diffad.data.multi import MultiCategory
+from anomalib_diffad.pre_processor import resizes_to_fixed_size
+
+if TYPE_CHECKING:
+    import openvino
+
+logger = logging.getLogger(__name__)
+
+QUANTIZED_OP_TYPES = frozenset({"Convolution", "GroupConvolution", "MatMul"})
+"""OpenVINO operations that INT8 post-training quantization (``CompressionType.INT8_PTQ``) may quantize."""
+
+
+def checked_input_size(input_size: Sequence[int]) -> tuple[int, int]:
+    """``input_size`` as ``(height, width)``.
+
+    Raises:
+        ValueError: If it is not two positive integers.
+    """
+    size = tuple(input_size)
+    if len(size) != 2 or not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in size):
+        msg = (
+            f"input_size must be two positive integers (height, width), got {input_size!r}. Leave it out "
+            "(CLI: no --input_size) to export a graph that takes images of any size."
+        )
+        raise ValueError(msg)
+    return (size[0], size[1])
+
+
+class DiffADExportMixin:
+    """Export overrides of :class:`~anomalib_diffad.DiffAD`; list it before ``AnomalibModule`` in the bases.
+
+    Uses the module's ``model`` (``DiffADModel``), ``post_processor`` and category selection
+    (``category``, ``category_names``, ``selected_category``).
+    """
+
+    def _export_every_category(self, export_root: Path | str, export: Callable[[Path], Path]) -> Path:
+        """Run ``export`` once per category of a unified model, into ``<export_root>/<category>``.
+
+        Returns:
+            ``export_root``.
+        """
+        for index, name in enumerate(self.category_names):
+            with self.selected_category(index):
+                export(Path(export_root) / name)
+        return Path(export_root)
+
+    @property
+    def _exports_every_category(self) -> bool:
+        """A unified model without a selected category exports one graph per category."""
+        return self.model.num_classes is not None and self.category is None
+
+    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
+        """anomalib's torch export; a unified model without a selected category writes one file per category.
+
+        ``anomalib export --ckpt_path`` reloads the checkpoint with its saved arguments, so a unified model
+        reaches the export with no category selected: it then writes ``<export_root>/<category>/weights/...``
+        for every category (:meth:`select_category` first to export one).
+        """
+        if self._exports_every_category:
+            return self._export_every_category(export_root, lambda root: self.to_torch(root, model_file_name))
+        return super().to_torch(export_root, model_file_name)
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> Path:
+        """Export to ONNX with a dynamic batch, and a dynamic or the given input size.
+
+        Without ``input_size`` the graph takes images of any height and width: the pre-processor resizes them to
+        ``image_size`` inside it, so everything after it (scoring noise, smoothing) sees fixed sizes. A
+        pre-processor that resizes to no fixed size keeps the input at ``image_size``. With ``input_size`` the
+        input is fixed at that ``(height, width)`` (still resized to ``image_size`` inside).
+
+        ``torch.export`` must trace the batch bounded: diffusers' upsampler branches on ``batch >= 64`` (a
+        ``contiguous()``, a no-op in the graph), and the batch times the scoring timesteps stays below 64
+        during tracing. The bound only lives in the trace: ONNX dimensions carry none, so the exported file
+        takes any batch. A unified model without a selected category writes one graph per category (see
+        :meth:`to_torch`).
+
+        Raises:
+            ValueError: If ``input_size`` is not two positive integers.
+        """
+        if self._exports_every_category:
+            return self._export_every_category(
+                export_root,
+                lambda root: self.to_onnx(root, model_file_name, input_size, **kwargs),
+            )
+        max_batch = max(1, 63 // len(self.model.score_timesteps))
+        axes = {0: torch.export.Dim("batch", min=1, max=max_batch)}
+        if input_size is not None:
+            input_size = checked_input_size(input_size)
+        elif resizes_to_fixed_size(getattr(self.pre_processor, "export_transform", None)):
+            axes |= {2: torch.export.Dim("height", min=2), 3: torch.export.Dim("width", min=2)}
+        kwargs.setdefault("dynamic_shapes", (axes,))
+        return super().to_onnx(export_root, model_file_name, input_size or self.model.image_size, **kwargs)
+
+    def to_openvino(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> Path:
+        """Export to OpenVINO IR, then leave each output tensor with exactly its ``InferenceBatch`` name.
+
+        INT8 post-training quantization requires a calibrated model: OpenVINO's low-precision passes fail to
+        compile a graph whose normalization constants are still NaN.
+
+        OpenVINO's constant folding of the post-processor's ``where`` guards merges internal tensor names
+        into the outputs; ``OpenVINOInferencer`` takes an arbitrary name of each set, so it could return
+        ``where_12`` instead of ``anomaly_map``. A unified model without a selected category writes one graph
+        per category (see :meth:`to_torch`).
+        """
+        if self._exports_every_category:
+            return self._export_every_category(
+                export_root,
+                lambda root: self.to_openvino(root, model_file_name, input_size, **kwargs),
+            )
+        import openvino as ov  # noqa: PLC0415
+        from anomalib.deploy import CompressionType  # noqa: PLC0415
+
+        quantized = kwargs.get("compression_type") in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}
+        if quantized and bool(torch.isnan(getattr(self.post_processor, "image_min", torch.zeros(()))).any()):
+            msg = (
+                "INT8 post-training quantization needs a calibrated model, and this one has no thresholds or "
+                "normalization statistics yet (they are NaN): export a checkpoint written after validation "
+                "(anomalib train/fit validates at the end), or run `anomalib validate` on it first."
+            )
+            raise ValueError(msg)
+        path = super().to_openvino(export_root, model_file_name, input_size, **kwargs)
+        model = ov.Core().read_model(path)
+        for output in model.outputs:
+            names = output.get_names() & set(InferenceBatch._fields)
+            if len(names) == 1:
+                output.get_tensor().set_names(names)
+        with TemporaryDirectory(dir=path.parent) as tmp:
+            renamed = Path(tmp) / path.name
+            ov.save_model(model, renamed, compress_to_fp16=False)  # weights keep the precision they were given
+            del model
+            renamed.replace(path)
+            renamed.with_suffix(".bin").replace(path.with_suffix(".bin"))
+        return path
+
+    def _post_training_quantization_ov(
+        self,
+        model: "openvino.Model",
+        datamodule: AnomalibDataModule | None = None,
+    ) -> "openvino.Model":
+        """NNCF INT8 post-training quantization of the convolutions and matrix products only.
+
+        anomalib's version lets NNCF quantize every operation it supports, including the elementwise
+        arithmetic of the reverse-posterior KL (log-variances, squared differences) and of the
+        post-processor's normalization. Here everything but ``Convolution``, ``GroupConvolution`` and
+        ``MatMul`` (nearly all of the compute) stays in floating point. Calibrates on the validation images,
+        as anomalib does; a unified model's graph on those of its selected category when the datamodule is a
+        ``MultiCategory``.
+
+        Args:
+            model: OpenVINO model of the whole pipeline (pre-processor, model, post-processor).
+            datamodule: Datamodule whose validation images calibrate the activation ranges.
+
+        Returns:
+            The quantized model.
+
+        Raises:
+            ValueError: If ``datamodule`` is missing or has no validation images.
+        """
+        import nncf  # noqa: PLC0415
+
+        if datamodule is None:
+            msg = "INT8_PTQ needs calibration images: pass a datamodule (--data in the CLI)."
+            raise ValueError(msg)
+        if isinstance(datamodule, MultiCategory) and self.category is not None:
+            datamodule = datamodule.for_category(self.category_names[self.category])
+        datamodule.setup("fit")
+        dataloader = datamodule.val_dataloader()
+        if len(dataloader.dataset) == 0:
+            msg = "INT8_PTQ calibrates on the validation images, and the datamodule has none."
+            raise ValueError(msg)
+        if len(dataloader.dataset) < 300:
+            logger.warning("INT8_PTQ calibrates on %d images; 300 or more are recommended.", len(dataloader.dataset))
+        ignored = sorted({op.get_type_name() for op in model.get_ops()} - QUANTIZED_OP_TYPES)
+        return nncf.quantize(
+            model,
+            nncf.Dataset(dataloader, lambda batch: batch["image"]),
+            subset_size=len(dataloader),
+            ignored_scope=nncf.IgnoredScope(types=ignored, validate=False),
+        )
+
