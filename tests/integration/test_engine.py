@@ -263,15 +263,19 @@ def _flat(values: object) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
-def _assert_parity(inferencer: OpenVINOInferencer | TorchInferencer, predictions: dict) -> None:
+def _assert_parity(
+    inferencer: OpenVINOInferencer | TorchInferencer,
+    predictions: dict,
+    tolerance: float = PARITY_TOLERANCE,
+) -> None:
     """Scores and maps agree within the tolerance; labels and masks agree wherever the score is not on the
     threshold itself (the validation image that defines the threshold normalizes to exactly 0.5)."""
     for path, expected in predictions.items():
         result = inferencer.predict(path)
         for score_key, decision_key in (("pred_score", "pred_label"), ("anomaly_map", "pred_mask")):
             score, reference_score = _flat(getattr(result, score_key)), _flat(expected[score_key])
-            assert np.abs(score - reference_score).max() <= PARITY_TOLERANCE, (score_key, path)
-            decided = np.abs(reference_score - 0.5) > PARITY_TOLERANCE
+            assert np.abs(score - reference_score).max() <= tolerance, (score_key, path)
+            decided = np.abs(reference_score - 0.5) > tolerance
             decision, reference_decision = _flat(getattr(result, decision_key)), _flat(expected[decision_key])
             np.testing.assert_array_equal(decision[decided], reference_decision[decided], err_msg=f"{decision_key} {path}")
 
