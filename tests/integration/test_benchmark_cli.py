@@ -17,8 +17,9 @@ TINY = yaml.safe_load((REPO / "configs" / "diffad_tiny.yaml").read_text())["mode
 
 def _tiny_benchmark_config(shipped: dict, dataset_root: Path, anomaly_source: Path) -> dict:
     """The shipped config with the tiny DiffAD preset, one DRAEM epoch and the test dataset."""
-    diffad, patchcore, draem = shipped["benchmark"]["model"]["grid"]
+    diffad, feature, patchcore, draem = shipped["benchmark"]["model"]["grid"]
     diffad["init_args"] = TINY | {"max_steps": 2}
+    feature["init_args"] |= {"image_size": 64, "block_out_channels": [32, 64], "norm_num_groups": 8, "max_steps": 2}
     draem["init_args"] |= {"dtd_dir": str(anomaly_source), "max_epochs": 1, "image_size": 64}
     shipped["benchmark"]["data"]["init_args"] |= {"root": str(dataset_root), "category": "brick"}
     return shipped
@@ -47,10 +48,12 @@ def _run_benchmark(config: dict, tmp_path: Path) -> list[dict[str, str]]:
 def test_anomalib_benchmark_writes_one_row_per_model(dataset_root: Path, tmp_path: Path) -> None:
     """The real console script, the shipped config (made tiny): three rows with metrics in [0, 1]."""
     shipped = yaml.safe_load((REPO / "configs" / "benchmark.yaml").read_text())
-    assert [m["class_path"] for m in shipped["benchmark"]["model"]["grid"]] == ["DiffAD", "Patchcore", "BudgetDraem"]
+    grid = ["DiffAD", "DiffAD", "Patchcore", "BudgetDraem"]
+    assert [m["class_path"] for m in shipped["benchmark"]["model"]["grid"]] == grid
     (tmp_path / "source").mkdir()
     rows = _run_benchmark(_tiny_benchmark_config(shipped, dataset_root, tmp_path / "source"), tmp_path)
-    assert [row["model.class_path"] for row in rows] == ["DiffAD", "Patchcore", "BudgetDraem"]
+    assert [row["model.class_path"] for row in rows] == grid
+    assert rows[1]["model.init_args.space"] == "feature"
     for row in rows:
         assert row["data.init_args.category"] == "brick"
         for metric in ("image_AUROC", "pixel_AUROC"):

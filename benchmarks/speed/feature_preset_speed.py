@@ -1,0 +1,144 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Training-step and scoring time of DiffAD's two presets, fp32 against bf16 autocast, and test latency of the
+feature preset (torch, OpenVINO) against PatchCore (Lite0, torch) at 256 px on this CPU.
+
+Random weights and images: time does not depend on them. PatchCore's memory bank has ``--bank`` patches
+(1% coreset of the 210 tire training images: 1719). Every figure is the median of ``--repeats`` runs after one
+warm-up, with ``torch.get_num_threads()`` threads (``OMP_NUM_THREADS``). Writes ``<out>/feature_preset_speed.json``
+and ``.png``.
+
+Example:
+    OMP_NUM_THREADS=2 python benchmarks/speed/feature_preset_speed.py --out benchmarks/speed/results
+"""
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+from cpu_costs import median_seconds  # same folder: the script's directory is on sys.path
+
+from anomalib_diffad import DiffAD
+from anomalib_diffad.baselines import lite0_patchcore
+from anomalib_diffad.provenance import recorded_command
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def preset(name: str, size: int) -> DiffAD:
+    """A DiffAD preset from ``configs/<name>.yaml`` at ``size`` px, random weights, calibrated to finite values."""
+    args = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())["model"]["init_args"]
+    model = DiffAD(**(args | {"image_size": size, "pretrained_weights": None}))
+    for buffer in ("_image_threshold", "_pixel_threshold", "image_min", "pixel_min"):
+        getattr(model.post_processor, buffer).fill_(0.0)
+    for buffer in ("image_max", "pixel_max"):
+        getattr(model.post_processor, buffer).fill_(1.0)
+    return model
+
+
+def train_step_seconds(model: DiffAD, batch: int, size: int, bf16: bool, repeats: int) -> float:
+    """Median time of one optimizer step (forward, loss, backward, AdamW) on a batch of random images."""
+    images = torch.rand(batch, 3, size, size) * 2 - 1
+    optimizer = torch.optim.AdamW(model.model.denoiser.parameters(), lr=1e-4)
+    model.model.train()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(model.model(images))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return median_seconds(step, repeats)
+
+
+def latency_seconds(run: Callable[[], object], repeats: int) -> float:
+    """Median time of one call."""
+    with torch.no_grad():
+        return median_seconds(run, repeats)
+
+
+def openvino_latency(model: DiffAD, image: torch.Tensor, precision: str, repeats: int) -> float:
+    """Median time of the exported graph (pre-processing, model, post-processing) on one image."""
+    import openvino as ov  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = model.to_openvino(Path(folder))
+        config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": precision}
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        array = image.numpy()
+        return median_seconds(lambda: compiled(array), repeats)
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--bank", type=int, default=1719, help="PatchCore memory-bank patches")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "speed" / "results")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    size, repeats = args.size, args.repeats
+    image = torch.rand(1, 3, size, size)
+    rows = []
+    for name, batch in (("diffad", 8), ("diffad_feature", 16)):
+        model = preset(name, size)
+        for bf16 in (False, True):
+            seconds = train_step_seconds(model, batch, size, bf16, repeats)
+            rows.append({"what": "train step", "model": name, "batch": batch, "bf16_autocast": bf16, "seconds": seconds})
+        model.eval()
+        for bf16 in (False, True):
+            def score(model: DiffAD = model, bf16: bool = bf16) -> object:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    return model(image)
+
+            rows.append({"what": "test latency, torch", "model": name, "bf16_autocast": bf16,
+                         "seconds": latency_seconds(score, repeats)})
+        if name == "diffad_feature":
+            for precision in ("f32", "bf16"):
+                rows.append({"what": f"test latency, OpenVINO {precision}", "model": name,
+                             "seconds": openvino_latency(model, image, precision, repeats)})
+    patchcore = lite0_patchcore((size, size)).eval()
+    patchcore.model.memory_bank = torch.randn(args.bank, sum(patchcore.model.feature_extractor.out_dims))
+    rows.append({"what": "test latency, torch", "model": "patchcore", "bank": args.bank,
+                 "seconds": latency_seconds(lambda: patchcore(image), repeats)})
+    result = {
+        "size": size,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+        "command": recorded_command(sys.argv, REPO),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "feature_preset_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    for row in rows:
+        print(row)
+    plot(rows, args.out / "feature_preset_speed.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Horizontal bars of every measured time."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    labels = [f"{r['model']}: {r['what']}" + (" (bf16)" if r.get("bf16_autocast") else "") for r in rows]
+    figure, axis = plt.subplots(figsize=(8, 0.35 * len(rows) + 1))
+    axis.barh(labels, [r["seconds"] for r in rows])
+    axis.set_xscale("log")
+    axis.set_xlabel("seconds (median)")
+    axis.invert_yaxis()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
