@@ -7,6 +7,7 @@ import anomalib.models
 
 from anomalib_diffad.baselines import BudgetDraem
 from anomalib_diffad.compat import patch_benchmark_collect
+from anomalib_diffad.data.checks import install_mvtec_folder_check
 from anomalib_diffad.data.multi import MultiCategory
 from anomalib_diffad.datamodules import MVTec
 from anomalib_diffad.lightning_model import DiffAD
@@ -20,5 +21,6 @@ anomalib.data.MultiCategory = MultiCategory
 if not hasattr(anomalib.data, "MVTec"):
     anomalib.data.MVTec = MVTec
 patch_benchmark_collect()
+install_mvtec_folder_check()
 
 __all__ = ["BudgetDraem", "DiffAD", "DiffADModel", "MVTec", "MultiCategory"]

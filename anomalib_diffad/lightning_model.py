@@ -37,7 +37,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_diffad.backbone import load_pretrained_weights
-from anomalib_diffad.data.checks import check_datamodule
+from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
 from anomalib_diffad.data.multi import MultiCategory
 from anomalib_diffad.loss import DiffADLoss
 from anomalib_diffad.metrics import CategoryEvaluator
@@ -386,13 +386,17 @@ class DiffAD(AnomalibModule):
         self.model.update_ema(self.ema_decay)
 
     def on_fit_start(self) -> None:
-        """Check the datamodule's files (errors name the file); draw the run's training seed once.
+        """Check the datamodule's files, validation set and crop size (errors name the file or setting); draw
+        the run's training seed once.
 
         The seed comes from the global RNG, so ``seed_everything`` controls it.
         """
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             check_datamodule(datamodule)
+            check_validation_set(datamodule)
+            if self.model.train_crop_size:
+                check_train_crop(self.model.train_crop_size, datamodule, getattr(self.pre_processor, "transform", None))
             self._check_categories(datamodule)
         if getattr(self, "_train_seed", None) is None:
             self._train_seed = int(torch.empty((), dtype=torch.int64).random_()) & (2**62 - 1)
