@@ -37,6 +37,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_diffad.backbone import load_pretrained_weights
+from anomalib_diffad.checkpoints import check_checkpoint
 from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
 from anomalib_diffad.data.multi import MultiCategory
 from anomalib_diffad.loss import DiffADLoss
@@ -438,7 +439,10 @@ class DiffAD(AnomalibModule):
             checkpoint[TRAIN_SEED_KEY] = self._train_seed
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume with the training seed of the checkpointed run."""
+        """Check that the checkpoint fits this model and has finite weights; resume with its training seed."""
+        if self.strict_loading:
+            path = getattr(self._trainer, "ckpt_path", None)
+            check_checkpoint(checkpoint, self.state_dict(), self.hparams, path)
         super().on_load_checkpoint(checkpoint)
         if TRAIN_SEED_KEY in checkpoint:
             self._train_seed = int(checkpoint[TRAIN_SEED_KEY])

@@ -38,16 +38,9 @@ def _engine(root_dir: Path) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def project(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Fit the tiny model once; every other test starts from its checkpoint."""
-    from tests.helpers.presets import TINY_MODEL_ARGS
-
-    root_dir = tmp_path_factory.mktemp("project")
-    model = DiffAD(**TINY_MODEL_ARGS)
-    engine = _engine(root_dir)
-    engine.fit(model=model, datamodule=_datamodule(dataset_root))
-    ckpt = root_dir / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
-    return {"root_dir": root_dir, "ckpt": ckpt, "model": model}
+def project(tiny_project: dict) -> dict:
+    """The session's tiny model, fitted once (conftest); every other test starts from its checkpoint."""
+    return tiny_project
 
 
 def test_fit_calibrates_fusion_and_thresholds(project: dict) -> None:
