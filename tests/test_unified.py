@@ -273,7 +273,6 @@ def test_unified_model_separates_normal_from_defect_in_each_category(unified: di
     assert set(metrics) == set(NAMES)
     for name, values in metrics.items():
         assert values["pixel_AUROC"] > 0.7, (name, values)
-        assert 0.0 <= values["image_AUROC"] <= 1.0
     assert np.mean([values["image_AUROC"] for values in metrics.values()]) > 0.6, metrics
 
 
