@@ -297,7 +297,7 @@ def test_training_images_smaller_than_the_crop(dataset_root: Path, tmp_path: Pat
         check_train_crop(96, datamodule, resize)
     root = _copy(dataset_root, tmp_path, lambda r: _rewrite(r / FIRST, lambda image: image.resize((80, 40))))
     check_train_crop(40, _mvtec(root))
-    with pytest.raises(ValueError, match=r"Training image .*train/good/000\.png is 80x40, smaller than train_crop_size"):
+    with pytest.raises(ValueError, match=r"Training image .*train/good/000\.png is 80x40, smaller than train_crop"):
         check_train_crop(48, _mvtec(root))
 
 
