@@ -11,6 +11,7 @@ import anomalib.models  # noqa: E402
 
 from anomalib_diffad.baselines import BudgetDraem  # noqa: E402
 from anomalib_diffad.compat import patch_benchmark_collect  # noqa: E402
+from anomalib_diffad.data.checks import install_mvtec_folder_check  # noqa: E402
 from anomalib_diffad.data.multi import MultiCategory  # noqa: E402
 from anomalib_diffad.datamodules import MVTec  # noqa: E402
 from anomalib_diffad.lightning_model import DiffAD  # noqa: E402
@@ -24,5 +25,6 @@ anomalib.data.MultiCategory = MultiCategory
 if not hasattr(anomalib.data, "MVTec"):
     anomalib.data.MVTec = MVTec
 patch_benchmark_collect()
+install_mvtec_folder_check()
 
 __all__ = ["BudgetDraem", "DiffAD", "DiffADModel", "MVTec", "MultiCategory"]

@@ -33,7 +33,8 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_diffad.backbone import load_pretrained_weights
-from anomalib_diffad.data.checks import check_datamodule
+from anomalib_diffad.checkpoints import check_checkpoint
+from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
 from anomalib_diffad.data.multi import MultiCategory
 from anomalib_diffad.export import DiffADExportMixin
 from anomalib_diffad.loss import DiffADLoss
@@ -384,13 +385,17 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         self.model.update_ema(self.ema_decay)
 
     def on_fit_start(self) -> None:
-        """Check the datamodule's files (errors name the file); draw the run's training seed once.
+        """Check the datamodule's files, validation set and crop size (errors name the file or setting); draw
+        the run's training seed once.
 
         The seed comes from the global RNG, so ``seed_everything`` controls it.
         """
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             check_datamodule(datamodule)
+            check_validation_set(datamodule)
+            if self.model.train_crop_size:
+                check_train_crop(self.model.train_crop_size, datamodule, getattr(self.pre_processor, "transform", None))
             self._check_categories(datamodule)
         if getattr(self, "_train_seed", None) is None:
             self._train_seed = int(torch.empty((), dtype=torch.int64).random_()) & (2**62 - 1)
@@ -432,7 +437,10 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
             checkpoint[TRAIN_SEED_KEY] = self._train_seed
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume with the training seed of the checkpointed run."""
+        """Check that the checkpoint fits this model and has finite weights; resume with its training seed."""
+        if self.strict_loading:
+            path = getattr(self._trainer, "ckpt_path", None)
+            check_checkpoint(checkpoint, self.state_dict(), self.hparams, path)
         super().on_load_checkpoint(checkpoint)
         if TRAIN_SEED_KEY in checkpoint:
             self._train_seed = int(checkpoint[TRAIN_SEED_KEY])

@@ -1,13 +1,16 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Shared fixtures: a tiny texture dataset in MVTec AD layout and the tiny DiffAD preset."""
+"""Shared fixtures: a tiny texture dataset in MVTec AD layout, the tiny DiffAD preset and a model fitted on them."""
 
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
 
+from anomalib_diffad import DiffAD
 from anomalib_diffad.data import generate_texture_dataset
 from tests.helpers.presets import TINY_MODEL_ARGS
 
@@ -33,3 +36,25 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_args() -> dict:
     """Keyword arguments of the tiny DiffAD preset."""
     return dict(TINY_MODEL_ARGS)
+
+
+@pytest.fixture(scope="session")
+def tiny_project(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny preset fitted once per session (2 epochs, 4 steps, validated): ``root_dir``, ``ckpt``, ``model``.
+
+    Tests read the checkpoint and copy it before changing it; runs that resume from it write new versions.
+    """
+    root_dir = tmp_path_factory.mktemp("project")
+    model = DiffAD(**TINY_MODEL_ARGS)
+    engine = Engine(
+        logger=False,
+        default_root_dir=root_dir,
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+    )
+    datamodule = MVTecAD(root=dataset_root, category="brick", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    engine.fit(model=model, datamodule=datamodule)
+    ckpt = root_dir / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
+    return {"root_dir": root_dir, "ckpt": ckpt, "model": model}

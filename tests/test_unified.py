@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Unified (class-conditional) DiffAD: category labels in batches, per-category calibration, metrics, export."""
 
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -382,15 +382,27 @@ def test_int8_calibration_of_a_category_graph_uses_its_images(
     unified: dict,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """INT8 post-training quantization of one category's graph calibrates on that category's validation images."""
+    """INT8 post-training quantization of one category's graph calibrates on that category's validation images,
+    with NNCF's real quantizer. The graph is a one-convolution OpenVINO model with the image input (quantizing
+    the whole DiffAD graph takes a minute; test_engine's INT8 test does that once): the quantizer must insert
+    its FakeQuantize ops, and it must have read exactly gravel's validation images."""
     import nncf
+    import openvino as ov
 
-    calibration = []
-    monkeypatch.setattr(nncf, "quantize", lambda model, dataset, **kwargs: calibration.append(dataset) or model)
-    graph = SimpleNamespace(get_ops=list)
+    seen: list[torch.Tensor] = []
+
+    class RecordingDataset(nncf.Dataset):
+        """NNCF's dataset, noting the category of each batch the quantizer reads."""
+
+        def __init__(self, data_source: object, transform: Callable) -> None:
+            super().__init__(data_source, lambda batch: seen.append(batch.category) or transform(batch))
+
+    monkeypatch.setattr(nncf, "Dataset", RecordingDataset)
+    graph = ov.convert_model(torch.nn.Conv2d(3, 4, 3).eval(), example_input=torch.zeros(1, 3, 64, 64))
     model = unified["model"]
     with model.selected_category("gravel"):
-        model._post_training_quantization_ov(graph, unified["datamodule"])  # noqa: SLF001
-    batches = list(calibration[0].get_data())
-    assert batches
-    assert all(batch.category.tolist() == [2] * len(batch.category) for batch in batches)
+        quantized = model._post_training_quantization_ov(graph, unified["datamodule"])  # noqa: SLF001
+    assert "FakeQuantize" in {op.get_type_name() for op in quantized.get_ops()}
+    gravel = unified["datamodule"].for_category("gravel")
+    gravel.setup()
+    assert torch.cat(seen).tolist() == [2] * len(gravel.val_data)

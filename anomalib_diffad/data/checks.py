@@ -1,6 +1,6 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Checks of a datamodule's image and mask files before training, with errors that name the file.
+"""Checks of a datamodule's image and mask files before training, with errors that name the file or setting.
 
 anomalib 2.7 reads every image with ``PIL.Image.open(path).convert("RGB")`` and every mask with
 ``convert("L")``, then resizes both to the model's input size. That handles grayscale, RGBA and palette
@@ -11,10 +11,24 @@ images, and mixed image sizes, but it is silent or vague about the rest:
   image turns black, NaN/inf pixels turn into 0;
 - an empty or missing training folder gives an empty training set that fails only when feature statistics
   are fitted ("no training images");
-- a mask whose aspect ratio differs from its image's is stretched onto it (independent resizes).
+- a mask whose aspect ratio differs from its image's is stretched onto it (independent resizes);
+- an empty validation set (``val_split_mode`` ``none``, or a ratio that rounds to no image) skips validation,
+  so the fusion and thresholds are never calibrated;
+- training images smaller than ``train_crop_size`` give no crops of that size (the whole image is used).
 
-:func:`check_datamodule` reads every image and mask of the training and validation sets once and raises a
-``ValueError`` naming the file for each of these.
+:func:`check_datamodule`, :func:`check_validation_set` and :func:`check_train_crop` run before training
+(``DiffAD.on_fit_start``) and raise a ``ValueError`` naming the file or setting for each of these.
+
+anomalib's ``MVTecAD`` parser has its own blind spots, which :func:`check_mvtec_folder` covers when the
+dataset is built (:func:`install_mvtec_folder_check`, installed by importing ``anomalib_diffad``):
+
+- a defective test image without its mask, a mask without its image, or masks next to a test folder that
+  holds only ``good`` images: anomalib fails with pandas' "Must have equal len keys and value when setting
+  with an iterable", naming no file;
+- a test folder with no defective images and no masks: anomalib loads it, and every test metric is
+  undefined (anomalib reports AUROC, F1 and AUPRO as 0.0) - a warning names the folder;
+- images in another format than ``.png`` (``.jpg``, ...) are skipped without a word - a warning says how
+  many, where, and why.
 
 Example:
     >>> from anomalib_diffad.data.checks import check_image_file
@@ -25,12 +39,15 @@ Example:
     Cannot read image file missing.png
 """
 
+import functools
 import logging
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +55,11 @@ HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 """PIL modes that ``convert("RGB")`` clips to 8 bits (32-bit int, 16-bit int, 32-bit float)."""
 
 ASPECT_TOLERANCE = 0.01
+
+IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
+"""Image file suffixes (lower case) that a dataset parser skips when they are not among its extensions."""
+
+MASK_SUFFIX = "_mask"
 
 
 def _open(path: Path | str, kind: str) -> Image.Image:
@@ -125,3 +147,175 @@ def check_datamodule(datamodule: object, subsets: Iterable[str] = ("train_data",
         masks = samples["mask_path"] if "mask_path" in samples else [None] * len(samples)
         count = check_samples(samples["image_path"], masks)
         logger.debug("Checked %d images of %s.", count, name)
+
+
+def check_validation_set(datamodule: object) -> None:
+    """Raise if a set-up datamodule (or a ``MultiCategory`` child) has no validation images.
+
+    DiffAD calibrates its map fusion, thresholds and normalization on the validation images; without any,
+    the thresholds stay NaN and every test score with them.
+
+    Raises:
+        ValueError: Naming the datamodule's ``val_split_mode`` and ``val_split_ratio``.
+    """
+    children = getattr(datamodule, "datamodules", None)
+    if children is not None:
+        included = getattr(datamodule, "include", None)
+        names = getattr(datamodule, "categories", ())
+        for name, child in zip(names, children, strict=True):
+            if included is None or name in included:
+                _require_validation_images(child, f"category {name!r}: ")
+        return
+    _require_validation_images(datamodule, "")
+
+
+def _require_validation_images(datamodule: object, prefix: str) -> None:
+    val_data = getattr(datamodule, "val_data", None)
+    if val_data is not None and len(val_data) > 0:
+        return
+    mode = getattr(datamodule, "val_split_mode", None)
+    mode = getattr(mode, "value", mode)
+    msg = (
+        f"{prefix}The validation set of {type(datamodule).__name__} is empty (val_split_mode={mode!r}, "
+        f"val_split_ratio={getattr(datamodule, 'val_split_ratio', None)}): DiffAD calibrates its map fusion and "
+        "thresholds on validation images, and would test with NaN thresholds. Use val_split_mode 'same_as_test' "
+        "(MVTecAD's default), or 'from_test'/'from_train' with a val_split_ratio that leaves images of each label."
+    )
+    raise ValueError(msg)
+
+
+def resized_min_side(transform: Callable | None) -> int | None:
+    """Shortest image side after ``transform``'s last ``Resize``/``CenterCrop`` (``None``: sizes unchanged)."""
+    steps = transform.transforms if isinstance(transform, Compose) else [transform]
+    side = None
+    for step in steps:
+        if isinstance(step, Resize | CenterCrop) and step.size is not None:
+            side = min(step.size)
+    return side
+
+
+def check_train_crop(crop_size: int, datamodule: object, transform: Callable | None = None) -> None:
+    """Raise if the training images, as the model sees them, are smaller than ``crop_size``.
+
+    The random crop of a smaller image is the whole image (or a strip of it), so training would silently
+    run on other inputs than asked for. With a resizing ``transform`` (the pre-processor) the resized size
+    decides; without one, each training file's own size.
+
+    Raises:
+        ValueError: Naming ``train_crop_size`` and the resize, or the first file that is too small.
+    """
+    side = resized_min_side(transform)
+    if side is not None:
+        if side < crop_size:
+            msg = (
+                f"train_crop_size={crop_size} is larger than the training images, which the pre-processor resizes "
+                f"to a shortest side of {side} px (image_size): the random crops would be whole images. Set "
+                f"--model.train_crop_size to at most {side}, or None to train on whole images."
+            )
+            raise ValueError(msg)
+        return
+    samples = getattr(getattr(datamodule, "train_data", None), "samples", None)
+    for path in [] if samples is None else samples["image_path"]:
+        with Image.open(path) as image:
+            width, height = image.size
+        if min(width, height) < crop_size:
+            msg = (
+                f"Training image {path} is {width}x{height}, smaller than train_crop_size={crop_size} (the "
+                "pre-processor does not resize): resize the images, or lower --model.train_crop_size."
+            )
+            raise ValueError(msg)
+
+
+def _images(folder: Path) -> list[Path]:
+    """Image files (any :data:`IMAGE_SUFFIXES`) in the sub-folders of ``folder``, as MVTec AD lays them out."""
+    return sorted(path for path in folder.glob("*/*") if path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def check_mvtec_folder(root: Path | str, split: str | None, extensions: Sequence[str]) -> None:
+    """Check an MVTec AD category folder (``train/good``, ``test/<type>``, ``ground_truth/<type>``).
+
+    Args:
+        root: The category folder.
+        split: The split being built (``"train"``, ``"test"``; ``None``: both); warnings are about it only.
+        extensions: The file suffixes the parser reads (anomalib's ``MVTecAD``: ``.png``, ``.PNG``).
+
+    Raises:
+        ValueError: A defective test image has no mask, a mask has no defective test image, or there are
+            masks but no defective test image; the message names the files.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return  # anomalib names the missing folder itself
+    read = set(extensions)
+    folders = {"train": ("train",), "test": ("test", "ground_truth")}
+    for name in ("train", "test") if split is None else (str(split),):
+        skipped = [path for folder in folders.get(name, ()) for path in _images(root / folder)]
+        skipped = [path for path in skipped if path.suffix not in read]
+        if skipped:
+            counts = Counter(path.suffix for path in skipped)
+            logger.warning(
+                "Skipped %d image files of the %s split in %s (%s; e.g. %s): MVTecAD reads only %s files. Convert "
+                "them, or use anomalib's Folder datamodule with extensions=[...].",
+                len(skipped),
+                name,
+                root,
+                ", ".join(f"{count} {suffix}" for suffix, count in sorted(counts.items())),
+                skipped[0],
+                ", ".join(sorted(read)),
+            )
+    defective = [path for path in _images(root / "test") if path.parent.name != "good" and path.suffix in read]
+    masks = [path for path in _images(root / "ground_truth") if path.suffix in read]
+    if not defective:
+        if masks:
+            msg = (
+                f"{root / 'test'} holds no defective images (only 'good'), but {root / 'ground_truth'} holds "
+                f"{len(masks)} masks (e.g. {masks[0]}): put the defective images back into test/<defect type>/, "
+                "or remove ground_truth/."
+            )
+            raise ValueError(msg)
+        if split in {None, "test"}:
+            logger.warning(
+                "%s holds no defective images (only 'good'): image and pixel AUROC, F1 and AUPRO are undefined "
+                "without them (anomalib reports 0.0), and validation cannot place thresholds between normal and "
+                "defective scores.",
+                root / "test",
+            )
+        return
+    by_key = {(mask.parent.name, mask.stem.removesuffix(MASK_SUFFIX)): mask for mask in masks}
+    keys = {(image.parent.name, image.stem) for image in defective}
+    problems = [
+        f"defective test image {image} has no mask {root / 'ground_truth' / image.parent.name / image.stem}"
+        f"{MASK_SUFFIX}{image.suffix}"
+        for image in defective
+        if (image.parent.name, image.stem) not in by_key
+    ]
+    problems += [
+        f"mask {mask} has no test image {root / 'test' / defect / stem}{mask.suffix}"
+        for (defect, stem), mask in by_key.items()
+        if (defect, stem) not in keys
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        msg = f"Masks and defective test images of {root} do not match: {'; '.join(problems[:3])}{more}."
+        raise ValueError(msg)
+
+
+def install_mvtec_folder_check() -> None:
+    """Run :func:`check_mvtec_folder` whenever anomalib's ``MVTecAD`` parses a category folder.
+
+    Wraps ``anomalib.data.datasets.image.mvtecad.make_mvtec_ad_dataset``; valid folders parse as before.
+    """
+    from anomalib.data.datasets.image import mvtecad  # noqa: PLC0415
+
+    parse = mvtecad.make_mvtec_ad_dataset
+    if getattr(parse, "checks_folder", False):
+        return
+
+    @functools.wraps(parse)
+    def make_checked_dataset(root: Path | str, split: object = None, extensions: Sequence[str] | None = None) -> object:
+        split_name = getattr(split, "value", split)
+        check_mvtec_folder(root, None if split_name is None else str(split_name), extensions or mvtecad.IMG_EXTENSIONS)
+        return parse(root, split, extensions)
+
+    make_checked_dataset.checks_folder = True
+    mvtecad.make_mvtec_ad_dataset = make_checked_dataset

@@ -3,6 +3,7 @@
 """The real ``anomalib`` console script resolves ``--model DiffAD`` and ``--data MVTec`` after a plain install."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,58 +30,84 @@ def _anomalib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
+TINY_OVERRIDES = (
+    "--model.image_size", "64",
+    "--model.block_out_channels", "[16, 32, 32]",
+    "--model.attention_levels", "[2]",
+    "--model.attention_head_dim", "16",
+    "--model.norm_num_groups", "8",
+)  # fmt: skip
+"""The tiny preset's architecture as command-line overrides of the default DiffAD."""
+
+METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "pixel_AUPRO")
+
+
+def _printed_metrics(output: str) -> dict[str, float]:
+    """The test metrics of Lightning's results table (``│ image_AUROC │ 0.75 │``)."""
+    pattern = re.compile(r"^\W*(\w+)\W+(-?\d+(?:\.\d+)?(?:e-?\d+)?)\W*$")
+    rows = (pattern.match(line.strip()) for line in output.splitlines())
+    return {row[1]: float(row[2]) for row in rows if row and row[1] in METRICS}
+
+
 @pytest.fixture(scope="module")
-def fitted(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``anomalib fit --model DiffAD --data MVTec`` with the tiny preset; returns the results folder."""
+def trained(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The README's command, ``anomalib train --model DiffAD --data MVTec ...``, made tiny by overrides only."""
     out = tmp_path_factory.mktemp("cli")
     result = _anomalib(
-        "fit",
-        "--config", str(TINY),
+        "train",
         "--model", "DiffAD",
         "--data", "MVTec",
         "--data.root", str(dataset_root),
         "--data.category", "brick",
+        "--trainer.max_epochs", "2",
+        *TINY_OVERRIDES,
         "--data.train_batch_size", "4",
         "--data.eval_batch_size", "4",
         "--data.num_workers", "0",
         "--default_root_dir", str(out),
         cwd=out,
     )  # fmt: skip
-    assert "no logger configured" not in result.stdout + result.stderr  # the preset has logger: false
-    return out
+    assert "no logger configured" not in result.stdout + result.stderr
+    ckpt = out / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
+    return {"root": out, "ckpt": ckpt, "metrics": _printed_metrics(result.stdout + result.stderr)}
 
 
-def test_fit_with_short_names_writes_checkpoint(fitted: Path) -> None:
-    """Short model and data names resolve; results land where MVTecAD's do."""
-    assert (fitted / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt").is_file()
+def test_train_with_short_names_writes_checkpoint_and_prints_metrics(trained: dict) -> None:
+    """Short model and data names resolve; the checkpoint lands where MVTecAD's do, holds the overridden
+    architecture and 4 EMA updates (8 images, batch 4, 2 epochs), and every test metric is printed."""
+    from anomalib_diffad import DiffAD
+
+    assert sorted(trained["metrics"]) == sorted(METRICS), trained["metrics"]
+    model = DiffAD.load_from_checkpoint(trained["ckpt"])
+    assert model.hparams.image_size == 64
+    assert list(model.hparams.block_out_channels) == [16, 32, 32]
+    assert model.model.ema_updates.item() == 4
 
 
-def test_test_with_dotted_model_name_reports_metrics(fitted: Path, dataset_root: Path) -> None:
-    """``--model anomalib_diffad.DiffAD`` keeps working and the test table lists AUROC and AUPRO."""
-    ckpt = fitted / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
+def test_test_with_dotted_model_name_reports_the_checkpoints_metrics(trained: dict, dataset_root: Path) -> None:
+    """``anomalib test --model anomalib_diffad.DiffAD --ckpt_path`` prints the metrics that ``anomalib train``
+    printed: those are the written checkpoint's."""
     result = _anomalib(
         "test",
-        "--config", str(TINY),
         "--model", "anomalib_diffad.DiffAD",
+        *TINY_OVERRIDES,
         "--data", "MVTecAD",
         "--data.root", str(dataset_root),
         "--data.category", "brick",
         "--data.num_workers", "0",
-        "--default_root_dir", str(fitted),
-        "--ckpt_path", str(ckpt),
-        cwd=fitted,
+        "--default_root_dir", str(trained["root"]),
+        "--ckpt_path", str(trained["ckpt"]),
+        cwd=trained["root"],
     )  # fmt: skip
-    output = result.stdout + result.stderr
-    for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
-        assert metric in output
+    assert _printed_metrics(result.stdout + result.stderr) == pytest.approx(trained["metrics"], abs=1e-6)
 
 
-def test_export_openvino_with_short_name(fitted: Path) -> None:
+def test_export_openvino_with_short_name(trained: dict) -> None:
     """``anomalib export --model DiffAD --export_type openvino`` writes an IR with the four named outputs that
     takes images of any size (no ``--input_size``)."""
     import openvino as ov
 
-    ckpt = fitted / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
+    fitted = trained["root"]
     _anomalib(
         "export",
         "--model", "DiffAD",
@@ -90,7 +117,7 @@ def test_export_openvino_with_short_name(fitted: Path) -> None:
         "--model.attention_head_dim", "16",
         "--model.norm_num_groups", "8",
         "--export_type", "openvino",
-        "--ckpt_path", str(ckpt),
+        "--ckpt_path", str(trained["ckpt"]),
         "--default_root_dir", str(fitted / "export"),
         cwd=fitted,
     )  # fmt: skip

@@ -15,17 +15,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
-from anomalib_diffad import DiffAD
+from anomalib_diffad import DiffAD, MultiCategory
 
-LOSS_TOLERANCE = 0.5
-"""Relative tolerance of the DDP loss against the single-process loss. The loss is a one-sample Monte-Carlo
-estimate over random timesteps and noise, and the ranks see other images and noise than the single process,
-so only its magnitude can match; at initialization both are dominated by the epsilon MSE (~1)."""
+LOSS_TOLERANCE = 0.15
+"""Relative tolerance of rank 0's training loss against the single process's. The loss is a Monte-Carlo
+estimate over random timesteps and noise, and the ranks see other images and draws than the single process,
+so only its value up to that sampling noise can match. Measured on this fixture (tiny preset, 2 steps, 20
+single-process runs with seeds 0-9 at batch 4 and at batch 2, one rank's share): 2.12-2.29, the largest
+relative difference between any two runs 8.2%, so 0.15 leaves almost twice that. The bugs a DDP loss shows,
+a loss divided or summed over the two ranks (x0.5, x2) or a loss term lost on a rank (each term is about half
+of it at initialization: epsilon MSE ~1.05, feature MSE ~1.12, variational bound ~0.01), move it by 50% or more."""
 
 DDP_SCRIPT = """
 import sys
@@ -93,7 +98,8 @@ def _run_two_ranks(script: str, dataset_root: Path, model_args: dict, tmp_path: 
 
 def test_ddp_two_cpu_processes(dataset_root: Path, tiny_model_args: dict, tmp_path: Path) -> None:
     """Two gloo ranks finish, hold identical feature statistics and weights, and match the single process:
-    the statistics of the same eight images within float32 rounding, the loss within ``LOSS_TOLERANCE``."""
+    the statistics of the same eight images within float32 rounding, the loss within its sampling noise
+    (``LOSS_TOLERANCE``)."""
     out = _run_two_ranks(DDP_SCRIPT, dataset_root, tiny_model_args, tmp_path)
     ranks = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     assert [rank["world_size"] for rank in ranks] == [2, 2]
@@ -105,6 +111,17 @@ def test_ddp_two_cpu_processes(dataset_root: Path, tiny_model_args: dict, tmp_pa
     for key in ("mean", "std"):  # 4 images per rank, all 8 in the single process; float64 sums in another order
         torch.testing.assert_close(ranks[0][key], single[key], rtol=1e-5, atol=1e-6, msg=key)
     assert abs(ranks[0]["loss"] - single["loss"]) <= LOSS_TOLERANCE * single["loss"], (ranks[0]["loss"], single)
+
+
+UNIFIED_NAMES = ("brick", "grass", "gravel")
+
+
+def _unified_datamodule(root: Path) -> MultiCategory:
+    """The unified script's datamodule, in this process."""
+    children = [
+        MVTecAD(root=root, category=name, num_workers=0, val_split_mode="same_as_test") for name in UNIFIED_NAMES
+    ]
+    return MultiCategory(children, train_batch_size=2, eval_batch_size=2, num_workers=0)
 
 
 UNIFIED_DDP_SCRIPT = """
@@ -137,10 +154,11 @@ results = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
 
 def test_ddp_unified_test_reports_every_category(tiny_model_args: dict, tmp_path: Path) -> None:
     """Two gloo ranks test a unified model whose gravel category has a single test image, so only one rank
-    sees it: both ranks still synchronize and report every category's metrics, with the same values."""
+    sees it: both ranks still synchronize and report every category's metrics, with the values of testing
+    the same checkpoint in one process."""
     from anomalib_diffad.data import generate_texture_dataset
 
-    root = generate_texture_dataset(tmp_path / "data", ("brick", "grass", "gravel"), image_size=64, num_train=4,
+    root = generate_texture_dataset(tmp_path / "data", UNIFIED_NAMES, image_size=64, num_train=4,
                                     num_test_good=2, num_test_per_defect=1, seed=1)  # fmt: skip
     gravel = root / "gravel"
     kept = min(path.name for path in (gravel / "test").iterdir() if path.name != "good")
@@ -149,10 +167,20 @@ def test_ddp_unified_test_reports_every_category(tiny_model_args: dict, tmp_path
             if path.name != kept:
                 shutil.rmtree(path)
     assert len(list((gravel / "test").rglob("*.png"))) == 1
+    # an even number of test images (5 + 6 + 1): with an odd one, Lightning's DistributedSampler repeats one
+    # image to give both ranks the same count, and the DDP metrics would count it twice
+    min((root / "brick" / "test" / "good").iterdir()).unlink()
+    assert len(list(root.glob("*/test/*/*.png"))) == 12
     out = _run_two_ranks(UNIFIED_DDP_SCRIPT, root, tiny_model_args, tmp_path)
     ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert ranks[0] == ranks[1]
     for name in ("brick", "grass", "gravel"):
         for metric in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score"):
             assert f"{name}/{metric}" in ranks[0], (name, metric)
-    assert 0.0 <= ranks[0]["gravel/pixel_AUROC"] <= 1.0
+    single = Engine(logger=False, default_root_dir=tmp_path / "single", accelerator="cpu", devices=1).test(
+        model=DiffAD(**(tiny_model_args | {"categories": UNIFIED_NAMES})),
+        datamodule=_unified_datamodule(root),
+        ckpt_path=next(out.rglob("model.ckpt")),
+        verbose=False,
+    )[0]
+    assert ranks[0] == pytest.approx(single, abs=1e-6)

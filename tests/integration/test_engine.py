@@ -41,16 +41,9 @@ def _engine(root_dir: Path) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def project(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Fit the tiny model once; every other test starts from its checkpoint."""
-    from tests.helpers.presets import TINY_MODEL_ARGS
-
-    root_dir = tmp_path_factory.mktemp("project")
-    model = DiffAD(**TINY_MODEL_ARGS)
-    engine = _engine(root_dir)
-    engine.fit(model=model, datamodule=_datamodule(dataset_root))
-    ckpt = root_dir / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
-    return {"root_dir": root_dir, "ckpt": ckpt, "model": model}
+def project(tiny_project: dict) -> dict:
+    """The session's tiny model, fitted once (conftest); every other test starts from its checkpoint."""
+    return tiny_project
 
 
 def test_fit_calibrates_fusion_and_thresholds(project: dict) -> None:
@@ -75,19 +68,42 @@ def test_ema_weights_differ_from_trained_weights(project: dict) -> None:
     assert not torch.equal(trained, ema)
 
 
-def test_test_from_checkpoint_is_deterministic(project: dict, dataset_root: Path, tiny_model_args: dict) -> None:
-    """Testing twice from the checkpoint gives identical metrics in [0, 1], including AUPRO."""
-    results = [
-        _engine(project["root_dir"]).test(
-            model=DiffAD(**tiny_model_args),
-            datamodule=_datamodule(dataset_root),
-            ckpt_path=project["ckpt"],
-        )[0]
-        for _ in range(2)
-    ]
+def _test_results(project: dict, dataset_root: Path, model_args: dict) -> dict[str, float]:
+    return _engine(project["root_dir"]).test(
+        model=DiffAD(**model_args),
+        datamodule=_datamodule(dataset_root),
+        ckpt_path=project["ckpt"],
+    )[0]
+
+
+def _gt_mask(dataset_root: Path, image_path: str) -> np.ndarray:
+    """The image's ground-truth mask as booleans (all False for a good image)."""
+    path = Path(image_path)
+    if path.parent.name == "good":
+        return np.zeros((64, 64), dtype=bool)
+    mask = dataset_root / "brick" / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
+    return read_image(mask, as_tensor=False).mean(axis=-1) > 0.5
+
+
+def test_test_from_checkpoint_is_deterministic(
+    project: dict,
+    predictions: dict,
+    dataset_root: Path,
+    tiny_model_args: dict,
+) -> None:
+    """Testing twice from the checkpoint gives identical metrics, and its AUROCs are scikit-learn's on the
+    predicted (normalized) scores and maps against the labels and mask files."""
+    from sklearn.metrics import roc_auc_score
+
+    results = [_test_results(project, dataset_root, tiny_model_args) for _ in range(2)]
     assert results[0] == results[1]
-    for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score", "pixel_F1Score"):
-        assert 0.0 <= results[0][key] <= 1.0, key
+    paths = sorted(predictions)
+    labels = [Path(path).parent.name != "good" for path in paths]
+    scores = [float(predictions[path]["pred_score"]) for path in paths]
+    masks = np.concatenate([_gt_mask(dataset_root, path).reshape(-1) for path in paths])
+    maps = np.concatenate([predictions[path]["anomaly_map"].reshape(-1) for path in paths])
+    assert results[0]["image_AUROC"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert results[0]["pixel_AUROC"] == pytest.approx(roc_auc_score(masks, maps), abs=1e-6)
 
 
 def test_fusion_is_calibrated_on_training_images_only(project: dict, dataset_root: Path) -> None:
@@ -189,7 +205,8 @@ def test_normals_only_validation_does_not_flatten_the_maps(normals_only: dict) -
 
 
 def test_train_resumes_and_tests(project: dict, dataset_root: Path, tiny_model_args: dict) -> None:
-    """``Engine.train`` from the checkpoint resumes (no extra epochs at max_epochs) and reports metrics."""
+    """``Engine.train`` from the checkpoint resumes (no extra epochs at max_epochs) and reports the metrics of
+    testing that checkpoint."""
     model = DiffAD(**tiny_model_args)
     results = _engine(project["root_dir"]).train(
         model=model,
@@ -197,7 +214,7 @@ def test_train_resumes_and_tests(project: dict, dataset_root: Path, tiny_model_a
         ckpt_path=project["ckpt"],
     )
     assert model.model.ema_updates.item() == 4
-    assert 0.0 <= results[0]["pixel_AUROC"] <= 1.0
+    assert results[0] == _test_results(project, dataset_root, tiny_model_args)  # the checkpoint's own metrics
 
 
 @pytest.fixture(scope="module")
@@ -441,17 +458,20 @@ class OnnxOutputsByName:
 
 
 def test_folder_datamodule(dataset_root: Path, tiny_model_args: dict, tmp_path: Path) -> None:
-    """DiffAD trains and tests on anomalib's ``Folder`` datamodule (custom data) as on MVTecAD."""
+    """DiffAD trains and tests on anomalib's ``Folder`` datamodule (custom data) as on MVTecAD: the same test
+    images and masks through ``MVTecAD`` give the same metrics."""
     from anomalib.data import Folder
 
     category = dataset_root / "brick"
+    defects = sorted(path.name for path in (category / "test").iterdir() if path.name != "good")
     datamodule = Folder(
         name="brick_folder",
         root=category,
         normal_dir="train/good",
         normal_test_dir="test/good",
-        abnormal_dir=["test/scratch", "test/stain"],
-        mask_dir=["ground_truth/scratch", "ground_truth/stain"],
+        abnormal_dir=[f"test/{name}" for name in defects],
+        mask_dir=[f"ground_truth/{name}" for name in defects],
+        val_split_mode="same_as_test",
         train_batch_size=4,
         eval_batch_size=4,
         num_workers=0,
@@ -460,8 +480,7 @@ def test_folder_datamodule(dataset_root: Path, tiny_model_args: dict, tmp_path: 
     model = DiffAD(**tiny_model_args)
     results = engine.train(model=model, datamodule=datamodule)[0]
     assert torch.isfinite(model.post_processor._image_threshold)  # noqa: SLF001
-    for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
-        assert 0.0 <= results[key] <= 1.0, key
+    assert results == pytest.approx(engine.test(model=model, datamodule=_datamodule(dataset_root))[0], abs=1e-6)
 
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(

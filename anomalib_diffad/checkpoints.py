@@ -1,0 +1,127 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Checks of a checkpoint before its weights load into a DiffAD, with errors that say what is wrong.
+
+Lightning loads a checkpoint with ``load_state_dict(strict=True)``: weights of another preset or image size
+fail with a raw list of missing keys and size mismatches, and NaN or infinite weights (a diverged run) load
+without a word and score NaN. :func:`check_checkpoint` runs in ``DiffAD.on_load_checkpoint``, before the
+weights load.
+
+Example:
+    >>> import torch
+    >>> checkpoint = {"state_dict": {"model.w": torch.tensor([1.0, float("nan")])}}
+    >>> try:
+    ...     check_checkpoint(checkpoint, {"model.w": torch.zeros(2)}, {})
+    ... except ValueError as error:
+    ...     print(str(error).split(":")[0])
+    The checkpoint has non-finite weights (NaN or inf), so every score would be NaN
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+WEIGHTS_PREFIX = "model."
+"""State-dict keys that must be finite (the post-processor's thresholds are NaN until validation)."""
+
+
+def _plain(value: Any) -> Any:  # noqa: ANN401
+    """Sequences as lists, so ``(16, 32)`` from Python and ``[16, 32]`` from YAML compare equal."""
+    return list(value) if isinstance(value, list | tuple) else value
+
+
+def _where(path: Path | str | None) -> str:
+    return "The checkpoint" if path is None else f"Checkpoint {path}"
+
+
+def check_finite_weights(state_dict: Mapping[str, torch.Tensor], path: Path | str | None = None) -> None:
+    """Raise if a weight or statistic of the torch model (``model.*``) is NaN or infinite.
+
+    Raises:
+        ValueError: Naming the tensors and how many of their values are not finite.
+    """
+    bad = []
+    for name, tensor in state_dict.items():
+        if name.startswith(WEIGHTS_PREFIX) and tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()} values)")
+    if bad:
+        more = f" and {len(bad) - 5} more tensors" if len(bad) > 5 else ""
+        msg = (
+            f"{_where(path)} has non-finite weights (NaN or inf), so every score would be NaN: "
+            f"{', '.join(bad[:5])}{more}. The run that wrote it diverged; use a checkpoint from before that."
+        )
+        raise ValueError(msg)
+
+
+def check_compatible(
+    state_dict: Mapping[str, torch.Tensor],
+    model_state: Mapping[str, torch.Tensor],
+    trained_with: Mapping[str, Any],
+    model_arguments: Mapping[str, Any],
+    path: Path | str | None = None,
+) -> None:
+    """Raise if the checkpoint's tensors do not fit the model's, naming the arguments it was trained with.
+
+    Args:
+        state_dict: The checkpoint's state dict.
+        model_state: The model's own state dict.
+        trained_with: The checkpoint's ``hyper_parameters`` (the model arguments of the run that wrote it).
+        model_arguments: The model's arguments (``hparams``).
+        path: The checkpoint file, if known.
+
+    Raises:
+        ValueError: Missing, unexpected or differently shaped tensors. The message lists the arguments that
+            differ (checkpoint and model values), as ``--model.<name> <value>`` options that rebuild it.
+    """
+    missing = sorted(model_state.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - model_state.keys())
+    reshaped = [
+        f"{name}: checkpoint {list(state_dict[name].shape)}, model {list(tensor.shape)}"
+        for name, tensor in model_state.items()
+        if name in state_dict and state_dict[name].shape != tensor.shape
+    ]
+    if not (missing or unexpected or reshaped):
+        return
+    differing = {
+        name: value
+        for name, value in trained_with.items()
+        if name in model_arguments and _plain(value) != _plain(model_arguments[name])
+    }
+    if differing:
+        arguments = ", ".join(f"{name}={_plain(value)} (this model: {_plain(model_arguments[name])})"
+                              for name, value in differing.items())  # fmt: skip
+        options = " ".join(f"--model.{name} '{_plain(value)}'" for name, value in differing.items())
+        cause = f"it was trained with {arguments}. Build the model with the same arguments ({options})"
+    else:
+        cause = "its tensors come from another model version or preset"
+    details = [
+        *reshaped[:3],
+        *(f"missing {name}" for name in missing[:2]),
+        *(f"unexpected {n}" for n in unexpected[:2]),
+    ]
+    counts = f"{len(reshaped)} tensors of another shape, {len(missing)} missing, {len(unexpected)} unexpected"
+    msg = (
+        f"{_where(path)} does not fit this DiffAD: {cause}, or use DiffAD.load_from_checkpoint(path), which "
+        f"reads them from the checkpoint. ({counts}: {'; '.join(details)})"
+    )
+    raise ValueError(msg)
+
+
+def check_checkpoint(
+    checkpoint: Mapping[str, Any],
+    model_state: Mapping[str, torch.Tensor],
+    model_arguments: Mapping[str, Any],
+    path: Path | str | None = None,
+) -> None:
+    """Check a Lightning checkpoint against a model before its weights load (see the module docstring).
+
+    Raises:
+        ValueError: The checkpoint does not fit the model, or has non-finite weights.
+    """
+    state_dict = checkpoint.get("state_dict", {})
+    check_compatible(state_dict, model_state, checkpoint.get("hyper_parameters", {}), model_arguments, path)
+    check_finite_weights(state_dict, path)

@@ -1,0 +1,83 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""Checkpoints that do not fit: another preset or size, and NaN/inf weights, stop with an error that says so."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+
+from anomalib_diffad import DiffAD
+from anomalib_diffad.checkpoints import check_compatible
+
+DENOISER_WEIGHT = "model.denoiser.unet.conv_in.weight"
+EMA_BIAS = "model.ema_denoiser.unet.conv_in.bias"
+
+
+def _test(model: DiffAD, ckpt: Path, dataset_root: Path, root_dir: Path) -> list[dict]:
+    engine = Engine(logger=False, default_root_dir=root_dir, accelerator="cpu", devices=1, enable_progress_bar=False)
+    datamodule = MVTecAD(root=dataset_root, category="brick", eval_batch_size=8, num_workers=0)
+    return engine.test(model=model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+
+
+def _edited_copy(ckpt: Path, tmp_path: Path, values: dict[str, float]) -> Path:
+    """A copy of the checkpoint with the first value of each named tensor set, in ``tmp_path``."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    for name, value in values.items():
+        checkpoint["state_dict"][name].view(-1)[0] = value
+    path = tmp_path / "edited.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_checkpoint_of_another_preset_names_its_arguments(
+    tiny_project: dict,
+    dataset_root: Path,
+    tmp_path: Path,
+) -> None:
+    """Testing the tiny preset's checkpoint with a default DiffAD (``anomalib test --model DiffAD --ckpt_path``)
+    says which arguments it was trained with, instead of Lightning's list of missing keys."""
+    with pytest.raises(ValueError, match="does not fit this DiffAD") as error:
+        _test(DiffAD(pretrained_weights=None), tiny_project["ckpt"], dataset_root, tmp_path)
+    message = str(error.value)
+    assert str(tiny_project["ckpt"]) in message
+    assert "image_size=64 (this model: 256)" in message
+    assert "block_out_channels=[16, 32, 32] (this model: [32, 64, 128, 128])" in message
+    assert "--model.image_size '64'" in message
+    assert "top_k=" not in message  # only arguments that differ
+    assert "Missing key" not in message
+
+
+def test_compatible_arguments_from_python_and_yaml_are_equal() -> None:
+    """Tuples (Python) and lists (YAML) of the same values are the same argument; matching tensors pass."""
+    state = {"model.w": torch.zeros(2, 3)}
+    check_compatible(state, state, {"block_out_channels": [16, 32]}, {"block_out_channels": (16, 32)})
+    with pytest.raises(ValueError, match=r"its tensors come from another model version .* model.w: checkpoint \[2\]"):
+        check_compatible({"model.w": torch.zeros(2)}, state, {"image_size": 64}, {"image_size": 64})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_weights_are_named(
+    value: float,
+    tiny_project: dict,
+    dataset_root: Path,
+    tiny_model_args: dict,
+    tmp_path: Path,
+) -> None:
+    """A checkpoint with a NaN or inf weight stops ``Engine.test`` and ``load_from_checkpoint`` with the tensors'
+    names (it used to load and score NaN without a word)."""
+    bad = _edited_copy(tiny_project["ckpt"], tmp_path, {DENOISER_WEIGHT: value, EMA_BIAS: value})
+    expected = rf"{DENOISER_WEIGHT} \(1 of 432 values\), {EMA_BIAS} \(1 of 16 values\)"
+    with pytest.raises(ValueError, match=rf"Checkpoint .*edited\.ckpt has non-finite weights .*: {expected}"):
+        _test(DiffAD(**tiny_model_args), bad, dataset_root, tmp_path)
+    with pytest.raises(ValueError, match=rf"The checkpoint has non-finite weights .*: {expected}"):
+        DiffAD.load_from_checkpoint(bad)
+
+
+def test_uncalibrated_checkpoint_still_loads(tiny_project: dict, tmp_path: Path) -> None:
+    """NaN thresholds (a checkpoint written before validation) are not weights: it loads."""
+    uncalibrated = _edited_copy(tiny_project["ckpt"], tmp_path, {"post_processor._image_threshold": float("nan")})
+    model = DiffAD.load_from_checkpoint(uncalibrated)
+    assert torch.isnan(model.post_processor._image_threshold)  # noqa: SLF001
