@@ -238,11 +238,8 @@ class ReconstructionPanels(Callback):
             count = min(count, self.max_images - self._written)
         images = batch.image[:count]
         reconstruction, steps = pl_module.reconstruct(images, return_steps=True, prior=self.prior, config=self.config)
-        maps = pl_module.model.component_maps
-        if maps is None:
-            computed = diffad_maps(pl_module.model, images)
-            maps = (computed["kl"], computed["feature"])
-        kl_maps, feature_maps = maps
+        with torch.no_grad():
+            kl_maps, feature_maps = pl_module.model.component_scores(images)
         fused = getattr(outputs, "anomaly_map", None)
         gt_masks = getattr(batch, "gt_mask", None)
         paths = getattr(batch, "image_path", None) or [None] * count

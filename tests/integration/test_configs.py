@@ -40,6 +40,10 @@ PAPER_SMALL = {  # the paper preset at a test-sized width and resolution, offlin
 }
 MODEL_RUNS = {  # config -> (configs layered under it, command-line model overrides, further arguments)
     "diffad.yaml": ((), {"image_size": 64}, BRICK),
+    "diffad_feature.yaml": (  # its data: validation from train, 20% is no image of the tiny set
+        (), {"image_size": 64, "block_out_channels": [32, 64], "norm_num_groups": 8},
+        (*BRICK, "--data.val_split_ratio", "0.5"),
+    ),
     "diffad_paper.yaml": ((), PAPER_SMALL, BRICK),
     "diffad_tiny.yaml": ((), {}, BRICK),
     "diffad_unified.yaml": (("diffad_tiny.yaml",), {}, ()),  # its data: MultiCategory of ./datasets/textures
