@@ -61,7 +61,7 @@ def write_tables(runs: list[dict], folder: Path) -> None:
     lines += ["| " + " | ".join(str(value) for value in row.values()) + " |" for row in rows]
     ablated = [run for run in runs if run.get("scoring_ablation")]
     if ablated:
-        lines += ["", "DiffAD scoring ablation on the same trained weights (fusion calibrated on the test normals):", ""]
+        lines += ["", "DiffAD scoring ablation on the same trained weights (fusion calibrated on the first 32 training images; threshold-free metrics on raw maps):", ""]
         lines += ["| dataset | category | timesteps | alpha | sigma | " + " | ".join(METRICS[:3]) + " |"]
         lines += ["|---" * 8 + "|"]
         for run in ablated:
@@ -139,6 +139,11 @@ def plot_examples(runs: list[dict], maps_dir: Path, path: Path, show_images: boo
     plt.close(figure)
 
 
+def slug_of(run: dict) -> str:
+    """``<dataset>_<category>`` of a result file's stem (``mvtec3dad_tire_diffad_feature`` -> ``mvtec3dad_tire``)."""
+    return "_".join(run["stem"].split("_")[:2])
+
+
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -149,7 +154,7 @@ def main() -> None:
     plot_bars(runs, folder / "summary.png")
     for dataset, category in sorted({(run["dataset"], run["category"]) for run in runs}):
         group = [run for run in runs if (run["dataset"], run["category"]) == (dataset, category)]
-        name = f"examples_{group[0]['stem'].rsplit('_', 1)[0]}.png"
+        name = f"examples_{slug_of(group[0])}.png"
         plot_examples(group, folder / "runs" / "maps", folder / name, show_images="MVTec" not in dataset)
     print((folder / "summary.md").read_text())
 
