@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.export import QUANTIZED_OP_TYPES
+from tests.helpers.engine import brick_datamodule, tiny_engine
 from tests.helpers.openvino import FP32
 
 PARITY_TOLERANCE = 1e-4
@@ -25,19 +25,8 @@ OUTPUTS = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
 RAW_SIZES = ((40, 48), (72, 80))  # (height, width) of raw images: below and above the tiny model's 64 px, not square
 
 
-def _datamodule(root: Path) -> MVTecAD:
-    return MVTecAD(root=root, category="brick", train_batch_size=4, eval_batch_size=4, num_workers=0)
-
-
-def _engine(root_dir: Path) -> Engine:
-    return Engine(
-        logger=False,
-        default_root_dir=root_dir,
-        max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        enable_progress_bar=False,
-    )
+_datamodule = brick_datamodule
+_engine = tiny_engine
 
 
 @pytest.fixture(scope="module")
@@ -154,15 +143,7 @@ def normals_only(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     from tests.helpers.presets import TINY_MODEL_ARGS
 
     model = DiffAD(**TINY_MODEL_ARGS)
-    datamodule = MVTecAD(
-        root=dataset_root,
-        category="brick",
-        train_batch_size=4,
-        eval_batch_size=4,
-        num_workers=0,
-        val_split_mode="from_train",
-        val_split_ratio=0.25,
-    )
+    datamodule = brick_datamodule(dataset_root, val_from_train=True)
     engine = _engine(tmp_path_factory.mktemp("normals_only"))
     engine.fit(model=model, datamodule=datamodule)
     raw = [model.model.eval()(model.pre_processor.transform(batch.image)) for batch in datamodule.test_dataloader()]

@@ -14,6 +14,7 @@ from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.diffusion import q_sample
+from tests.helpers.engine import brick_datamodule, tiny_engine
 from tests.helpers.openvino import FP32
 from tests.helpers.presets import TINY_MODEL_ARGS
 from tests.integration.test_engine import OUTPUTS, _assert_parity
@@ -27,27 +28,12 @@ FEATURE_ARGS = yaml.safe_load(CONFIG.read_text())["model"]["init_args"] | {
 }
 
 
-def _engine(root_dir: Path, epochs: int = 10) -> Engine:
-    return Engine(
-        logger=False,
-        default_root_dir=root_dir,
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        enable_progress_bar=False,
-    )
+def _engine(root_dir: Path) -> Engine:
+    return tiny_engine(root_dir, epochs=10)
 
 
 def _datamodule(root: Path) -> MVTecAD:
-    return MVTecAD(
-        root=root,
-        category="brick",
-        train_batch_size=4,
-        eval_batch_size=4,
-        num_workers=0,
-        val_split_mode="from_train",
-        val_split_ratio=0.25,
-    )
+    return brick_datamodule(root, val_from_train=True)
 
 
 @pytest.fixture(scope="module")
