@@ -273,3 +273,17 @@ def test_feature_space_refuses_crops_and_unknown_spaces() -> None:
         DiffADModel(space="feature", **FEATURE, train_crop_size=32)
     with pytest.raises(ValueError, match="space must be one of"):
         DiffADModel(space="latent", **FEATURE)
+
+
+def test_feature_space_is_class_conditional_when_unified() -> None:
+    """A unified feature-space model: the category's embedding changes the maps, and scoring needs it."""
+    torch.manual_seed(0)
+    model = DiffADModel(space="feature", **FEATURE, num_classes=3).eval()
+    torch.nn.init.normal_(model.ema_denoiser.unet.class_embedding.weight)
+    images = _images(1, size=64, seed=6)
+    with torch.no_grad():
+        first = model.component_scores(images, torch.tensor([0])).kl
+        second = model.component_scores(images, torch.tensor([2])).kl
+    assert not torch.allclose(first, second)
+    with pytest.raises(ValueError, match="class_labels"):
+        model(images)
