@@ -79,10 +79,12 @@ def test_feature_preset_learns_the_noise_of_the_features(feature_project: dict, 
 
 
 def test_feature_preset_openvino_parity(feature_project: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The OpenVINO export scores raw images as the Lightning path does, within 2e-4.
+    """The OpenVINO export scores raw images as the Lightning path does, within 5e-4 (normalized units).
 
-    2e-4, not the pixel preset's 1e-4: the 152-channel convolutions accumulate more float32 rounding
-    (measured 1.3e-4 on one normalized score, 0.87).
+    Not the pixel preset's 1e-4: the 152-channel convolutions accumulate more float32 rounding, and OpenVINO's
+    reduction order follows its thread count. Measured on the same model: 0.6e-4 to 1.3e-4 with 2 threads and
+    3.3e-4 once with OMP_NUM_THREADS=2 beside other jobs (a score of 0.60, where the logistic normalization is
+    steepest). A broken export is far outside it: OpenVINO's default bfloat16 on this CPU is off by 3e-3 to 1e-2.
     """
     path = _engine(feature_project["root_dir"]).export(
         model=feature_project["model"],
@@ -90,5 +92,5 @@ def test_feature_preset_openvino_parity(feature_project: dict, tmp_path: Path, m
         export_root=tmp_path,
     )
     monkeypatch.chdir(tmp_path)
-    _assert_parity(OpenVINOInferencer(path, device="CPU", config=FP32), feature_project["predictions"], 2e-4)
+    _assert_parity(OpenVINOInferencer(path, device="CPU", config=FP32), feature_project["predictions"], 5e-4)
     assert np.isfinite([float(p["pred_score"]) for p in feature_project["predictions"].values()]).all()
