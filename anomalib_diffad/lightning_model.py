@@ -112,6 +112,8 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         smoothing_sigma: Gaussian smoothing of the anomaly map in pixels (paper: 0).
         train_crop_size: Train on random crops of this side (``None``: full images); scoring always sees the
             full image.
+        score_tile_size: Score overlapping tiles of this side instead of the whole image (pixel space; e.g. the
+            crop size, so that the UNet's GroupNorm and attention see what they saw in training).
         standardize_features: Predict per-channel standardized CNN features (statistics from the training
             images, computed once before the first step) instead of raw ones; the raw features of ReLU6
             backbones are large and make the head learn slowly.
@@ -161,6 +163,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         top_k: int = 64,
         smoothing_sigma: float = 0.0,
         train_crop_size: int | None = None,
+        score_tile_size: int | None = None,
         standardize_features: bool = True,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -219,6 +222,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
             top_k=top_k,
             smoothing_sigma=smoothing_sigma,
             train_crop_size=train_crop_size,
+            score_tile_size=score_tile_size,
             standardize_features=standardize_features,
             noise_seed=noise_seed,
         )

@@ -162,6 +162,12 @@ def crop_at(tensors: torch.Tensor, tops: Sequence[int], lefts: Sequence[int], si
     ])
 
 
+def tile_offsets(length: int, tile: int) -> list[int]:
+    """Start offsets of ``tile``-long windows at stride ``tile // 2`` that cover ``length``, the last one flush."""
+    offsets = list(range(0, length - tile + 1, tile // 2))
+    return offsets if offsets[-1] == length - tile else [*offsets, length - tile]
+
+
 class ComponentMaps(NamedTuple):
     """DiffAD's two anomaly cues of a batch, each ``(N, 1, H, W)`` and averaged over the scoring timesteps."""
 
@@ -203,6 +209,9 @@ class DiffADModel(nn.Module):
         train_crop_size: Side of the random training crops (``None``: full images). Their feature targets are
             cut from the whole image's target map (crops lie on its 4-pixel grid), so training predicts exactly
             the targets that scoring compares against.
+        score_tile_size: Pixel space: the denoiser scores overlapping tiles of this side (stride half a tile),
+            so that its GroupNorm and attention see inputs of the training crops' size; overlapping predictions
+            are averaged. ``None``: whole images.
         standardize_features: Predict per-channel standardized features (statistics of the training images,
             see :meth:`fit_feature_statistics`) instead of the raw ones.
         noise_seed: Seed of the fixed scoring noise.
@@ -232,12 +241,16 @@ class DiffADModel(nn.Module):
         top_k: int = 64,
         smoothing_sigma: float = 0.0,
         train_crop_size: int | None = None,
+        score_tile_size: int | None = None,
         standardize_features: bool = True,
         noise_seed: int = 0,
     ) -> None:
         super().__init__()
         if space not in SPACES:
             msg = f"space must be one of {SPACES}, got {space!r}."
+            raise ValueError(msg)
+        if score_tile_size is not None and (space != "pixel" or score_tile_size > min(image_size)):
+            msg = f"score_tile_size={score_tile_size} needs the pixel space and at most the image size {tuple(image_size)}."
             raise ValueError(msg)
         if space == "feature" and train_crop_size is not None:
             msg = "The feature space trains on whole images: train_crop_size must be None."
@@ -251,6 +264,7 @@ class DiffADModel(nn.Module):
         self.score_timesteps = tuple(int(t) for t in score_timesteps)
         self.top_k = top_k
         self.train_crop_size = train_crop_size
+        self.score_tile_size = score_tile_size
         self.schedule = DiffusionSchedule(num_timesteps)
         self.feature_extractor = TimmFeatureExtractor(backbone=backbone, layers=layers, pre_trained=False)
         self.feature_extractor.requires_grad_(False)  # frozen; DDP rejects trainable parameters without gradients
@@ -270,6 +284,9 @@ class DiffADModel(nn.Module):
                 f"train_crop_size={train_crop_size} must be a multiple of {self.crop_grid} (the feature targets' "
                 "stride and the UNet's downsampling)."
             )
+            raise ValueError(msg)
+        if score_tile_size is not None and score_tile_size % (2 * self.crop_grid):
+            msg = f"score_tile_size={score_tile_size} must be a multiple of {2 * self.crop_grid} (twice the UNet's grid)."
             raise ValueError(msg)
         self.denoiser = Denoiser(**denoiser_args)
         self.ema_denoiser = Denoiser(**denoiser_args)
@@ -401,7 +418,7 @@ class DiffADModel(nn.Module):
         noise = self.scoring_noise(indices, batch, height, width).to(images.dtype)
         xt = q_sample(self.schedule, x0, t, noise)
         labels = None if class_labels is None else class_labels.repeat(steps)
-        prediction = self.ema_denoiser(xt, t, labels)
+        prediction = self.ema_denoiser(xt, t, labels) if self.score_tile_size is None else self.tiled_denoise(xt, t, labels)
         pixel = self.space == "pixel"
         kl = posterior_kl_map(self.schedule, x0, xt, t, prediction.eps, prediction.v, clip_x0=pixel)
         kl = standardize_per_image(kl) if pixel else kl
@@ -417,6 +434,26 @@ class DiffADModel(nn.Module):
             kl_map = F.interpolate(kl_map, size=size, mode="bilinear", align_corners=False)
             feature_map = F.interpolate(feature_map, size=size, mode="bilinear", align_corners=False)
         return ComponentMaps(kl=kl_map, feature=feature_map)
+
+    def tiled_denoise(self, xt: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None) -> DenoiserOutput:
+        """The EMA denoiser on overlapping ``score_tile_size`` tiles (stride half a tile), overlaps averaged."""
+        tile, stride = self.score_tile_size, TARGET_STRIDE
+        eps, v = torch.zeros_like(xt), torch.zeros_like(xt)
+        features = None
+        counts = xt.new_zeros(1, 1, *xt.shape[-2:])
+        for top in tile_offsets(xt.shape[-2], tile):
+            for left in tile_offsets(xt.shape[-1], tile):
+                window = (..., slice(top, top + tile), slice(left, left + tile))
+                prediction = self.ema_denoiser(xt[window], t, class_labels)
+                eps[window] += prediction.eps
+                v[window] += prediction.v
+                counts[window] += 1
+                if prediction.features is not None:
+                    if features is None:
+                        features = xt.new_zeros(xt.shape[0], prediction.features.shape[1], *(side // stride for side in xt.shape[-2:]))
+                    features[..., top // stride : (top + tile) // stride, left // stride : (left + tile) // stride] += prediction.features
+        feature_counts = counts[..., ::stride, ::stride]
+        return DenoiserOutput(eps=eps / counts, v=v / counts, features=None if features is None else features / feature_counts)
 
     def score(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> InferenceBatch:
         """Anomaly maps and top-k image scores.

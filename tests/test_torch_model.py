@@ -5,7 +5,7 @@
 import pytest
 import torch
 
-from anomalib_diffad.torch_model import DiffADModel, aligned_crop_offsets, crop_at
+from anomalib_diffad.torch_model import DiffADModel, aligned_crop_offsets, crop_at, tile_offsets
 
 TINY = {
     "image_size": (32, 32),
@@ -139,6 +139,47 @@ def test_crop_size_must_lie_on_the_grid() -> None:
     """A crop side off the targets' 4-pixel grid is refused with the grid in the message."""
     with pytest.raises(ValueError, match="multiple of 4"):
         DiffADModel(**TINY, train_crop_size=30)
+
+
+def test_tile_offsets_cover_the_side_at_half_tile_stride() -> None:
+    """Windows start every half tile; the last one ends flush with the side."""
+    assert tile_offsets(64, 32) == [0, 16, 32]
+    assert tile_offsets(80, 32) == [0, 16, 32, 48]
+    assert tile_offsets(72, 32) == [0, 16, 32, 40]
+    assert tile_offsets(32, 32) == [0]
+
+
+def test_tiled_scoring_averages_the_denoiser_over_overlapping_tiles() -> None:
+    """Each position gets the mean of the predictions of the tiles that cover it (one tile at a corner,
+    four in the middle); with one tile as large as the image, tiled scoring is whole-image scoring."""
+    torch.manual_seed(0)
+    tiled = DiffADModel(**TINY | {"image_size": (64, 64)}, score_tile_size=32).eval()
+    xt, t = _images(2, 64), torch.tensor([20, 400])
+    with torch.no_grad():
+        output = tiled.tiled_denoise(xt, t, None)
+        corner = tiled.ema_denoiser(xt[..., :32, :32], t)
+        middle = [tiled.ema_denoiser(xt[..., top : top + 32, left : left + 32], t) for top in (16, 32) for left in (16, 32)]
+    torch.testing.assert_close(output.eps[..., :16, :16], corner.eps[..., :16, :16])
+    torch.testing.assert_close(output.v[..., :16, :16], corner.v[..., :16, :16])
+    torch.testing.assert_close(output.features[..., :4, :4], corner.features[..., :4, :4])
+    mean = torch.stack([p.eps[..., 32 - top : 48 - top, 32 - left : 48 - left]
+                        for p, (top, left) in zip(middle, [(16, 16), (16, 32), (32, 16), (32, 32)], strict=True)]).mean(0)
+    torch.testing.assert_close(output.eps[..., 32:48, 32:48], mean)
+    whole = DiffADModel(**TINY | {"image_size": (64, 64)}).eval()
+    whole.load_state_dict(tiled.state_dict())
+    one_tile = DiffADModel(**TINY | {"image_size": (64, 64)}, score_tile_size=64).eval()
+    one_tile.load_state_dict(tiled.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(one_tile(_images(2, 64)).anomaly_map, whole(_images(2, 64)).anomaly_map)
+        assert not torch.allclose(tiled(_images(2, 64)).anomaly_map, whole(_images(2, 64)).anomaly_map)
+
+
+def test_score_tiles_must_fit_the_pixel_space_and_the_grid() -> None:
+    """Tiles need pixel space, at most the image size, and a multiple of twice the UNet's grid."""
+    with pytest.raises(ValueError, match="at most the image size"):
+        DiffADModel(**TINY, score_tile_size=64)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        DiffADModel(**TINY, score_tile_size=20)
 
 
 def test_scoring_writes_no_state_on_the_module(model: DiffADModel) -> None:
