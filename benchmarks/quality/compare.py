@@ -107,6 +107,19 @@ class MapRecorder(Callback):
         )
 
 
+def rescaled(values: torch.Tensor) -> torch.Tensor:
+    """``values`` min-max rescaled to [0, 1] (an increasing map: rank metrics do not change)."""
+    values = values.double()
+    return ((values - values.min()) / (values.max() - values.min()).clamp(min=1e-12)).float()
+
+
+def image_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """anomalib's image AUROC of raw scores, rescaled as in :func:`threshold_free_metrics`."""
+    metric = AUROC(fields=["pred_score", "gt_label"])
+    metric.update(SimpleNamespace(pred_score=rescaled(scores), gt_label=labels.int()))
+    return float(metric.compute())
+
+
 def threshold_free_metrics(
     scores: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
 ) -> dict[str, float]:
@@ -116,16 +129,9 @@ def threshold_free_metrics(
     from passing values outside [0, 1] through a sigmoid, which saturates raw maps (PatchCore's 6-34) into ties
     (measured: pixel AUROC 0.666 instead of 0.984 on tire).
     """
-    def rescaled(values: torch.Tensor) -> torch.Tensor:
-        values = values.double()
-        return ((values - values.min()) / (values.max() - values.min()).clamp(min=1e-12)).float()
-
-    batch = SimpleNamespace(
-        pred_score=rescaled(scores), anomaly_map=rescaled(maps), gt_label=labels.int(), gt_mask=masks.int(),
-    )
-    results = {}
+    batch = SimpleNamespace(anomaly_map=rescaled(maps), gt_mask=masks.int())
+    results = {"image_AUROC": image_auroc(scores, labels)}
     for name, metric in {
-        "image_AUROC": AUROC(fields=["pred_score", "gt_label"]),
         "pixel_AUROC": AUROC(fields=["anomaly_map", "gt_mask"]),
         "pixel_AUPRO": AUPRO(fields=["anomaly_map", "gt_mask"]),
     }.items():
@@ -154,16 +160,33 @@ def diffad_component_maps(model: DiffAD, dataloader: Iterable) -> dict[str, torc
 def score_variant(
     maps: dict, train_maps: dict, steps: list[int], alpha: float, sigma: float, top_k: int,
 ) -> dict[str, float]:
-    """anomalib metrics of one scoring setting, its fusion calibrated on the training images' maps."""
+    """anomalib metrics of one scoring setting, its fusion calibrated on the training images' maps.
+
+    Besides the top-k mean of the fused map (DiffAD's image score), two other image scores: the map's
+    maximum and the image's mean KL (an ELBO-like global score).
+    """
     kl, feature = maps["kl"][steps].mean(0), maps["feature"][steps].mean(0)
     generator = AnomalyMapGenerator(alpha=alpha, sigma=sigma)
     generator.calibrate(train_maps["kl"][steps].mean(0), train_maps["feature"][steps].mean(0))
     anomaly_map = generator(kl, feature)
-    return threshold_free_metrics(top_k_mean(anomaly_map, top_k), anomaly_map, maps["label"], maps["mask"])
+    metrics = threshold_free_metrics(top_k_mean(anomaly_map, top_k), anomaly_map, maps["label"], maps["mask"])
+    metrics["image_AUROC_max"] = image_auroc(anomaly_map.amax(dim=(1, 2, 3)), maps["label"])
+    metrics["image_AUROC_mean_kl"] = image_auroc(kl.mean(dim=(1, 2, 3)), maps["label"])
+    return metrics
+
+
+def step_subsets(timesteps: tuple[int, ...]) -> list[list[int]]:
+    """Indices of the scoring passes to compare: the first, one noise draw per timestep, every draw.
+
+    A preset that repeats a timestep (``[50, 50, 100, 100]``) scores it with a new fixed draw each time.
+    """
+    first_draws = [timesteps.index(t) for t in dict.fromkeys(timesteps)]
+    subsets = [[0], first_draws, list(range(len(timesteps)))]
+    return [subset for index, subset in enumerate(subsets) if subset not in subsets[:index]]
 
 
 def diffad_ablation(model: DiffAD, datamodule: MVTecAD) -> list[dict]:
-    """Re-score the trained DiffAD with t=first vs all timesteps, alpha 0/0.5/1, smoothing sigma 0/4."""
+    """Re-score the trained DiffAD: passes (:func:`step_subsets`), alpha 0/0.5/1, smoothing sigma 0/4."""
     timesteps = model.model.score_timesteps
     maps = diffad_component_maps(model, datamodule.test_dataloader())
     train = datamodule.train_data
@@ -171,7 +194,7 @@ def diffad_ablation(model: DiffAD, datamodule: MVTecAD) -> list[dict]:
     train_loader = DataLoader(Subset(train, indices), batch_size=8, collate_fn=train.collate_fn)
     train_maps = diffad_component_maps(model, train_loader)
     rows = []
-    for steps in ([0], list(range(len(timesteps)))):
+    for steps in step_subsets(timesteps):
         for alpha in (0.0, 0.5, 1.0):
             for sigma in (0.0, 4.0):
                 row = {"timesteps": [timesteps[i] for i in steps], "alpha": alpha, "sigma": sigma}
@@ -217,13 +240,21 @@ def run_name(name: str, args: argparse.Namespace) -> str:
     return f"diffad_{diffad_space(args.config)}" if name == "diffad" else name
 
 
+def training_settings(name: str, args: argparse.Namespace) -> tuple[int, str]:
+    """Batch size and Lightning precision of a model: a DiffAD preset's own unless given on the command line."""
+    preset = yaml.safe_load(args.config.read_text()) if name == "diffad" else {}
+    batch_size = args.batch_size or preset.get("data", {}).get("train_batch_size", 8)
+    return batch_size, args.precision or preset.get("trainer", {}).get("precision", "32-true")
+
+
 def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
     """Fit, validate (thresholds) and test one model; return its result record."""
     torch.manual_seed(args.seed)
+    batch_size, precision = training_settings(name, args)
     work = Path(tempfile.mkdtemp(prefix=f"quality_{name}_"))
     model, settings = build_model(name, args, work)
     datamodule = MVTecAD(
-        root=args.root, category=args.category, train_batch_size=args.batch_size, eval_batch_size=8,
+        root=args.root, category=args.category, train_batch_size=batch_size, eval_batch_size=8,
         num_workers=0, seed=args.seed, val_split_mode="from_train", val_split_ratio=args.val_ratio,
     )
     minutes = args.max_minutes if name == "diffad" else args.draem_minutes or args.max_minutes
@@ -235,7 +266,7 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
         callbacks=[recorder],
         accelerator=args.accelerator,
         devices=1,
-        precision=args.precision,
+        precision=precision,
         enable_progress_bar=False,
         **(
             {"max_steps": args.max_steps if name == "diffad" else -1, "max_epochs": -1,
@@ -262,7 +293,7 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
         "dataset": args.dataset_name,
         "category": args.category,
         "model": f"DiffAD ({diffad_space(args.config)})" if name == "diffad" else {"patchcore": "PatchCore", "draem": "DRAEM"}[name],
-        "precision": args.precision,
+        "precision": precision,
         "image_size": args.image_size,
         **settings,
         "test_metrics": {key: float(value) for key, value in test.items()} | threshold_free_metrics(
@@ -270,7 +301,7 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
         ),
         "evaluator_metrics_on_raw_outputs": {key: float(value) for key, value in test.items()},
         "train_steps": steps,
-        "train_batch_size": args.batch_size,
+        "train_batch_size": batch_size,
         "train_seconds": round(train_seconds, 1),
         "train_minutes_cap": minutes if iterative else None,
         "test_seconds": round(test_seconds, 1),
@@ -297,12 +328,15 @@ def main() -> None:
     parser.add_argument("--category", required=True)
     parser.add_argument("--dataset-name", default=None, help="name to report (default: the root folder name)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--config", type=Path, default=Path("configs/diffad.yaml"), help="DiffAD preset")
+    parser.add_argument(
+        "--configs", "--config", nargs="+", type=Path, default=[Path("configs/diffad.yaml")],
+        help="DiffAD presets: each one runs as its own model (e.g. configs/diffad.yaml configs/diffad_feature.yaml)",
+    )
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--max-steps", type=int, default=2500, help="DiffAD training steps (and LR anneal length)")
     parser.add_argument("--max-minutes", type=float, default=40.0, help="training wall-time cap of DiffAD")
     parser.add_argument("--draem-minutes", type=float, default=None, help="DRAEM's cap (default: --max-minutes)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: a DiffAD preset's, else 8)")
     parser.add_argument("--val-ratio", type=float, default=0.2, help="share of the training normals held out for validation")
     parser.add_argument(
         "--coreset-ratio", type=float, default=0.1,
@@ -310,12 +344,17 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (gpu: benchmarks/gpu)")
-    parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 16-mixed on a GPU")
+    parser.add_argument(
+        "--precision", default=None,
+        help="Lightning precision, e.g. 16-mixed on a GPU (default: a DiffAD preset's own, else 32-true)",
+    )
     parser.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip DiffAD's scoring ablation")
     parser.add_argument("--force", action="store_true", help="rerun models whose JSON exists")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality" / "results")
     parser.add_argument("--worker", choices=MODELS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.config = args.worker_config or args.configs[0]
     args.dataset_name = args.dataset_name or args.root.name
 
     if not (args.root / args.category).is_dir():
@@ -332,14 +371,17 @@ def main() -> None:
         print(json.dumps({key: value for key, value in result.items() if key != "scoring_ablation"}, indent=2))
         return
     failed = []
-    for name in args.models:
+    runs = [(name, config) for name in args.models for config in (args.configs if name == "diffad" else [None])]
+    for name, config in runs:
+        args.config = config or args.config
         existing = args.out / f"{prefix}_{run_name(name, args)}.json"
         if existing.exists() and not args.force:
             print(f"{name}: {existing} exists, kept (--force reruns it)")
             continue
-        print(f"=== {name} on {args.dataset_name} / {args.category}", flush=True)
-        if subprocess.run([sys.executable, *sys.argv, f"--worker={name}"], check=False).returncode:
-            failed.append(name)
+        print(f"=== {run_name(name, args)} on {args.dataset_name} / {args.category}", flush=True)
+        worker = [f"--worker={name}"] + ([f"--worker-config={config}"] if config else [])
+        if subprocess.run([sys.executable, *sys.argv, *worker], check=False).returncode:
+            failed.append(run_name(name, args))
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
 
