@@ -1,21 +1,20 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""One unified model for several categories vs one model per category, for DiffAD and PatchCore.
+"""One unified DiffAD for several categories vs one DiffAD per category.
 
-DiffAD: the separate models are single-category DiffADs trained ``--steps`` steps each; a unified model is
+The separate models are single-category DiffADs trained ``--steps`` steps each; a unified model is
 one class-conditional DiffAD (``categories=...``) trained on a set of categories at once (``MultiCategory``)
 for ``--steps`` times the number of categories, so both sides spend the same training compute. Each
-``--diffad-sets``/``--patchcore-sets`` entry (comma-separated categories) is one unified model; every category
-of a set also gets its separate model. Both use the CPU
-preset (``configs/diffad.yaml``) at ``--image-size``; each validates once after training (fusion calibration
-and thresholds; the unified model per category) and is tested with anomalib's Evaluator, the unified model
-on each category in turn.
+``--diffad-sets`` entry (comma-separated categories) is one unified model; every category of a set also gets
+its separate model. Both use the CPU preset (``configs/diffad.yaml``) at ``--image-size``; validation is 20% of
+each category's training normals (never a test image); each model validates once after training (fusion
+calibration on training images, thresholds; the unified model per category) and is tested with anomalib's
+Evaluator, the unified model on each category in turn.
 
-PatchCore: one memory bank per category vs one memory bank over all categories (same EfficientNet-Lite0
-ImageNet weights as DiffAD's feature branch, offline through the Hugging Face cache; same coreset ratio).
-PatchCore has no category input: the unified model also has one pooled threshold.
-
-DRAEM is not run (about 100 s per training step at 256 px on this CPU; see the README).
+PatchCore and DRAEM are not run here. With normals-only validation, anomalib's own post-processor clamps their
+maps (the trap of issue #14) and its metrics pass raw maps through a sigmoid; ``benchmarks/quality/compare.py``
+compares them with DiffAD on raw maps. A unified PatchCore was measured earlier only with validation on the
+test set.
 
 Each job runs in its own process and writes ``<out>/runs/<job>.json``; existing job files are kept unless
 ``--force``, so an interrupted run resumes. At the end ``unified.json``, ``unified.csv``, ``unified.md``
@@ -67,6 +66,8 @@ def datamodule(args: argparse.Namespace, category: str):  # noqa: ANN201
         eval_batch_size=8,
         num_workers=0,
         seed=args.seed,
+        val_split_mode="from_train",  # thresholds and DiffAD's calibration from training normals, never test images
+        val_split_ratio=0.2,
     )
 
 
@@ -83,23 +84,15 @@ def multi(args: argparse.Namespace, categories: list[str]):  # noqa: ANN201
     )
 
 
-def build(model: str, args: argparse.Namespace, categories: list[str] | None, steps: int):  # noqa: ANN201
-    """DiffAD (unified when ``categories`` is given) or PatchCore, and the settings to record."""
+def build(args: argparse.Namespace, categories: list[str] | None, steps: int):  # noqa: ANN201
+    """DiffAD (unified when ``categories`` is given) and the settings to record."""
     from anomalib_diffad import DiffAD  # noqa: PLC0415
 
-    size = (args.image_size, args.image_size)
-    if model == "diffad":
-        preset = yaml.safe_load(args.config.read_text())["model"]["init_args"]
-        preset |= {"image_size": args.image_size, "lr_anneal_steps": steps}
-        if categories is not None:
-            preset["categories"] = categories
-        return DiffAD(**preset), {"preset": str(args.config.relative_to(REPO)), "train_steps_budget": steps}
-    from anomalib_diffad.backbone import LITE0  # noqa: PLC0415
-    from anomalib_diffad.baselines import LITE0_PATCHCORE_LAYERS, lite0_patchcore  # noqa: PLC0415
-
-    patchcore = lite0_patchcore(size, args.coreset_ratio, evaluator=DiffAD.configure_evaluator())
-    settings = {"layers": list(LITE0_PATCHCORE_LAYERS), "coreset_ratio": args.coreset_ratio}
-    return patchcore, {"backbone": f"{LITE0} (ImageNet)", **settings}
+    preset = yaml.safe_load(args.config.read_text())["model"]["init_args"]
+    preset |= {"image_size": args.image_size, "lr_anneal_steps": steps}
+    if categories is not None:
+        preset["categories"] = categories
+    return DiffAD(**preset), {"preset": str(args.config.relative_to(REPO)), "train_steps_budget": steps}
 
 
 def run_job(job: str, args: argparse.Namespace) -> list[dict]:
@@ -110,27 +103,27 @@ def run_job(job: str, args: argparse.Namespace) -> list[dict]:
     from anomalib_diffad.unified import evaluate_per_category  # noqa: PLC0415
 
     seed_everything(args.seed)
-    model_name, mode, names = job.split("_", 2)
+    _, mode, names = job.split("_", 2)
     categories = names.split("+")
     unified = mode == "unified"
     steps = args.steps * len(categories)
-    model, settings = build(model_name, args, categories if unified else None, steps)
+    model, settings = build(args, categories if unified else None, steps)
     data = multi(args, categories) if unified else datamodule(args, names)
-    iterative = model_name == "diffad"
     engine = Engine(
         logger=False,
         default_root_dir=Path(tempfile.mkdtemp(prefix=f"unified_{job}_")),
         accelerator="cpu",
         devices=1,
         enable_progress_bar=False,
-        **({"max_steps": steps, "max_epochs": -1, "limit_val_batches": 0} if iterative else {}),
+        max_steps=steps,
+        max_epochs=-1,
+        limit_val_batches=0,
     )
     start = time.perf_counter()
     engine.fit(model=model, datamodule=data)
     train_seconds = time.perf_counter() - start
-    if iterative:  # no validation during training: calibrate and set thresholds once, after the last step
-        engine.trainer.limit_val_batches = 1.0
-        engine.validate(model=model, datamodule=data)
+    engine.trainer.limit_val_batches = 1.0  # no validation during training: calibrate and set thresholds once, now
+    engine.validate(model=model, datamodule=data)
     start = time.perf_counter()
     if unified:
         metrics = evaluate_per_category(engine, model, data)
@@ -140,14 +133,14 @@ def run_job(job: str, args: argparse.Namespace) -> list[dict]:
     test_seconds = time.perf_counter() - start
     return [
         {
-            "model": {"diffad": "DiffAD", "patchcore": "PatchCore"}[model_name],
+            "model": "DiffAD",
             "mode": mode,
             "category": category,
             "dataset": dataset_name(category),
             "categories_in_model": categories,
             "image_size": args.image_size,
             **{key: values.get(key) for key in METRICS},
-            "train_steps": engine.trainer.global_step if iterative else None,
+            "train_steps": engine.trainer.global_step,
             "train_seconds": round(train_seconds, 1),
             "test_seconds_all_categories": round(test_seconds, 1),
             **settings,
@@ -157,14 +150,10 @@ def run_job(job: str, args: argparse.Namespace) -> list[dict]:
 
 
 def jobs(args: argparse.Namespace) -> list[str]:
-    """All jobs: for each model, a separate model per category of its sets, then one unified model per set."""
-    names = []
-    for model in args.models:
-        sets = getattr(args, f"{model}_sets")
-        categories = dict.fromkeys(category for categories in sets for category in categories)
-        names += [f"{model}_separate_{category}" for category in categories]
-        names += [f"{model}_unified_{'+'.join(categories)}" for categories in sets]
-    return names
+    """All jobs: a separate DiffAD per category of the sets, then one unified DiffAD per set."""
+    categories = dict.fromkeys(category for categories in args.diffad_sets for category in categories)
+    separate = [f"diffad_separate_{category}" for category in categories]
+    return separate + [f"diffad_unified_{'+'.join(categories)}" for categories in args.diffad_sets]
 
 
 def category_set(text: str) -> list[str]:
@@ -206,8 +195,7 @@ def summarize(rows: list[dict], out: Path, command: str, args: argparse.Namespac
         f"Images at {args.image_size} px. DiffAD: `{args.config.relative_to(REPO)}`, {args.steps} steps per separate "
         f"model, {args.steps} x the number of categories for a unified model (same compute), "
         f"batch {args.batch_size}; one validation after training calibrates the fusion and the thresholds "
-        "(per category for a unified model). PatchCore: EfficientNet-Lite0 `blocks.2`+`blocks.4`, coreset "
-        f"ratio {args.coreset_ratio}; the unified PatchCore has one memory bank and one pooled threshold. "
+        "(per category for a unified model) on 20% of the training normals, never on test images. "
         "Metrics: anomalib's Evaluator on each category's test set (F1 at the model's thresholds).",
         "",
         "| model | category | trained on | image AUROC | pixel AUROC | pixel AUPRO | image F1 | pixel F1 "
@@ -270,19 +258,10 @@ def main() -> None:
         default=None,
         help="categories of each unified DiffAD, comma-separated (default: the textures, and textures+tire)",
     )
-    parser.add_argument(
-        "--patchcore-sets",
-        nargs="+",
-        type=category_set,
-        default=None,
-        help="categories of each unified PatchCore, comma-separated (default: textures+tire)",
-    )
-    parser.add_argument("--models", nargs="+", choices=("diffad", "patchcore"), default=["diffad", "patchcore"])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "diffad.yaml", help="DiffAD preset")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=150, help="DiffAD steps per category")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--num-train", type=int, default=40, help="built-in textures: training images per category")
     parser.add_argument("--num-test-good", type=int, default=8)
     parser.add_argument("--num-test-per-defect", type=int, default=2)
@@ -297,7 +276,6 @@ def main() -> None:
         print(f"tire: {args.tire_root / TIRE} not found, left out")
     with_tire = [*TEXTURES, TIRE] if tire else list(TEXTURES)
     args.diffad_sets = args.diffad_sets or ([list(TEXTURES), with_tire] if tire else [with_tire])
-    args.patchcore_sets = args.patchcore_sets or [with_tire]
     runs = args.out / "runs"
     if args.job:
         rows = run_job(args.job, args)
@@ -317,7 +295,7 @@ def main() -> None:
         seed=args.seed,
     )
     runs.mkdir(parents=True, exist_ok=True)
-    environment = os.environ | {"MALLOC_MMAP_THRESHOLD_": "1048576"}  # PatchCore's coreset otherwise holds GBs
+    environment = os.environ | {"MALLOC_MMAP_THRESHOLD_": "1048576"}  # glibc otherwise keeps freed GBs mapped
     failed = []
     for job in jobs(args):
         if (runs / f"{job}.json").exists() and not args.force:
