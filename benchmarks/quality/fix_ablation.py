@@ -144,7 +144,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--tile", type=int, default=None, help="also score each model in overlapping tiles of this side")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality" / "results" / "fix_ablation.json")
+    out = REPO / "benchmarks" / "quality" / "results" / "ablations" / "fix_ablation.json"
+    parser.add_argument("--out", type=Path, default=out)
     args = parser.parse_args()
     args.max_steps = args.steps
     if not (args.root / args.category).is_dir():
