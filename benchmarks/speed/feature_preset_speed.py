@@ -6,7 +6,8 @@ feature preset (torch, OpenVINO) against PatchCore (Lite0, torch) at 256 px on t
 Random weights and images: time does not depend on them. PatchCore's memory bank has ``--bank`` patches
 (1% coreset of the 210 tire training images: 1719). Every figure is the median of ``--repeats`` runs after one
 warm-up, with ``torch.get_num_threads()`` threads (``OMP_NUM_THREADS``). Writes ``<out>/feature_preset_speed.json``
-and ``.png``.
+and ``.png`` (``--latency-only``: only the test latencies of the feature preset and PatchCore, into
+``<out>/feature_preset_latency.json`` and ``.png``).
 
 Example:
     OMP_NUM_THREADS=2 python benchmarks/speed/feature_preset_speed.py --out benchmarks/speed/results
@@ -83,14 +84,16 @@ def main() -> None:
     parser.add_argument("--bank", type=int, default=1719, help="PatchCore memory-bank patches")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "speed" / "results")
+    parser.add_argument("--latency-only", action="store_true", help="skip training steps and the pixel preset")
     args = parser.parse_args()
     torch.manual_seed(0)
     size, repeats = args.size, args.repeats
     image = torch.rand(1, 3, size, size)
     rows = []
-    for name, batch in (("diffad", 8), ("diffad_feature", 16)):
+    presets = (("diffad_feature", 16),) if args.latency_only else (("diffad", 8), ("diffad_feature", 16))
+    for name, batch in presets:
         model = preset(name, size)
-        for bf16 in (False, True):
+        for bf16 in () if args.latency_only else (False, True):
             seconds = train_step_seconds(model, batch, size, bf16, repeats)
             rows.append({"what": "train step", "model": name, "batch": batch, "bf16_autocast": bf16, "seconds": seconds})
         model.eval()
@@ -117,10 +120,11 @@ def main() -> None:
         "command": recorded_command(sys.argv, REPO),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "feature_preset_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = "feature_preset_latency" if args.latency_only else "feature_preset_speed"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
         print(row)
-    plot(rows, args.out / "feature_preset_speed.png")
+    plot(rows, args.out / f"{stem}.png")
 
 
 def plot(rows: list[dict], path: Path) -> None:
