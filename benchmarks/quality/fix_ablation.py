@@ -150,21 +150,20 @@ def main() -> None:
     args.max_steps = args.steps
     if not (args.root / args.category).is_dir():
         sys.exit(f"{args.root / args.category} not found (the built-in data: python -m anomalib_diffad.data.textures)")
-    rows = []
-    for seed in args.seeds:
-        for variant in args.variants:
-            rows.append(run(variant, seed, args))
-            print(json.dumps(rows[-1]), flush=True)
     result = {
         "dataset": f"{args.root.name}/{args.category}",
         "image_size": args.image_size,
         "preset": str(args.config),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "command": recorded_command(sys.argv, REPO),
-        "runs": rows,
+        "runs": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for seed in args.seeds:
+        for variant in args.variants:
+            result["runs"].append(run(variant, seed, args))
+            print(json.dumps(result["runs"][-1]), flush=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every run: an interruption keeps them
 
 
 if __name__ == "__main__":
