@@ -250,7 +250,7 @@ class DiffADModel(nn.Module):
             msg = f"space must be one of {SPACES}, got {space!r}."
             raise ValueError(msg)
         if score_tile_size is not None and (space != "pixel" or score_tile_size > min(image_size)):
-            msg = f"score_tile_size={score_tile_size} needs the pixel space and at most the image size {tuple(image_size)}."
+            msg = f"score_tile_size={score_tile_size} needs the pixel space and at most the image size {image_size}."
             raise ValueError(msg)
         if space == "feature" and train_crop_size is not None:
             msg = "The feature space trains on whole images: train_crop_size must be None."
@@ -286,7 +286,7 @@ class DiffADModel(nn.Module):
             )
             raise ValueError(msg)
         if score_tile_size is not None and score_tile_size % (2 * self.crop_grid):
-            msg = f"score_tile_size={score_tile_size} must be a multiple of {2 * self.crop_grid} (twice the UNet's grid)."
+            msg = f"score_tile_size={score_tile_size} must be a multiple of {2 * self.crop_grid} (twice the UNet grid)."
             raise ValueError(msg)
         self.denoiser = Denoiser(**denoiser_args)
         self.ema_denoiser = Denoiser(**denoiser_args)
@@ -418,7 +418,8 @@ class DiffADModel(nn.Module):
         noise = self.scoring_noise(indices, batch, height, width).to(images.dtype)
         xt = q_sample(self.schedule, x0, t, noise)
         labels = None if class_labels is None else class_labels.repeat(steps)
-        prediction = self.ema_denoiser(xt, t, labels) if self.score_tile_size is None else self.tiled_denoise(xt, t, labels)
+        tiled = self.score_tile_size is not None
+        prediction = self.tiled_denoise(xt, t, labels) if tiled else self.ema_denoiser(xt, t, labels)
         pixel = self.space == "pixel"
         kl = posterior_kl_map(self.schedule, x0, xt, t, prediction.eps, prediction.v, clip_x0=pixel)
         kl = standardize_per_image(kl) if pixel else kl
@@ -437,23 +438,20 @@ class DiffADModel(nn.Module):
 
     def tiled_denoise(self, xt: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None) -> DenoiserOutput:
         """The EMA denoiser on overlapping ``score_tile_size`` tiles (stride half a tile), overlaps averaged."""
-        tile, stride = self.score_tile_size, TARGET_STRIDE
-        eps, v = torch.zeros_like(xt), torch.zeros_like(xt)
-        features = None
-        counts = xt.new_zeros(1, 1, *xt.shape[-2:])
-        for top in tile_offsets(xt.shape[-2], tile):
-            for left in tile_offsets(xt.shape[-1], tile):
+        tile, stride, (height, width) = self.score_tile_size, TARGET_STRIDE, xt.shape[-2:]
+        eps, v, counts = torch.zeros_like(xt), torch.zeros_like(xt), xt.new_zeros(1, 1, height, width)
+        feature_channels = self.ema_denoiser.feature_head[-1].out_channels  # pixel space always has the head
+        features = xt.new_zeros(xt.shape[0], feature_channels, height // stride, width // stride)
+        for top in tile_offsets(height, tile):
+            for left in tile_offsets(width, tile):
                 window = (..., slice(top, top + tile), slice(left, left + tile))
+                small = (..., *(slice(start // stride, (start + tile) // stride) for start in (top, left)))
                 prediction = self.ema_denoiser(xt[window], t, class_labels)
                 eps[window] += prediction.eps
                 v[window] += prediction.v
+                features[small] += prediction.features
                 counts[window] += 1
-                if prediction.features is not None:
-                    if features is None:
-                        features = xt.new_zeros(xt.shape[0], prediction.features.shape[1], *(side // stride for side in xt.shape[-2:]))
-                    features[..., top // stride : (top + tile) // stride, left // stride : (left + tile) // stride] += prediction.features
-        feature_counts = counts[..., ::stride, ::stride]
-        return DenoiserOutput(eps=eps / counts, v=v / counts, features=None if features is None else features / feature_counts)
+        return DenoiserOutput(eps=eps / counts, v=v / counts, features=features / counts[..., ::stride, ::stride])
 
     def score(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> InferenceBatch:
         """Anomaly maps and top-k image scores.

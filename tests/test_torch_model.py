@@ -158,12 +158,14 @@ def test_tiled_scoring_averages_the_denoiser_over_overlapping_tiles() -> None:
     with torch.no_grad():
         output = tiled.tiled_denoise(xt, t, None)
         corner = tiled.ema_denoiser(xt[..., :32, :32], t)
-        middle = [tiled.ema_denoiser(xt[..., top : top + 32, left : left + 32], t) for top in (16, 32) for left in (16, 32)]
+        corners = [(top, left) for top in (16, 32) for left in (16, 32)]  # the four tiles over [32:48, 32:48]
+        middle = [tiled.ema_denoiser(xt[..., top : top + 32, left : left + 32], t) for top, left in corners]
     torch.testing.assert_close(output.eps[..., :16, :16], corner.eps[..., :16, :16])
     torch.testing.assert_close(output.v[..., :16, :16], corner.v[..., :16, :16])
     torch.testing.assert_close(output.features[..., :4, :4], corner.features[..., :4, :4])
-    mean = torch.stack([p.eps[..., 32 - top : 48 - top, 32 - left : 48 - left]
-                        for p, (top, left) in zip(middle, [(16, 16), (16, 32), (32, 16), (32, 32)], strict=True)]).mean(0)
+    mean = torch.stack([
+        p.eps[..., 32 - top : 48 - top, 32 - left : 48 - left] for p, (top, left) in zip(middle, corners, strict=True)
+    ]).mean(0)
     torch.testing.assert_close(output.eps[..., 32:48, 32:48], mean)
     whole = DiffADModel(**TINY | {"image_size": (64, 64)}).eval()
     whole.load_state_dict(tiled.state_dict())
