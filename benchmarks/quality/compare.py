@@ -185,14 +185,18 @@ def step_subsets(timesteps: tuple[int, ...]) -> list[list[int]]:
     return [subset for index, subset in enumerate(subsets) if subset not in subsets[:index]]
 
 
+def calibration_loader(model: DiffAD, datamodule: MVTecAD) -> DataLoader:
+    """The training images DiffAD's post-processor calibrates its fusion on (its first 32), batched by 8."""
+    train = datamodule.train_data
+    indices = calibration_indices(train, model.post_processor.calibration_images)
+    return DataLoader(Subset(train, indices), batch_size=8, collate_fn=train.collate_fn)
+
+
 def diffad_ablation(model: DiffAD, datamodule: MVTecAD) -> list[dict]:
     """Re-score the trained DiffAD: passes (:func:`step_subsets`), alpha 0/0.5/1, smoothing sigma 0/4."""
     timesteps = model.model.score_timesteps
     maps = diffad_component_maps(model, datamodule.test_dataloader())
-    train = datamodule.train_data
-    indices = calibration_indices(train, model.post_processor.calibration_images)
-    train_loader = DataLoader(Subset(train, indices), batch_size=8, collate_fn=train.collate_fn)
-    train_maps = diffad_component_maps(model, train_loader)
+    train_maps = diffad_component_maps(model, calibration_loader(model, datamodule))
     rows = []
     for steps in step_subsets(timesteps):
         for alpha in (0.0, 0.5, 1.0):

@@ -30,15 +30,13 @@ from pathlib import Path
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from torch.utils.data import DataLoader, Subset
 
 from anomalib_diffad import diffusion
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
-from anomalib_diffad.post_processor import calibration_indices
 from anomalib_diffad.provenance import recorded_command
 from anomalib_diffad.diffusion import q_sample
 from anomalib_diffad.torch_model import DiffADModel, TrainOutput, aligned_crop_offsets, crop_at
-from compare import REPO, build_model, diffad_component_maps, threshold_free_metrics  # same folder: the script's directory is on sys.path
+from compare import REPO, build_model, calibration_loader, diffad_component_maps, threshold_free_metrics  # same folder: the script's directory is on sys.path
 
 VARIANTS = ("fixed", "crop_targets", "clipped_vb")
 
@@ -108,9 +106,7 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     test = diffad_component_maps(model, datamodule.test_dataloader())
     test_seconds = time.perf_counter() - start
-    train = datamodule.train_data
-    indices = calibration_indices(train, model.post_processor.calibration_images)
-    calibration = DataLoader(Subset(train, indices), batch_size=8, collate_fn=train.collate_fn)
+    calibration = calibration_loader(model, datamodule)
     train_maps = diffad_component_maps(model, calibration)
     normal = test["label"] == 0
     test_normals = {key: test[key][:, normal] for key in ("kl", "feature")}

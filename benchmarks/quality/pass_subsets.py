@@ -23,12 +23,10 @@ from pathlib import Path
 import torch
 import yaml
 from anomalib.data import MVTecAD
-from torch.utils.data import DataLoader, Subset
 
 from anomalib_diffad import DiffAD
-from anomalib_diffad.post_processor import calibration_indices
 from anomalib_diffad.provenance import recorded_command, relative_path
-from compare import REPO, diffad_component_maps, score_variant  # same folder: the script's directory is on sys.path
+from compare import REPO, calibration_loader, diffad_component_maps, score_variant  # same folder: the script's directory is on sys.path
 
 
 def subsets(timesteps: tuple[int, ...]) -> dict[str, list[int]]:
@@ -63,10 +61,8 @@ def main() -> None:
     datamodule = MVTecAD(root=args.root, category=args.category, eval_batch_size=8, num_workers=0,
                          val_split_mode="from_train", val_split_ratio=0.2)
     datamodule.setup()
-    train = datamodule.train_data
-    indices = calibration_indices(train, model.post_processor.calibration_images)
     test_maps = diffad_component_maps(model, datamodule.test_dataloader())
-    train_maps = diffad_component_maps(model, DataLoader(Subset(train, indices), batch_size=8, collate_fn=train.collate_fn))
+    train_maps = diffad_component_maps(model, calibration_loader(model, datamodule))
     generator = model.model.anomaly_map_generator
     rows = []
     for name, passes in subsets(model.model.score_timesteps).items():
