@@ -11,7 +11,7 @@ model's first 32 training images, never on test images. The cost of a subset is 
 
 Example (the feature preset with 4 draws, built-in brick at 128 px):
     python benchmarks/quality/pass_subsets.py --root datasets/textures --category brick --image-size 128 \
-        --config results/dev/diffad_feature_draws.yaml --ckpt /tmp/quality_diffad_x/calibrated.ckpt \
+        --config results/dev/diffad_feature_draws.yaml --ckpt <its calibrated.ckpt> \
         --out benchmarks/quality/results/ablations/pass_subsets_brick_feature.json
 """
 
