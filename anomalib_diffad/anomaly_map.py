@@ -29,20 +29,28 @@ def feature_distance_map(features: torch.Tensor, estimate: torch.Tensor) -> torc
 
 
 class AnomalyMapGenerator(nn.Module):
-    """Put the KL and feature maps on one scale, fuse them with ``alpha`` and optionally smooth.
+    """Put the KL and feature maps on one scale, fuse them with ``alpha``, optionally smooth and remove the normal map.
 
     ``A = alpha * (kl - mu_kl) / sd_kl + (1 - alpha) * (feat - mu_feat) / sd_feat``. The four statistics are
     buffers calibrated on normal training images by :class:`~anomalib_diffad.post_processor.DiffADPostProcessor`,
     so ``alpha`` weighs the two cues the same way on every dataset; they start at (0, 1) which reduces to the
     paper's unnormalized sum ``alpha * kl + (1 - alpha) * feat``.
 
+    With ``normal_map_size`` the generator also subtracts a *normal map*: the mean fused (and smoothed) map of
+    the calibration normals, a ``(H, W)`` buffer resized to each map, so that places every normal image scores
+    high (image borders, an object's fixed parts) stop dominating the map and the top-k image score. It is
+    calibrated with the statistics, from per-pixel sums (:meth:`pixel_sums`, :meth:`set_normal_map`).
+
     A unified (class-conditional) model has one set of statistics per category: the buffers then have shape
-    ``(num_classes,)`` and :meth:`forward` picks each image's row by its class label.
+    ``(num_classes,)`` (normal map ``(num_classes, 1, H, W)``) and :meth:`forward` picks each image's row by
+    its class label.
 
     Args:
         alpha: Weight of the KL map (paper: 0.5).
         sigma: Standard deviation of the Gaussian smoothing in pixels; 0 disables it (paper: off).
         num_classes: Categories with their own statistics (``None``: one set, scalar buffers).
+        normal_map_size: ``(H, W)`` of the normal map to subtract (the pre-processed image size); ``None``: off
+            (the paper).
 
     Example:
         >>> generator = AnomalyMapGenerator(alpha=0.5)
@@ -50,7 +58,13 @@ class AnomalyMapGenerator(nn.Module):
         torch.Size([1, 1, 8, 8])
     """
 
-    def __init__(self, alpha: float = 0.5, sigma: float = 0.0, num_classes: int | None = None) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        sigma: float = 0.0,
+        num_classes: int | None = None,
+        normal_map_size: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             msg = f"alpha must lie in [0, 1], got {alpha}."
@@ -63,6 +77,9 @@ class AnomalyMapGenerator(nn.Module):
         self.register_buffer("kl_std", torch.ones(shape))
         self.register_buffer("feature_mean", torch.zeros(shape))
         self.register_buffer("feature_std", torch.ones(shape))
+        self.subtracts_normal_map = normal_map_size is not None
+        if normal_map_size is not None:
+            self.register_buffer("normal_map", torch.zeros(num_classes or 1, 1, *normal_map_size))
 
     def moments(
         self,
@@ -102,14 +119,46 @@ class AnomalyMapGenerator(nn.Module):
             else:
                 buffer[seen.to(buffer.device)] = values[seen].to(buffer)
 
+    def pixel_sums(
+        self,
+        kl_maps: torch.Tensor,
+        feature_maps: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Image count, per-pixel sum of the KL maps and of the feature maps, per class: ``(G, 3, H, W)`` float64.
+
+        Sums of several batches (or ranks) add up; :meth:`set_normal_map` turns them into the normal map.
+        """
+        labels = torch.zeros(len(kl_maps), dtype=torch.long) if class_labels is None else class_labels.long().cpu()
+        maps = torch.cat([torch.ones_like(kl_maps), kl_maps, feature_maps], dim=1).detach().double().cpu()
+        result = torch.zeros(self.num_classes or 1, 3, *maps.shape[-2:], dtype=torch.float64)
+        return result.index_add_(0, labels, maps)
+
+    @torch.no_grad()
+    def set_normal_map(self, sums: torch.Tensor) -> None:
+        """Set the normal map to the fused map of the mean KL and feature maps in summed :meth:`pixel_sums`.
+
+        The fusion and the smoothing are linear, so this equals the mean fused map of the summed images; call
+        it after :meth:`set_moments`. A class without images keeps its normal map.
+        """
+        count, kl, feature = (sums[:, index : index + 1] for index in range(3))
+        seen = count[:, 0, 0, 0] > 0
+        labels = None if self.num_classes is None else torch.arange(len(sums), device=self.normal_map.device)
+        kl_mean, feature_mean = (values / count.clamp(min=1) for values in (kl, feature))
+        fused = self.fuse(kl_mean.to(self.normal_map), feature_mean.to(self.normal_map), labels)
+        resized = F.interpolate(fused, size=self.normal_map.shape[-2:], mode="bilinear", align_corners=False)
+        self.normal_map[seen.to(self.normal_map.device)] = resized[seen.to(resized.device)]
+
     def calibrate(
         self,
         kl_maps: torch.Tensor,
         feature_maps: torch.Tensor,
         class_labels: torch.Tensor | None = None,
     ) -> None:
-        """Set the fusion statistics from the maps of anomaly-free images (per class when ``num_classes``)."""
+        """Set the fusion statistics (and the normal map) from anomaly-free images' maps (per class)."""
         self.set_moments(self.moments(kl_maps, feature_maps, class_labels))
+        if self.subtracts_normal_map:
+            self.set_normal_map(self.pixel_sums(kl_maps, feature_maps, class_labels))
 
     def statistics(self, class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """``(kl_mean, kl_std, feature_mean, feature_std)``; per image ``(N, 1, 1, 1)`` for a per-class generator."""
@@ -121,13 +170,13 @@ class AnomalyMapGenerator(nn.Module):
             raise ValueError(msg)
         return tuple(value[class_labels].view(-1, 1, 1, 1) for value in values)
 
-    def forward(
+    def fuse(
         self,
         kl_map: torch.Tensor,
         feature_map: torch.Tensor,
         class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Fuse ``(N, 1, H, W)`` KL and feature maps into one ``(N, 1, H, W)`` anomaly map."""
+        """Standardized KL and feature maps weighed by ``alpha``, smoothed when ``sigma > 0``."""
         kl_mean, kl_std, feature_mean, feature_std = self.statistics(class_labels)
         kl = (kl_map - kl_mean) / kl_std
         feature = (feature_map - feature_mean) / feature_std
@@ -136,3 +185,16 @@ class AnomalyMapGenerator(nn.Module):
             kernel = 2 * int(4.0 * self.sigma + 0.5) + 1
             fused = gaussian_blur2d(fused, (kernel, kernel), (self.sigma, self.sigma), border_type="replicate")
         return fused
+
+    def forward(
+        self,
+        kl_map: torch.Tensor,
+        feature_map: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Fuse ``(N, 1, H, W)`` KL and feature maps into one ``(N, 1, H, W)`` anomaly map."""
+        fused = self.fuse(kl_map, feature_map, class_labels)
+        if not self.subtracts_normal_map:
+            return fused
+        normal_map = self.normal_map if self.num_classes is None else self.normal_map[class_labels]
+        return fused - F.interpolate(normal_map, size=fused.shape[-2:], mode="bilinear", align_corners=False)

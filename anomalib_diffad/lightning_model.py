@@ -110,6 +110,9 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         alpha: Weight of the KL map against the feature map (paper: 0.5).
         top_k: Pixels averaged into the image score (paper: 64).
         smoothing_sigma: Gaussian smoothing of the anomaly map in pixels (paper: 0).
+        subtract_normal_map: Subtract the mean map of the calibration normals (training images) from every
+            map, so that places all normal images score high (borders, an object's fixed parts) do not
+            dominate (paper: off).
         train_crop_size: Train on random crops of this side (``None``: full images); scoring always sees the
             full image.
         score_tile_size: Score overlapping tiles of this side instead of the whole image (pixel space; e.g. the
@@ -162,6 +165,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         alpha: float = 0.5,
         top_k: int = 64,
         smoothing_sigma: float = 0.0,
+        subtract_normal_map: bool = False,
         train_crop_size: int | None = None,
         score_tile_size: int | None = None,
         standardize_features: bool = True,
@@ -221,6 +225,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
             alpha=alpha,
             top_k=top_k,
             smoothing_sigma=smoothing_sigma,
+            subtract_normal_map=subtract_normal_map,
             train_crop_size=train_crop_size,
             score_tile_size=score_tile_size,
             standardize_features=standardize_features,

@@ -49,8 +49,9 @@ class DiffADPostProcessor(PostProcessor):
 
     - **Fusion.** At the start of every validation it scores the first ``calibration_images`` normal
       *training* images (per category for a unified model; split over DDP ranks, moments all-reduced) and sets
-      the KL/feature fusion statistics (:meth:`AnomalyMapGenerator.set_moments`) from them, so no validation or
-      test image fits any part of the model, whatever the datamodule's validation split is.
+      the KL/feature fusion statistics (:meth:`AnomalyMapGenerator.set_moments`) from them, and the normal map
+      when the generator subtracts one, so no validation or test image fits any part of the model, whatever the
+      datamodule's validation split is.
     - **Thresholds** come from validation, as in every anomalib model: anomalib's F1-adaptive thresholds when
       the validation images include anomalies; with normals only (a split taken from train) the F1 threshold
       would be the largest normal score, so the thresholds are the ``normal_quantile`` of the normal image
@@ -127,7 +128,7 @@ class DiffADPostProcessor(PostProcessor):
 
     @torch.no_grad()
     def calibrate_fusion(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Set the fusion statistics from the component maps of normal training images (all DDP ranks)."""
+        """Set the fusion statistics (and normal map) from normal training images' component maps (all ranks)."""
         datamodule = getattr(trainer, "datamodule", None)
         dataset = getattr(datamodule, "train_data", None)
         if dataset is None or len(dataset) == 0:
@@ -141,16 +142,24 @@ class DiffADPostProcessor(PostProcessor):
         )
         generator = pl_module.model.anomaly_map_generator
         moments = torch.zeros(generator.num_classes or 1, 2, 3, dtype=torch.float64)
+        pixel_sums = torch.zeros(generator.num_classes or 1, 3, *pl_module.model.image_size, dtype=torch.float64)
         transform = getattr(pl_module.pre_processor, "transform", None)
         for batch in loader:
             images = batch.image.to(pl_module.device)
             labels = None if generator.num_classes is None else pl_module.class_labels(batch).to(pl_module.device)
             maps = pl_module.model.component_scores(transform(images) if transform else images, labels)
             moments += generator.moments(maps.kl, maps.feature, labels)
+            if generator.subtracts_normal_map:
+                pixel_sums += generator.pixel_sums(maps.kl, maps.feature, labels)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             moments = moments.to(pl_module.device)
             torch.distributed.all_reduce(moments)
+            if generator.subtracts_normal_map:
+                pixel_sums = pixel_sums.to(pl_module.device)
+                torch.distributed.all_reduce(pixel_sums)
         generator.set_moments(moments.cpu())
+        if generator.subtracts_normal_map:
+            generator.set_normal_map(pixel_sums.cpu())
         logger.info("Map fusion calibrated on %d normal training images (this rank's share).", len(indices))
 
     def on_validation_batch_end(

@@ -206,6 +206,8 @@ class DiffADModel(nn.Module):
         alpha: Weight of the KL map in the fused map.
         top_k: Pixels averaged into the image score.
         smoothing_sigma: Gaussian smoothing of the fused map (0: off).
+        subtract_normal_map: Subtract the calibration normals' mean fused map (see
+            :class:`~anomalib_diffad.anomaly_map.AnomalyMapGenerator`).
         train_crop_size: Side of the random training crops (``None``: full images). Their feature targets are
             cut from the whole image's target map (crops lie on its 4-pixel grid), so training predicts exactly
             the targets that scoring compares against.
@@ -240,6 +242,7 @@ class DiffADModel(nn.Module):
         alpha: float = 0.5,
         top_k: int = 64,
         smoothing_sigma: float = 0.0,
+        subtract_normal_map: bool = False,
         train_crop_size: int | None = None,
         score_tile_size: int | None = None,
         standardize_features: bool = True,
@@ -299,7 +302,12 @@ class DiffADModel(nn.Module):
         self.register_buffer("feature_channel_std", torch.ones(1, channels, 1, 1))
         self.register_buffer("feature_statistics_fitted", torch.tensor(False))
         self.num_classes = num_classes
-        self.anomaly_map_generator = AnomalyMapGenerator(alpha=alpha, sigma=smoothing_sigma, num_classes=num_classes)
+        self.anomaly_map_generator = AnomalyMapGenerator(
+            alpha=alpha,
+            sigma=smoothing_sigma,
+            num_classes=num_classes,
+            normal_map_size=self.image_size if subtract_normal_map else None,
+        )
         generator = torch.Generator().manual_seed(noise_seed)
         data_shape = (denoiser_args["data_channels"], *(side // self.feature_stride if space == "feature" else side for side in self.image_size))
         noise = torch.randn(len(self.score_timesteps), 1, *data_shape, generator=generator)

@@ -260,3 +260,74 @@ def test_smoothing_works_on_maps_smaller_than_the_kernel() -> None:
     generator = AnomalyMapGenerator(alpha=0.5, sigma=4.0)
     constant = torch.full((1, 1, 12, 12), 3.0)
     torch.testing.assert_close(generator(constant, constant), torch.full((1, 1, 12, 12), 3.0))
+
+
+# --------------------------------------------------------------------------------------------------
+# normal map (subtract_normal_map)
+# --------------------------------------------------------------------------------------------------
+def test_normal_map_is_off_by_default_and_not_in_the_state_dict() -> None:
+    """Without ``normal_map_size`` nothing is subtracted and checkpoints keep their keys."""
+    kl, feature = _maps(5)
+    generator = AnomalyMapGenerator(alpha=0.5)
+    assert not generator.subtracts_normal_map
+    assert "normal_map" not in generator.state_dict()
+    generator.calibrate(kl, feature)
+    torch.testing.assert_close(generator(kl, feature), generator.fuse(kl, feature))
+
+
+@pytest.mark.parametrize("sigma", [0.0, 2.0])
+def test_normal_map_is_the_mean_fused_map_of_the_calibration_images(sigma: float) -> None:
+    """After calibration each map is its fused map minus the calibration images' mean fused map (float64
+    reference), so the calibration images' maps average to 0 at every pixel."""
+    kl, feature = _maps(6, (5, 1, 12, 12))
+    kl[:, :, :, :3] += 5.0  # a band that every normal image scores high, as image borders do
+    generator = AnomalyMapGenerator(alpha=0.3, sigma=sigma, normal_map_size=(12, 12))
+    generator.calibrate(kl, feature)
+    plain = AnomalyMapGenerator(alpha=0.3, sigma=sigma)
+    plain.load_state_dict({key: value for key, value in generator.state_dict().items() if key != "normal_map"})
+    fused = plain(kl, feature).double()
+    torch.testing.assert_close(generator.normal_map[0].double(), fused.mean(0), rtol=1e-5, atol=1e-5)
+    out = generator(kl, feature).double()
+    torch.testing.assert_close(out, fused - fused.mean(0, keepdim=True), rtol=1e-5, atol=1e-5)
+    assert out.mean(0).abs().max() < 1e-5
+    assert fused[..., :3].mean() - fused[..., 6:].mean() > 0.4  # the band stood out before
+    assert abs(out[..., :3].mean() - out[..., 6:].mean()) < 1e-5
+
+
+def test_normal_map_pixel_sums_of_batches_add_up() -> None:
+    """Calibrating from summed per-batch (or per-rank) pixel sums equals calibrating on all images at once."""
+    kl, feature = _maps(7, (6, 1, 8, 8))
+    at_once = AnomalyMapGenerator(alpha=0.5, sigma=1.0, normal_map_size=(8, 8))
+    at_once.calibrate(kl, feature)
+    batched = AnomalyMapGenerator(alpha=0.5, sigma=1.0, normal_map_size=(8, 8))
+    batched.set_moments(batched.moments(kl[:2], feature[:2]) + batched.moments(kl[2:], feature[2:]))
+    batched.set_normal_map(batched.pixel_sums(kl[:2], feature[:2]) + batched.pixel_sums(kl[2:], feature[2:]))
+    torch.testing.assert_close(batched.normal_map, at_once.normal_map, rtol=1e-6, atol=1e-6)
+    assert at_once.normal_map.abs().max() > 0.1
+
+
+def test_normal_map_is_resized_to_the_map() -> None:
+    """A normal map calibrated at 8 x 8 is bilinearly resized to a 16 x 16 map before it is subtracted."""
+    generator = AnomalyMapGenerator(alpha=1.0, normal_map_size=(8, 8))
+    pattern = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)
+    generator.normal_map.copy_(pattern)
+    kl = torch.full((2, 1, 16, 16), 100.0)
+    expected = kl - torch.nn.functional.interpolate(pattern, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(generator(kl, torch.zeros_like(kl)), expected)
+    torch.testing.assert_close(generator(pattern, torch.zeros_like(pattern)), torch.zeros(1, 1, 8, 8))
+
+
+def test_normal_map_per_class_rows() -> None:
+    """A unified generator keeps one normal map per class; an image gets its own class's, an unseen class 0."""
+    generator = AnomalyMapGenerator(alpha=1.0, num_classes=3, normal_map_size=(2, 2))
+    labels = torch.tensor([0, 0, 2])
+    kl = torch.stack([torch.tensor([[0.0, 2.0], [0.0, 0.0]]), torch.tensor([[2.0, 4.0], [0.0, 0.0]]),
+                      torch.tensor([[0.0, 0.0], [0.0, 6.0]])])[:, None]
+    generator.calibrate(kl, torch.zeros_like(kl), labels)
+    assert generator.normal_map.shape == (3, 1, 2, 2)
+    assert generator.normal_map[1].abs().max() == 0  # class 1 had no images
+    mean0, std0 = kl[:2].mean(), kl[:2].std(unbiased=False)
+    torch.testing.assert_close(generator.normal_map[0, 0], (kl[:2, 0].mean(0) - mean0) / std0)
+    out = generator(kl, torch.zeros_like(kl), labels)
+    torch.testing.assert_close(out[:2].mean(0), torch.zeros(1, 2, 2), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[2], torch.zeros(1, 2, 2), rtol=0, atol=1e-6)  # its class's only image

@@ -17,6 +17,7 @@ from anomalib_diffad import DiffAD
 from anomalib_diffad.export import QUANTIZED_OP_TYPES
 from tests.helpers.engine import brick_datamodule, tiny_engine
 from tests.helpers.openvino import FP32
+from tests.helpers.presets import TINY_MODEL_ARGS
 
 PARITY_TOLERANCE = 1e-4
 INT8_MAP_TOLERANCE = 0.05  # mean error of the INT8_PTQ export's normalized maps against the FP32 Lightning path
@@ -135,6 +136,33 @@ def test_validate_recalibrates_identically(project: dict, dataset_root: Path) ->
     for name, value in model.state_dict().items():
         if name in calibrated:
             torch.testing.assert_close(value, stored[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_normal_map_is_calibrated_on_training_images_and_kept_in_the_checkpoint(
+    project: dict, dataset_root: Path, tmp_path: Path,
+) -> None:
+    """With ``subtract_normal_map`` validation sets the normal map to the mean fused map of the first training
+    images (recomputed here), the training images' maps then average to 0, and a checkpoint restores it."""
+    model = DiffAD(**(TINY_MODEL_ARGS | {"subtract_normal_map": True}))
+    state = torch.load(project["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+    assert model.load_state_dict(state, strict=False).missing_keys == ["model.anomaly_map_generator.normal_map"]
+    engine = _engine(tmp_path)
+    engine.validate(model=model, datamodule=_datamodule(dataset_root))
+    datamodule = _datamodule(dataset_root)
+    datamodule.setup()
+    count = min(model.post_processor.calibration_images, len(datamodule.train_data))
+    train = torch.stack([datamodule.train_data[i].image for i in range(count)])
+    generator = model.model.anomaly_map_generator
+    with torch.no_grad():
+        maps = model.model.eval().component_scores(model.pre_processor.transform(train))
+        fused = generator.fuse(maps.kl, maps.feature)
+        torch.testing.assert_close(generator.normal_map, fused.mean(0, keepdim=True), rtol=1e-4, atol=1e-4)
+        assert generator.normal_map.std() > 0.01
+        assert generator(maps.kl, maps.feature).mean(0).abs().max() < 1e-4
+    engine.trainer.save_checkpoint(tmp_path / "normal_map.ckpt")
+    restored = DiffAD.load_from_checkpoint(tmp_path / "normal_map.ckpt")
+    assert restored.model.anomaly_map_generator.subtracts_normal_map
+    torch.testing.assert_close(restored.model.anomaly_map_generator.normal_map, generator.normal_map)
 
 
 @pytest.fixture(scope="module")
