@@ -20,8 +20,9 @@ training images. Every model's post-processor runs without normalization, so the
 flattens maps), and F1 uses each model's own thresholds in raw units.
 
 For DiffAD the script also re-scores the same trained weights under other scoring settings (timesteps, alpha,
-smoothing): the ``scoring_ablation`` rows. Their fusion is calibrated on the same training images as the
-model's, so they are an analysis of settings, not a result tuned on the test set.
+smoothing, normal map off and on): the ``scoring_ablation`` rows. Their fusion (and normal map) is calibrated on
+the same training images as the model's, so they are an analysis of settings, not a result tuned on the test
+set.
 
 Example (MVTec 3D-AD tire, RGB; prints SKIP when the folder is absent):
     python benchmarks/quality/compare.py --root ../shared/data/mvtec3d --category tire \
@@ -159,14 +160,16 @@ def diffad_component_maps(model: DiffAD, dataloader: Iterable) -> dict[str, torc
 
 def score_variant(
     maps: dict, train_maps: dict, steps: list[int], alpha: float, sigma: float, top_k: int,
+    subtract_normal_map: bool = False,
 ) -> dict[str, float]:
-    """anomalib metrics of one scoring setting, its fusion calibrated on the training images' maps.
+    """anomalib metrics of one scoring setting, its fusion (and normal map) calibrated on the training images' maps.
 
     Besides the top-k mean of the fused map (DiffAD's image score), two other image scores: the map's
     maximum and the image's mean KL (an ELBO-like global score).
     """
     kl, feature = maps["kl"][steps].mean(0), maps["feature"][steps].mean(0)
-    generator = AnomalyMapGenerator(alpha=alpha, sigma=sigma)
+    size = tuple(kl.shape[-2:]) if subtract_normal_map else None
+    generator = AnomalyMapGenerator(alpha=alpha, sigma=sigma, normal_map_size=size)
     generator.calibrate(train_maps["kl"][steps].mean(0), train_maps["feature"][steps].mean(0))
     anomaly_map = generator(kl, feature)
     metrics = threshold_free_metrics(top_k_mean(anomaly_map, top_k), anomaly_map, maps["label"], maps["mask"])
@@ -193,16 +196,20 @@ def calibration_loader(model: DiffAD, datamodule: MVTecAD) -> DataLoader:
 
 
 def diffad_ablation(model: DiffAD, datamodule: MVTecAD) -> list[dict]:
-    """Re-score the trained DiffAD: passes (:func:`step_subsets`), alpha 0/0.5/1, smoothing sigma 0/4."""
+    """Re-score the trained DiffAD: passes (:func:`step_subsets`), alpha 0/0.5/1, smoothing sigma 0/4, without
+    and with the normal map subtracted."""
     timesteps = model.model.score_timesteps
     maps = diffad_component_maps(model, datamodule.test_dataloader())
     train_maps = diffad_component_maps(model, calibration_loader(model, datamodule))
     rows = []
-    for steps in step_subsets(timesteps):
-        for alpha in (0.0, 0.5, 1.0):
-            for sigma in (0.0, 4.0):
-                row = {"timesteps": [timesteps[i] for i in steps], "alpha": alpha, "sigma": sigma}
-                rows.append(row | score_variant(maps, train_maps, steps, alpha, sigma, model.model.top_k))
+    for subtract in (False, True):
+        for steps in step_subsets(timesteps):
+            for alpha in (0.0, 0.5, 1.0):
+                for sigma in (0.0, 4.0):
+                    row = {"timesteps": [timesteps[i] for i in steps], "alpha": alpha, "sigma": sigma,
+                           "subtract_normal_map": subtract}
+                    metrics = score_variant(maps, train_maps, steps, alpha, sigma, model.model.top_k, subtract)
+                    rows.append(row | metrics)
     return rows
 
 

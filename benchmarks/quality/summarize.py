@@ -62,13 +62,16 @@ def write_tables(runs: list[dict], folder: Path) -> None:
     ablated = [run for run in runs if run.get("scoring_ablation")]
     if ablated:
         lines += ["", "DiffAD scoring ablation on the same trained weights (fusion calibrated on the first 32 training images; threshold-free metrics on raw maps):", ""]
-        lines += ["| dataset | category | timesteps | alpha | sigma | " + " | ".join(METRICS[:3]) + " |"]
-        lines += ["|---" * 8 + "|"]
+        lines += ["| dataset | category | timesteps | alpha | sigma | normal map | " + " | ".join(METRICS[:3]) + " |"]
+        lines += ["|---" * 9 + "|"]
         for run in ablated:
             for row in run["scoring_ablation"]:
                 metrics = " | ".join(f"{row[key]:.3f}" for key in METRICS[:3])
                 steps = ",".join(map(str, row["timesteps"]))
-                lines.append(f"| {run['dataset']} | {run['category']} | {steps} | {row['alpha']} | {row['sigma']} | {metrics} |")
+                subtract = "subtracted" if row.get("subtract_normal_map") else "off"
+                lines.append(
+                    f"| {run['dataset']} | {run['category']} | {steps} | {row['alpha']} | {row['sigma']} | {subtract} | {metrics} |",
+                )
     lines += ["", "Commands (one per model; `compare.py` runs them all):", ""]
     lines += [f"    {run['command']}" for run in runs]
     (folder / "summary.md").write_text("\n".join(lines) + "\n")
