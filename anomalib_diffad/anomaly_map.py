@@ -81,6 +81,13 @@ class AnomalyMapGenerator(nn.Module):
         if normal_map_size is not None:
             self.register_buffer("normal_map", torch.zeros(num_classes or 1, 1, *normal_map_size))
 
+    def _group_labels(self, count: int, class_labels: torch.Tensor | None) -> torch.Tensor:
+        """Each map's calibration group on the CPU: its class label, or 0 without classes."""
+        if self.num_classes is not None and class_labels is None:
+            msg = f"A generator with num_classes={self.num_classes} calibrates per class: pass class_labels."
+            raise ValueError(msg)
+        return torch.zeros(count, dtype=torch.long) if class_labels is None else class_labels.long().cpu()
+
     def moments(
         self,
         kl_maps: torch.Tensor,
@@ -91,12 +98,8 @@ class AnomalyMapGenerator(nn.Module):
 
         Moments of several batches (or ranks) add up; :meth:`set_moments` turns their sum into the statistics.
         """
-        groups = 1 if self.num_classes is None else self.num_classes
-        if self.num_classes is not None and class_labels is None:
-            msg = f"A generator with num_classes={self.num_classes} calibrates per class: pass class_labels."
-            raise ValueError(msg)
-        labels = torch.zeros(len(kl_maps), dtype=torch.long) if class_labels is None else class_labels.long().cpu()
-        result = torch.zeros(groups, 2, 3, dtype=torch.float64)
+        labels = self._group_labels(len(kl_maps), class_labels)
+        result = torch.zeros(self.num_classes or 1, 2, 3, dtype=torch.float64)
         for component, maps in enumerate((kl_maps, feature_maps)):
             per_image = maps.detach().double().flatten(1).cpu()
             for group in labels.unique().tolist():
@@ -129,7 +132,7 @@ class AnomalyMapGenerator(nn.Module):
 
         Sums of several batches (or ranks) add up; :meth:`set_normal_map` turns them into the normal map.
         """
-        labels = torch.zeros(len(kl_maps), dtype=torch.long) if class_labels is None else class_labels.long().cpu()
+        labels = self._group_labels(len(kl_maps), class_labels)
         maps = torch.cat([torch.ones_like(kl_maps), kl_maps, feature_maps], dim=1).detach().double().cpu()
         result = torch.zeros(self.num_classes or 1, 3, *maps.shape[-2:], dtype=torch.float64)
         return result.index_add_(0, labels, maps)
