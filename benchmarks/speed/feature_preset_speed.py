@@ -7,7 +7,8 @@ Random weights and images: time does not depend on them. PatchCore's memory bank
 (1% coreset of the 210 tire training images: 1719). Every figure is the median of ``--repeats`` runs after one
 warm-up, with ``torch.get_num_threads()`` threads (``OMP_NUM_THREADS``). Writes ``<out>/feature_preset_speed.json``
 and ``.png`` (``--latency-only``: only the test latencies of the feature preset and PatchCore, into
-``<out>/feature_preset_latency.json`` and ``.png``).
+``<out>/feature_preset_latency.json`` and ``.png``; with ``--score-timesteps``, other scoring passes, into
+``feature_preset_latency_<n>_passes.json``).
 
 Example:
     OMP_NUM_THREADS=2 python benchmarks/speed/feature_preset_speed.py --out benchmarks/speed/results
@@ -32,9 +33,12 @@ from anomalib_diffad.provenance import recorded_command
 REPO = Path(__file__).resolve().parents[2]
 
 
-def preset(name: str, size: int) -> DiffAD:
-    """A DiffAD preset from ``configs/<name>.yaml`` at ``size`` px, random weights, calibrated to finite values."""
+def preset(name: str, size: int, score_timesteps: list[int] | None = None) -> DiffAD:
+    """A DiffAD preset from ``configs/<name>.yaml`` at ``size`` px (other scoring passes when given), random
+    weights, calibrated to finite values."""
     args = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())["model"]["init_args"]
+    if score_timesteps:
+        args["score_timesteps"] = score_timesteps
     model = DiffAD(**(args | {"image_size": size, "pretrained_weights": None}))
     for buffer in ("_image_threshold", "_pixel_threshold", "image_min", "pixel_min"):
         getattr(model.post_processor, buffer).fill_(0.0)
@@ -85,6 +89,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "speed" / "results")
     parser.add_argument("--latency-only", action="store_true", help="skip training steps and the pixel preset")
+    parser.add_argument("--score-timesteps", type=int, nargs="+", default=None,
+                        help="--latency-only: the feature preset's scoring passes instead of its own")
     args = parser.parse_args()
     torch.manual_seed(0)
     size, repeats = args.size, args.repeats
@@ -92,7 +98,7 @@ def main() -> None:
     rows = []
     presets = (("diffad_feature", 16),) if args.latency_only else (("diffad", 8), ("diffad_feature", 16))
     for name, batch in presets:
-        model = preset(name, size)
+        model = preset(name, size, args.score_timesteps if args.latency_only else None)
         for bf16 in () if args.latency_only else (False, True):
             seconds = train_step_seconds(model, batch, size, bf16, repeats)
             rows.append({"what": "train step", "model": name, "batch": batch, "bf16_autocast": bf16, "seconds": seconds})
@@ -115,12 +121,15 @@ def main() -> None:
     result = {
         "size": size,
         "threads": torch.get_num_threads(),
+        "feature_preset_score_timesteps": list(preset("diffad_feature", 32, args.score_timesteps).model.score_timesteps),
         "machine": platform.processor() or platform.machine(),
         "rows": rows,
         "command": recorded_command(sys.argv, REPO),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "feature_preset_latency" if args.latency_only else "feature_preset_speed"
+    if args.latency_only and args.score_timesteps:
+        stem += f"_{len(args.score_timesteps)}_passes"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
         print(row)
