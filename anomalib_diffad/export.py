@@ -5,7 +5,8 @@
 :class:`DiffADExportMixin` overrides anomalib's ``ExportMixin`` methods; :class:`~anomalib_diffad.DiffAD` inherits
 it before ``AnomalibModule``. The ONNX and OpenVINO graphs take images of any size (or a fixed ``input_size``)
 and any batch; a unified model writes one graph per category; the OpenVINO outputs keep their
-``InferenceBatch`` names; INT8 quantization touches only convolutions and matrix products.
+``InferenceBatch`` names; INT8 quantization touches only convolutions and matrix products, INT8 weight
+compression every weight but the input resize's.
 """
 
 import logging
@@ -22,6 +23,7 @@ from anomalib_diffad.pre_processor import resizes_to_fixed_size
 
 if TYPE_CHECKING:
     import openvino
+    from anomalib.deploy import CompressionType
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,20 @@ def checked_input_size(input_size: Sequence[int]) -> tuple[int, int]:
         )
         raise ValueError(msg)
     return (size[0], size[1])
+
+
+def image_resize_products(model: "openvino.Model") -> list[str]:
+    """Names of the ``MatMul`` operations on 4-D tensors: the pre-processor's resize to the model's size.
+
+    The graph resizes an image of any size with products by interpolation matrices that depend on its size.
+    Compressing those to INT8 gains nothing, and OpenVINO 2026.4's CPU plugin refuses to compile a
+    weight-compressed product of a 4-D input ("Check 'any_of(scale.size(), OC, 1U)' failed").
+    """
+    return [
+        op.get_friendly_name()
+        for op in model.get_ops()
+        if op.get_type_name() == "MatMul" and any(op.input(i).get_partial_shape().rank.get_length() == 4 for i in range(2))
+    ]
 
 
 class DiffADExportMixin:
@@ -162,6 +178,23 @@ class DiffADExportMixin:
             renamed.replace(path)
             renamed.with_suffix(".bin").replace(path.with_suffix(".bin"))
         return path
+
+    def _compress_ov_model(
+        self,
+        model: "openvino.Model",
+        compression_type: "CompressionType | None" = None,
+        datamodule: AnomalibDataModule | None = None,
+        *args: Any,  # noqa: ANN401
+        **kwargs: Any,  # noqa: ANN401
+    ) -> "openvino.Model":
+        """anomalib's NNCF compression; INT8 weight compression leaves the input resize (:func:`image_resize_products`)."""
+        from anomalib.deploy import CompressionType  # noqa: PLC0415
+
+        if compression_type != CompressionType.INT8:
+            return super()._compress_ov_model(model, compression_type, datamodule, *args, **kwargs)
+        import nncf  # noqa: PLC0415
+
+        return nncf.compress_weights(model, ignored_scope=nncf.IgnoredScope(names=image_resize_products(model)))
 
     def _post_training_quantization_ov(
         self,

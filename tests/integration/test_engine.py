@@ -438,6 +438,45 @@ def test_int8_post_training_quantization(
     assert np.mean(np.equal(labels, reference_labels)) >= 0.75, (labels, reference_labels)
 
 
+def test_int8_weight_compression_compiles_and_stays_close(
+    project: dict,
+    predictions: dict,
+    tiny_model_args: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--compression_type INT8`` with a fixed ``--input_size`` stores the network's weights in int8 but not
+    the input resize's matrices, which are then constants (OpenVINO 2026.4 could not compile the model when
+    they were int8: "any_of(scale.size(), OC, 1U)"), compiles, and gives the FP32 Lightning outputs within the
+    INT8 tolerances."""
+    import openvino as ov
+
+    from anomalib_diffad.export import image_resize_products
+
+    path = _engine(project["root_dir"]).export(
+        model=DiffAD(**tiny_model_args),
+        export_type=ExportType.OPENVINO,
+        export_root=tmp_path,
+        ckpt_path=project["ckpt"],
+        compression_type=CompressionType.INT8,
+        input_size=(64, 64),
+    )
+    model = ov.Core().read_model(path)
+    int8_weights = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.u8]
+    assert len(int8_weights) > 20
+    resize = set(image_resize_products(model))
+    assert resize
+    for op in model.get_ops():
+        if op.get_friendly_name() in resize:  # its weight input is a float constant, not a decompressed int8 one
+            assert all(op.input_value(i).get_node().get_type_name() != "Multiply" for i in range(2))
+    monkeypatch.chdir(tmp_path)
+    inferencer = OpenVINOInferencer(path, device="CPU", config=FP32)
+    for image_path, expected in predictions.items():
+        result = inferencer.predict(image_path)
+        assert np.abs(_flat(result.anomaly_map) - _flat(expected["anomaly_map"])).mean() < INT8_MAP_TOLERANCE
+        assert np.abs(_flat(result.pred_score) - _flat(expected["pred_score"])).item() < INT8_SCORE_TOLERANCE
+
+
 def test_int8_post_training_quantization_requires_calibration(dataset_root: Path, tiny_model_args: dict) -> None:
     """An uncalibrated model (NaN thresholds) is refused with a message, before any export work."""
     with pytest.raises(ValueError, match="needs a calibrated model"):
