@@ -61,6 +61,27 @@ def image_resize_products(model: "openvino.Model") -> list[str]:
     ]
 
 
+def keep_resize_products_in_float(model: "openvino.Model") -> None:
+    """Give the input resize's products their interpolation matrices back in float32 after FP16 compression.
+
+    With a fixed ``input_size`` those matrices are constants, FP16 compression stores them as ``f16`` behind a
+    ``Convert``, and OpenVINO 2026.4's CPU plugin then refuses to compile the model (as for INT8, see
+    :func:`image_resize_products`).
+    """
+    import numpy as np  # noqa: PLC0415
+    from openvino import op as ov_op  # noqa: PLC0415
+
+    resize = set(image_resize_products(model))
+    for node in model.get_ops():
+        if node.get_friendly_name() not in resize:
+            continue
+        for index in range(2):
+            source = node.input_value(index).get_node()
+            if source.get_type_name() == "Convert" and source.input_value(0).get_node().get_type_name() == "Constant":
+                matrix = source.input_value(0).get_node().get_data().astype(np.float32)
+                node.input(index).replace_source_output(ov_op.Constant(matrix).output(0))
+
+
 class DiffADExportMixin:
     """Export overrides of :class:`~anomalib_diffad.DiffAD`; list it before ``AnomalibModule`` in the bases.
 
@@ -167,6 +188,8 @@ class DiffADExportMixin:
             raise ValueError(msg)
         path = super().to_openvino(export_root, model_file_name, input_size, **kwargs)
         model = ov.Core().read_model(path)
+        if kwargs.get("compression_type") == CompressionType.FP16:
+            keep_resize_products_in_float(model)
         for output in model.outputs:
             names = output.get_names() & set(InferenceBatch._fields)
             if len(names) == 1:

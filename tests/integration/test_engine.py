@@ -438,17 +438,20 @@ def test_int8_post_training_quantization(
     assert np.mean(np.equal(labels, reference_labels)) >= 0.75, (labels, reference_labels)
 
 
-def test_int8_weight_compression_compiles_and_stays_close(
+@pytest.mark.parametrize(("compression", "stored"), [(CompressionType.INT8, "u8"), (CompressionType.FP16, "f16")])
+def test_weight_compression_at_a_fixed_size_compiles_and_stays_close(  # noqa: PLR0913
     project: dict,
     predictions: dict,
     tiny_model_args: dict,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    compression: CompressionType,
+    stored: str,
 ) -> None:
-    """``--compression_type INT8`` with a fixed ``--input_size`` stores the network's weights in int8 but not
-    the input resize's matrices, which are then constants (OpenVINO 2026.4 could not compile the model when
-    they were int8: "any_of(scale.size(), OC, 1U)"), compiles, and gives the FP32 Lightning outputs within the
-    INT8 tolerances."""
+    """``--compression_type INT8`` or ``FP16`` with a fixed ``--input_size`` compresses the network's weights
+    but not the input resize's matrices, which are then constants (OpenVINO 2026.4 could not compile the model
+    when they were compressed: "any_of(scale.size(), OC, 1U)"), compiles, and gives the FP32 Lightning
+    outputs within the INT8 tolerances."""
     import openvino as ov
 
     from anomalib_diffad.export import image_resize_products
@@ -458,17 +461,17 @@ def test_int8_weight_compression_compiles_and_stays_close(
         export_type=ExportType.OPENVINO,
         export_root=tmp_path,
         ckpt_path=project["ckpt"],
-        compression_type=CompressionType.INT8,
+        compression_type=compression,
         input_size=(64, 64),
     )
     model = ov.Core().read_model(path)
-    int8_weights = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.u8]
-    assert len(int8_weights) > 20
-    resize = set(image_resize_products(model))
+    compressed = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == stored]
+    assert len(compressed) > 20
+    resize = [op for op in model.get_ops() if op.get_friendly_name() in set(image_resize_products(model))]
     assert resize
-    for op in model.get_ops():
-        if op.get_friendly_name() in resize:  # its weight input is a float constant, not a decompressed int8 one
-            assert all(op.input_value(i).get_node().get_type_name() != "Multiply" for i in range(2))
+    for op in resize:  # float32 constants straight in, no decompression
+        sources = [op.input_value(i).get_node() for i in range(2)]
+        assert any(node.get_type_name() == "Constant" and node.get_element_type() == ov.Type.f32 for node in sources)
     monkeypatch.chdir(tmp_path)
     inferencer = OpenVINOInferencer(path, device="CPU", config=FP32)
     for image_path, expected in predictions.items():
