@@ -229,7 +229,8 @@ class DiffADExportMixin:
         anomalib's version lets NNCF quantize every operation it supports, including the elementwise
         arithmetic of the reverse-posterior KL (log-variances, squared differences) and of the
         post-processor's normalization. Here everything but ``Convolution``, ``GroupConvolution`` and
-        ``MatMul`` (nearly all of the compute) stays in floating point. Calibrates on the validation images,
+        ``MatMul`` (nearly all of the compute) stays in floating point, and so do the input resize's products
+        (:func:`image_resize_products`). Calibrates on the validation images,
         as anomalib does; a unified model's graph on those of its selected category when the datamodule is a
         ``MultiCategory``.
 
@@ -262,6 +263,6 @@ class DiffADExportMixin:
             model,
             nncf.Dataset(dataloader, lambda batch: batch["image"]),
             subset_size=len(dataloader),
-            ignored_scope=nncf.IgnoredScope(types=ignored, validate=False),
+            ignored_scope=nncf.IgnoredScope(types=ignored, names=image_resize_products(model), validate=False),
         )
 

@@ -438,20 +438,24 @@ def test_int8_post_training_quantization(
     assert np.mean(np.equal(labels, reference_labels)) >= 0.75, (labels, reference_labels)
 
 
-@pytest.mark.parametrize(("compression", "stored"), [(CompressionType.INT8, "u8"), (CompressionType.FP16, "f16")])
+@pytest.mark.parametrize(
+    ("compression", "stored"),
+    [(CompressionType.INT8, "u8"), (CompressionType.FP16, "f16"), (CompressionType.INT8_PTQ, "i8")],
+)
 def test_weight_compression_at_a_fixed_size_compiles_and_stays_close(  # noqa: PLR0913
     project: dict,
     predictions: dict,
+    dataset_root: Path,
     tiny_model_args: dict,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     compression: CompressionType,
     stored: str,
 ) -> None:
-    """``--compression_type INT8`` or ``FP16`` with a fixed ``--input_size`` compresses the network's weights
-    but not the input resize's matrices, which are then constants (OpenVINO 2026.4 could not compile the model
-    when they were compressed: "any_of(scale.size(), OC, 1U)"), compiles, and gives the FP32 Lightning
-    outputs within the INT8 tolerances."""
+    """``--compression_type INT8``, ``FP16`` or ``INT8_PTQ`` with a fixed ``--input_size`` compresses the
+    network's weights but not the input resize's matrices, which are then constants (OpenVINO 2026.4 could not
+    compile the model when they were compressed or quantized: "any_of(scale.size(), OC, 1U)", "data.size() ==
+    OC"), compiles, and gives the FP32 Lightning outputs within the INT8 tolerances."""
     import openvino as ov
 
     from anomalib_diffad.export import image_resize_products
@@ -463,6 +467,7 @@ def test_weight_compression_at_a_fixed_size_compiles_and_stays_close(  # noqa: P
         ckpt_path=project["ckpt"],
         compression_type=compression,
         input_size=(64, 64),
+        datamodule=_datamodule(dataset_root),
     )
     model = ov.Core().read_model(path)
     compressed = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == stored]
