@@ -36,13 +36,14 @@ OV_VARIANTS = ("openvino_fp32", "openvino_fp16", "openvino_int8", "openvino_int8
 
 
 def datamodule(args: argparse.Namespace, size: int):  # noqa: ANN201
-    """MVTecAD on ``--data-root``/``--category`` with test images resized to ``size``."""
+    """MVTecAD on ``--data-root``/``--category`` with images resized to ``size``; validation (INT8 PTQ's
+    calibration images) is 20% of the training normals, never the test set."""
     from anomalib.data import MVTecAD
     from torchvision.transforms.v2 import Resize
 
     data = MVTecAD(
         root=args.data_root, category=args.category, train_batch_size=8, eval_batch_size=8, num_workers=0,
-        augmentations=Resize((size, size), antialias=True),
+        augmentations=Resize((size, size), antialias=True), val_split_mode="from_train", val_split_ratio=0.2,
     )
     data.setup()
     return data
