@@ -195,6 +195,16 @@ def calibration_loader(model: DiffAD, datamodule: MVTecAD) -> DataLoader:
     return DataLoader(Subset(train, indices), batch_size=8, collate_fn=train.collate_fn)
 
 
+def load_diffad_checkpoint(config: Path, ckpt: Path, image_size: int, **overrides: object) -> DiffAD:
+    """DiffAD of the preset ``config`` at ``image_size`` (other init arguments from ``overrides``) with the
+    weights and calibration of ``ckpt`` (a ``calibrated checkpoint`` of this script); buffers the checkpoint
+    lacks keep their initial values."""
+    preset = yaml.safe_load(config.read_text())["model"]["init_args"] | {"image_size": image_size} | overrides
+    model = DiffAD(**preset)
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"], strict=False)
+    return model
+
+
 def diffad_ablation(model: DiffAD, datamodule: MVTecAD) -> list[dict]:
     """Re-score the trained DiffAD: passes (:func:`step_subsets`), alpha 0/0.5/1, smoothing sigma 0/4, without
     and with the normal map subtracted."""

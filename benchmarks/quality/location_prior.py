@@ -31,16 +31,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-import yaml
 from anomalib import PrecisionType
 from anomalib.data import MVTecAD
 from anomalib.models import AnomalibModule
 
-from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import top_k_mean
 from anomalib_diffad.baselines import lite0_patchcore
 from anomalib_diffad.provenance import recorded_command, relative_path
-from compare import REPO, threshold_free_metrics  # same folder: the script's directory is on sys.path
+from compare import REPO, load_diffad_checkpoint, threshold_free_metrics  # same folder: the script's directory is on sys.path
 
 TOP_K = 64
 """Pixels averaged into the image score of a residual map (DiffAD's default ``top_k``)."""
@@ -91,14 +89,6 @@ def decompose(name: str, model: AnomalibModule, datamodule: MVTecAD) -> list[dic
     ]
 
 
-def load_diffad(ckpt: Path, config: Path, image_size: int) -> DiffAD:
-    """DiffAD of ``config`` at ``image_size`` with the weights and calibration of ``ckpt``."""
-    preset = yaml.safe_load(config.read_text())["model"]["init_args"] | {"image_size": image_size}
-    model = DiffAD(**preset)
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"], strict=False)
-    return model
-
-
 def load_patchcore(ckpt: Path, image_size: int) -> AnomalibModule:
     """Lite0 PatchCore (``compare.py``'s) with the memory bank of ``ckpt``."""
     with torch.serialization.safe_globals([PrecisionType]):  # in the hyperparameters anomalib saves
@@ -143,7 +133,7 @@ def main() -> None:
     print(json.dumps(rows[-1]), flush=True)
     models = {}
     if args.diffad:
-        models[f"DiffAD ({relative_path(args.diffad_config, REPO)})"] = load_diffad(args.diffad, args.diffad_config, args.image_size)
+        models[f"DiffAD ({relative_path(args.diffad_config, REPO)})"] = load_diffad_checkpoint(args.diffad_config, args.diffad, args.image_size)
     if args.patchcore:
         models["PatchCore"] = load_patchcore(args.patchcore, args.image_size)
     for name, model in models.items():

@@ -18,13 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-import yaml
 from anomalib.data import MVTecAD
 
-from anomalib_diffad import DiffAD
 from anomalib_diffad.provenance import recorded_command, relative_path
-from compare import REPO, calibration_loader, diffad_component_maps, score_variant  # same folder: the script's directory is on sys.path
+from compare import REPO, calibration_loader, diffad_component_maps, load_diffad_checkpoint, score_variant  # same folder: the script's directory is on sys.path
 
 
 def main() -> None:
@@ -37,9 +34,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    preset = yaml.safe_load(args.config.read_text())["model"]["init_args"] | {"image_size": args.image_size}
-    model = DiffAD(**preset)
-    model.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=True)["state_dict"], strict=False)
+    model = load_diffad_checkpoint(args.config, args.ckpt, args.image_size)
     datamodule = MVTecAD(root=args.root, category=args.category, eval_batch_size=8, num_workers=0, seed=0,
                          val_split_mode="from_train", val_split_ratio=0.2)
     datamodule.setup()

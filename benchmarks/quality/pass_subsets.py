@@ -20,13 +20,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-import yaml
 from anomalib.data import MVTecAD
 
-from anomalib_diffad import DiffAD
 from anomalib_diffad.provenance import recorded_command, relative_path
-from compare import REPO, calibration_loader, diffad_component_maps, score_variant  # same folder: the script's directory is on sys.path
+from compare import REPO, calibration_loader, diffad_component_maps, load_diffad_checkpoint, score_variant  # same folder: the script's directory is on sys.path
 
 
 def subsets(timesteps: tuple[int, ...]) -> dict[str, list[int]]:
@@ -52,12 +49,8 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    preset = yaml.safe_load(args.config.read_text())["model"]["init_args"] | {"image_size": args.image_size}
-    if args.score_timesteps:
-        preset["score_timesteps"] = args.score_timesteps
-    model = DiffAD(**preset)
-    state = torch.load(args.ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict(state, strict=False)
+    overrides = {"score_timesteps": args.score_timesteps} if args.score_timesteps else {}
+    model = load_diffad_checkpoint(args.config, args.ckpt, args.image_size, **overrides)
     datamodule = MVTecAD(root=args.root, category=args.category, eval_batch_size=8, num_workers=0,
                          val_split_mode="from_train", val_split_ratio=0.2)
     datamodule.setup()
