@@ -81,14 +81,18 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
 
     Args:
         image_size: Size the images are resized to (inside the exported graph too, which takes any size).
-        space: Where the DDPM runs: ``"pixel"`` (the paper; the default) or ``"feature"`` (on the frozen
-            backbone's standardized features at 1/8 resolution, whole images; see
-            :class:`~anomalib_diffad.torch_model.DiffADModel` and ``configs/diffad_feature.yaml``).
+        space: Where the DDPM runs: ``"pixel"`` (the paper; the default), ``"feature"`` (a UNet on the frozen
+            backbone's standardized features at 1/8 resolution; ``configs/diffad_feature.yaml``) or ``"patch"``
+            (a per-position MLP on locally pooled patch features; ``configs/diffad_patch.yaml``); see
+            :mod:`anomalib_diffad.spaces`.
         block_out_channels: UNet channels per resolution level.
         layers_per_block: UNet residual blocks per level.
         attention_levels: UNet levels with self-attention (0 = full resolution).
         attention_head_dim: Channels per attention head.
         norm_num_groups: GroupNorm groups.
+        mlp_width: Channels of the patch space's MLP denoiser.
+        mlp_blocks: Residual blocks of the patch space's MLP denoiser.
+        feature_pool: Patch space: side of the average pooling of each feature layer (PatchCore's 3).
         num_classes: UNet class embeddings (``None``: unconditional). With it, DiffAD is one unified model for
             several categories: each image's category index (from a
             :class:`~anomalib_diffad.data.multi.MultiCategory` batch, or :meth:`select_category`) selects the
@@ -154,6 +158,9 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         attention_levels: Sequence[int] = (3,),
         attention_head_dim: int = 32,
         norm_num_groups: int = 16,
+        mlp_width: int = 256,
+        mlp_blocks: int = 3,
+        feature_pool: int = 3,
         num_classes: int | None = None,
         categories: Sequence[str] | None = None,
         category: str | int | None = None,
@@ -217,6 +224,9 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
             attention_levels=attention_levels,
             attention_head_dim=attention_head_dim,
             norm_num_groups=norm_num_groups,
+            mlp_width=mlp_width,
+            mlp_blocks=mlp_blocks,
+            feature_pool=feature_pool,
             num_classes=num_classes,
             backbone=backbone,
             layers=layers,
@@ -231,7 +241,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
             standardize_features=standardize_features,
             noise_seed=noise_seed,
         )
-        self.loss = DiffADLoss(self.model.schedule, simple_weight, vb_weight, feature_weight, discrete=space == "pixel")
+        self.loss = DiffADLoss(self.model.schedule, simple_weight, vb_weight, feature_weight, discrete=self.model.diffusion_space.discrete)
         self.pretrained_weights = pretrained_weights
         self.lr = lr
         self.weight_decay = weight_decay
@@ -557,7 +567,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
                 diffuses features.
         """
         if self.model.space != "pixel":
-            msg = "Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features (space='feature')."
+            msg = f"Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features (space={self.model.space!r})."
             raise ValueError(msg)
         labels = None
         if self.model.num_classes is None:

@@ -5,7 +5,8 @@
 import pytest
 import torch
 
-from anomalib_diffad.torch_model import DiffADModel, aligned_crop_offsets, crop_at, tile_offsets
+from anomalib_diffad.spaces.pixel import aligned_crop_offsets, crop_at, tile_offsets
+from anomalib_diffad.torch_model import DiffADModel
 
 TINY = {
     "image_size": (32, 32),
@@ -118,7 +119,7 @@ def test_crop_training_targets_equal_the_whole_image_targets_at_that_place() -> 
     model.train()
     images = _images(4, size=64, seed=5)
     outputs = model(images)
-    assert model.crop_grid == 4  # the stride of the feature targets
+    assert model.diffusion_space.crop_grid == 4  # the stride of the feature targets
     whole = model.target_features(images)
     for index in range(4):
         matches = [
@@ -156,7 +157,7 @@ def test_tiled_scoring_averages_the_denoiser_over_overlapping_tiles() -> None:
     tiled = DiffADModel(**TINY | {"image_size": (64, 64)}, score_tile_size=32).eval()
     xt, t = _images(2, 64), torch.tensor([20, 400])
     with torch.no_grad():
-        output = tiled.tiled_denoise(xt, t, None)
+        output = tiled.diffusion_space.tiled_denoise(tiled.ema_denoiser, xt, t, None)
         corner = tiled.ema_denoiser(xt[..., :32, :32], t)
         corners = [(top, left) for top in (16, 32) for left in (16, 32)]  # the four tiles over [32:48, 32:48]
         middle = [tiled.ema_denoiser(xt[..., top : top + 32, left : left + 32], t) for top, left in corners]
@@ -210,7 +211,7 @@ def test_component_scores_returns_both_maps(model: DiffADModel) -> None:
 def test_training_outputs_shapes(model: DiffADModel) -> None:
     """Train mode crops, noises and predicts epsilon, variance and quarter-resolution features."""
     model.train()
-    model.train_crop_size = 16
+    model.diffusion_space.train_crop_size = 16
     outputs = model(_images(2))
     channels = sum(model.feature_extractor.out_dims)
     assert outputs.x0.shape == outputs.xt.shape == outputs.noise.shape == (2, 3, 16, 16)

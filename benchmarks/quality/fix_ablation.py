@@ -35,7 +35,8 @@ from anomalib_diffad import diffusion
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.provenance import recorded_command
 from anomalib_diffad.diffusion import q_sample
-from anomalib_diffad.torch_model import DiffADModel, TrainOutput, aligned_crop_offsets, crop_at
+from anomalib_diffad.spaces.pixel import aligned_crop_offsets, crop_at
+from anomalib_diffad.torch_model import DiffADModel, TrainOutput
 from compare import REPO, build_model, calibration_loader, diffad_component_maps, threshold_free_metrics  # same folder: the script's directory is on sys.path
 
 VARIANTS = ("fixed", "crop_targets", "clipped_vb")
@@ -44,7 +45,7 @@ VARIANTS = ("fixed", "crop_targets", "clipped_vb")
 def crop_target_outputs(self: DiffADModel, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> TrainOutput:
     """Training outputs as before point 1: the targets are the features of the crop, computed on the crop."""
     size = self.train_crop_size
-    tops, lefts = aligned_crop_offsets(images.shape[0], images.shape[-2:], size, self.crop_grid)
+    tops, lefts = aligned_crop_offsets(images.shape[0], images.shape[-2:], size, self.diffusion_space.crop_grid)
     x0 = crop_at(images, tops, lefts, size)
     with torch.no_grad():
         target = self.target_features(x0)
@@ -120,7 +121,7 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
         "fusion_on_test_normals": calibrated_metrics(model, test, test_normals),
     }
     if args.tile:  # the same weights scored in overlapping tiles (point 1's GroupNorm/attention question)
-        model.model.score_tile_size = args.tile
+        model.model.diffusion_space.score_tile_size = args.tile
         start = time.perf_counter()
         tiled = diffad_component_maps(model, datamodule.test_dataloader())
         row["tiled_test_seconds"] = round(time.perf_counter() - start, 1)

@@ -1,0 +1,161 @@
+# Copyright (C) 2026 anomalib-diffad authors
+# SPDX-License-Identifier: Apache-2.0
+"""The patch space: a per-position denoiser, the paper's posterior KL in closed form, determinism."""
+
+import math
+
+import pytest
+import torch
+
+from anomalib_diffad.diffusion import DiffusionSchedule, posterior_kl_map, q_sample
+from anomalib_diffad.spaces import DenoiserOutput, PatchDenoiser
+from anomalib_diffad.torch_model import DiffADModel
+
+PATCH = {
+    "space": "patch",
+    "image_size": (64, 64),
+    "layers": ("blocks.2", "blocks.4"),
+    "mlp_width": 32,
+    "mlp_blocks": 2,
+    "score_timesteps": (25, 100, 25),
+}
+
+
+def _images(count: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(count, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-zero weights everywhere (the output layers start at zero), reproducibly."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+
+
+def test_the_denoiser_sees_one_position_at_a_time() -> None:
+    """Changing one position's input changes that position's outputs and no other position's, exactly."""
+    torch.manual_seed(0)
+    denoiser = PatchDenoiser(data_channels=6, width=16, num_blocks=2).eval()
+    _randomize(denoiser)
+    xt, t = torch.randn(2, 6, 5, 7), torch.tensor([10, 700])
+    changed = xt.clone()
+    changed[1, :, 2, 3] += 5.0
+    with torch.no_grad():
+        before, after = denoiser(xt, t), denoiser(changed, t)
+    for name in ("eps", "v"):
+        difference = (getattr(before, name) - getattr(after, name)).abs().sum(dim=1)
+        assert difference[1, 2, 3] > 1e-3
+        difference[1, 2, 3] = 0
+        assert torch.equal(difference, torch.zeros_like(difference)), name
+
+
+def test_the_denoiser_is_conditioned_on_timestep_and_class() -> None:
+    """The same vector at another timestep, or of another class, gets another prediction."""
+    denoiser = PatchDenoiser(data_channels=4, width=16, num_blocks=1, num_classes=3).eval()
+    _randomize(denoiser, seed=1)
+    xt = torch.randn(1, 4, 2, 2)
+    with torch.no_grad():
+        reference = denoiser(xt, torch.tensor([50]), torch.tensor([0])).eps
+        later = denoiser(xt, torch.tensor([500]), torch.tensor([0])).eps
+        other_class = denoiser(xt, torch.tensor([50]), torch.tensor([2])).eps
+    assert (reference - later).abs().max() > 1e-3
+    assert (reference - other_class).abs().max() > 1e-3
+
+
+def _closed_form_kl_bits(x0: torch.Tensor, xt: torch.Tensor, t: int, eps: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))`` in bits, from the betas alone, in float64."""
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    alphas_bar = torch.cumprod(1 - betas, 0)
+    beta, bar, bar_prev = betas[t], alphas_bar[t], alphas_bar[t - 1]
+    x0, xt, eps, v = (value.double() for value in (x0, xt, eps, v))
+    posterior_var = beta * (1 - bar_prev) / (1 - bar)
+
+    def mean(start: torch.Tensor) -> torch.Tensor:
+        return (beta * bar_prev.sqrt() * start + (1 - bar_prev) * (1 - beta).sqrt() * xt) / (1 - bar)
+
+    x0_model = (xt - (1 - bar).sqrt() * eps) / bar.sqrt()
+    frac = (v + 1) / 2
+    model_log_var = frac * torch.log(beta) + (1 - frac) * torch.log(posterior_var)
+    log_ratio = model_log_var - torch.log(posterior_var)
+    kl = 0.5 * (log_ratio - 1 + torch.exp(-log_ratio) + (mean(x0) - mean(x0_model)) ** 2 / torch.exp(model_log_var))
+    return kl / math.log(2)
+
+
+def test_the_kl_cue_is_the_closed_form_posterior_kl_of_each_position() -> None:
+    """The patch space's KL cue is the channel mean of the Gaussian posterior KL, computed here from the betas,
+    and the same tensors give the same KL through the pixel path's function (which only adds clipping)."""
+    model = DiffADModel(**PATCH).eval()
+    generator = torch.Generator().manual_seed(2)
+    x0 = torch.randn(2, 152, 4, 4, generator=generator)
+    eps = torch.randn(x0.shape, generator=generator)
+    v = torch.rand(x0.shape, generator=generator) * 2 - 1
+    t = torch.full((2,), 25)
+    xt = q_sample(model.schedule, x0, t, torch.randn(x0.shape, generator=generator))
+    kl, _ = model.diffusion_space.cues(model, _images(2), x0, xt, t, DenoiserOutput(eps, v, None))
+    expected = _closed_form_kl_bits(x0, xt, 25, eps, v).mean(dim=1, keepdim=True)
+    torch.testing.assert_close(kl.double(), expected, rtol=2e-3, atol=1e-5)
+    pixel_path = posterior_kl_map(DiffusionSchedule(1000), x0, xt, t, eps, v, clip_x0=False).mean(dim=1, keepdim=True)
+    torch.testing.assert_close(kl, pixel_path)
+
+
+def test_training_noises_every_position_with_its_own_timestep() -> None:
+    """A training batch is every position's feature vector as its own sample, with the image's class label."""
+    torch.manual_seed(0)
+    model = DiffADModel(**PATCH, num_classes=3).train()
+    images, labels = _images(2), torch.tensor([2, 0])
+    outputs = model(images, labels)
+    features = model.target_features(images)
+    assert outputs.x0.shape == (2 * 8 * 8, 152, 1, 1)
+    torch.testing.assert_close(outputs.x0[8 * 8 + 3 * 8 + 5, :, 0, 0], features[1, :, 3, 5])
+    torch.testing.assert_close(outputs.xt, q_sample(model.schedule, outputs.x0, outputs.t, outputs.noise))
+    assert outputs.t.unique().numel() > 20  # not one timestep per image
+    assert outputs.target_features is None
+
+
+def test_features_are_pooled_like_patchcore_before_resizing() -> None:
+    """Each layer is averaged over 3 x 3 neighbourhoods at its own resolution, then resized and concatenated."""
+    model = DiffADModel(**PATCH).eval()
+    model.standardize_features = False
+    images = _images(1)
+    normalized = ((images + 1) / 2 - model.imagenet_mean) / model.imagenet_std
+    layers = list(model.feature_extractor(normalized).values())
+    pooled = [torch.nn.functional.avg_pool2d(layer, 3, stride=1, padding=1) for layer in layers]
+    expected = torch.cat([torch.nn.functional.interpolate(layer, size=(8, 8), mode="bilinear") for layer in pooled], 1)
+    torch.testing.assert_close(model.target_features(images), expected)
+
+
+def test_scoring_is_deterministic_and_depends_on_the_image() -> None:
+    """The fixed noise draws make scoring a function: twice the same map, a model rebuilt from the same state
+    the same map; a changed image region raises the map there."""
+    torch.manual_seed(0)
+    model = DiffADModel(**PATCH).eval()
+    _randomize(model.ema_denoiser)
+    rebuilt = DiffADModel(**PATCH).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    images = _images(2)
+    with torch.no_grad():
+        first, second, third = model(images), model(images), rebuilt(images)
+    assert torch.equal(first.anomaly_map, second.anomaly_map)
+    assert torch.equal(first.anomaly_map, third.anomaly_map)
+    other = images.clone()
+    other[0, :, :16, :16] = 1.0
+    with torch.no_grad():
+        changed = model(other).anomaly_map
+    assert not torch.equal(changed[0], first.anomaly_map[0])
+    assert torch.equal(changed[1], first.anomaly_map[1])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"train_crop_size": 32}, "whole images"),
+        ({"score_tile_size": 32}, "pixel space"),
+        ({"feature_pool": 2}, "odd"),
+        ({"space": "voxel"}, "space must be one of"),
+    ],
+)
+def test_unsupported_settings_are_refused(settings: dict, message: str) -> None:
+    """Crops, tiles, an even pooling side and an unknown space each stop with a message naming the setting."""
+    with pytest.raises(ValueError, match=message):
+        DiffADModel(**PATCH | settings)
