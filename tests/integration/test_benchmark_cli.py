@@ -18,9 +18,10 @@ TINY = yaml.safe_load((REPO / "configs" / "diffad_tiny.yaml").read_text())["mode
 
 def _tiny_benchmark_config(shipped: dict, dataset_root: Path, anomaly_source: Path) -> dict:
     """The shipped config with the tiny DiffAD preset, one DRAEM epoch and the test dataset."""
-    diffad, feature, patchcore, draem = shipped["benchmark"]["model"]["grid"]
+    diffad, feature, patch, patchcore, draem = shipped["benchmark"]["model"]["grid"]
     diffad["init_args"] = TINY | {"max_steps": 2}
     feature["init_args"] |= {"image_size": 64, "block_out_channels": [32, 64], "norm_num_groups": 8, "max_steps": 2}
+    patch["init_args"] |= {"image_size": 64, "mlp_width": 32, "max_steps": 2}
     draem["init_args"] |= {"dtd_dir": str(anomaly_source), "max_epochs": 1, "image_size": 64}
     shipped["benchmark"]["data"]["init_args"] |= {"root": str(dataset_root), "category": "brick"}
     return shipped
@@ -64,22 +65,23 @@ def _assert_patchcore_finds_the_defects(row: dict[str, str]) -> None:
 
 
 def test_anomalib_benchmark_writes_one_row_per_model(dataset_root: Path, hf_home: Path, tmp_path: Path) -> None:
-    """The real console script, the shipped config (made tiny): three rows with metrics; PatchCore's find the
-    defects."""
+    """The real console script, the shipped config (made tiny): one row with metrics per model; PatchCore's
+    finds the defects."""
     shipped = yaml.safe_load((REPO / "configs" / "benchmark.yaml").read_text())
-    grid = ["DiffAD", "DiffAD", "Patchcore", "BudgetDraem"]
+    grid = ["DiffAD", "DiffAD", "DiffAD", "Patchcore", "BudgetDraem"]
     assert [m["class_path"] for m in shipped["benchmark"]["model"]["grid"]] == grid
     (tmp_path / "source").mkdir()
     rows = _run_benchmark(_tiny_benchmark_config(shipped, dataset_root, tmp_path / "source"), hf_home, tmp_path)
     assert [row["model.class_path"] for row in rows] == grid
     assert rows[1]["model.init_args.space"] == "feature"
+    assert rows[2]["model.init_args.space"] == "patch"
     for row in rows:
         assert row["data.init_args.category"] == "brick"
         for metric in ("image_AUROC", "pixel_AUROC"):  # DiffAD and DRAEM are barely trained: any value
             assert 0.0 <= float(row[metric]) <= 1.0, (row["model.class_path"], metric, row[metric])
         assert float(row["fit_duration"]) > 0
     assert 0.0 <= float(rows[0]["pixel_AUPRO"]) <= 1.0  # DiffAD's evaluator adds AUPRO
-    _assert_patchcore_finds_the_defects(rows[2])
+    _assert_patchcore_finds_the_defects(rows[3])
 
 
 def test_anomalib_benchmark_runs_unified_models(hf_home: Path, tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ MODEL_RUNS = {  # config -> (configs layered under it, command-line model overri
         (*BRICK, "--data.val_split_ratio", "0.5"),
     ),
     "diffad_paper.yaml": ((), PAPER_SMALL, BRICK),
+    "diffad_patch.yaml": ((), {"image_size": 64, "mlp_width": 32}, (*BRICK, "--data.val_split_ratio", "0.5")),
     "diffad_tiny.yaml": ((), {}, BRICK),
     "diffad_unified.yaml": (("diffad_tiny.yaml",), {}, ()),  # its data: MultiCategory of ./datasets/textures
 }
