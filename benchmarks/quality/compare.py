@@ -1,10 +1,10 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Train and test DiffAD, PatchCore and DRAEM on one MVTec-layout category with anomalib's Engine and metrics.
+"""Train and test DiffAD, PatchCore, PaDiM and DRAEM on one MVTec-layout category with anomalib's Engine and metrics.
 
 Each model runs in its own process (so its peak memory is its own) and writes
 ``<out>/<dataset>_<category>_<model>.json``: image/pixel AUROC, AUPRO and F1 (anomalib's Evaluator),
-training time and steps, peak memory, the command; plus ``<out>/runs/maps/...npz`` with every test image's
+training time and steps, test time per image, peak memory, the command; plus ``<out>/runs/maps/...npz`` with every test image's
 anomaly map for ``summarize.py``'s example grid. An existing JSON is kept unless ``--force``, so an
 interrupted comparison resumes where it stopped.
 
@@ -18,6 +18,11 @@ for every model, so thresholds never see a test image; DiffAD's fusion statistic
 training images. Every model's post-processor runs without normalization, so the threshold-free metrics
 (AUROC, AUPRO) are computed on raw maps that no clamp has cut (anomalib's clamp with normals-only validation
 flattens maps), and F1 uses each model's own thresholds in raw units.
+
+Location-free residual: every model's test maps minus its mean map over the validation normals (training images
+held out by the split, never trained on), scored with the same metrics (``residual_*``; image score: the mean of
+the residual's 64 largest pixels). On object categories a map that only says where the object is scores a high
+pixel AUROC; the residual removes what every normal image shares.
 
 For DiffAD the script also re-scores the same trained weights under other scoring settings (timesteps, alpha,
 smoothing, normal map off and on): the ``scoring_ablation`` rows. Their fusion (and normal map) is calibrated on
@@ -54,12 +59,15 @@ from torch.utils.data import DataLoader, Subset
 from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.backbone import LITE0
-from anomalib_diffad.baselines import LITE0_PATCHCORE_LAYERS, lite0_patchcore
+from anomalib_diffad.baselines import LITE0_PADIM_LAYERS, LITE0_PATCHCORE_LAYERS, lite0_padim, lite0_patchcore
 from anomalib_diffad.post_processor import DiffADPostProcessor, calibration_indices
 from anomalib_diffad.provenance import recorded_command, relative_path
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = ("diffad", "patchcore", "draem")
+MODELS = ("diffad", "patchcore", "padim", "draem")
+NAMES = {"patchcore": "PatchCore", "padim": "PaDiM", "draem": "DRAEM"}
+TOP_K = 64
+"""Pixels averaged into the image score of a residual map (DiffAD's default ``top_k``)."""
 
 
 def RAW_POST_PROCESSOR() -> PostProcessor:  # noqa: N802
@@ -78,14 +86,29 @@ def slug(dataset: str) -> str:
 
 
 class MapRecorder(Callback):
-    """Keeps every test image's anomaly map (as the model produced it), mask, label and path."""
+    """Keeps every test image's anomaly map (as the model produced it), mask, label and path, and the maps of
+    the last validation run (its mean is the model's mean normal map)."""
 
     def __init__(self) -> None:
+        self.validation_maps: list[torch.Tensor] = []
         self.maps: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.paths: list[str] = []
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001, ARG002
+        """Forget the maps of an earlier validation run."""
+        self.validation_maps = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002, PLR0913
+        """Store one validation batch's maps."""
+        maps = outputs.anomaly_map.detach().float()
+        self.validation_maps.append(maps.reshape(len(outputs.image_path), 1, *maps.shape[-2:]))
+
+    def mean_normal_map(self) -> torch.Tensor:
+        """``(1, 1, H, W)`` mean of the last validation run's maps."""
+        return torch.cat(self.validation_maps).mean(dim=0, keepdim=True)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002, PLR0913
         """Store one batch."""
@@ -238,6 +261,9 @@ def build_model(name: str, args: argparse.Namespace, work: Path) -> tuple[torch.
         )
         settings = {"layers": list(LITE0_PATCHCORE_LAYERS), "coreset_sampling_ratio": args.coreset_ratio}
         return model, {"backbone": f"{LITE0} (ImageNet)", **settings}
+    if name == "padim":
+        model = lite0_padim(size, evaluator=DiffAD.configure_evaluator(), post_processor=RAW_POST_PROCESSOR())
+        return model, {"backbone": f"{LITE0} (ImageNet)", "layers": list(LITE0_PADIM_LAYERS), "n_features": 100}
     from anomalib.models import Draem
 
     source = work / "empty_anomaly_source"
@@ -252,7 +278,7 @@ def build_model(name: str, args: argparse.Namespace, work: Path) -> tuple[torch.
 
 
 def diffad_space(config: Path) -> str:
-    """The space (``pixel`` or ``feature``) of a DiffAD preset file."""
+    """The space (``pixel``, ``feature`` or ``patch``) of a DiffAD preset file."""
     return yaml.safe_load(config.read_text())["model"]["init_args"].get("space", "pixel")
 
 
@@ -279,7 +305,7 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
         num_workers=0, seed=args.seed, val_split_mode="from_train", val_split_ratio=args.val_ratio,
     )
     minutes = args.max_minutes if name == "diffad" else args.draem_minutes or args.max_minutes
-    iterative = name != "patchcore"
+    iterative = name in ("diffad", "draem")
     recorder = MapRecorder()
     engine = Engine(
         logger=False,
@@ -310,22 +336,30 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
     test = engine.test(model=model, datamodule=datamodule)[0]
     test_seconds = time.perf_counter() - start
     recorder.save(args.out / "runs" / "maps" / f"{out_json.stem}.npz")
+    scores, maps, labels, masks = (
+        torch.from_numpy(np.concatenate(part)) for part in (recorder.scores, recorder.maps, recorder.labels, recorder.masks)
+    )
+    residual = maps.float() - recorder.mean_normal_map()[0]
     result = {
         "dataset": args.dataset_name,
         "category": args.category,
-        "model": f"DiffAD ({diffad_space(args.config)})" if name == "diffad" else {"patchcore": "PatchCore", "draem": "DRAEM"}[name],
+        "model": f"DiffAD ({diffad_space(args.config)})" if name == "diffad" else NAMES[name],
         "precision": precision,
         "image_size": args.image_size,
         **settings,
-        "test_metrics": {key: float(value) for key, value in test.items()} | threshold_free_metrics(
-            *(torch.from_numpy(np.concatenate(part)) for part in (recorder.scores, recorder.maps, recorder.labels, recorder.masks)),
-        ),
+        "test_metrics": {key: float(value) for key, value in test.items()}
+        | threshold_free_metrics(scores, maps, labels, masks)
+        | {
+            f"residual_{key}": value
+            for key, value in threshold_free_metrics(top_k_mean(residual, TOP_K), residual, labels, masks).items()
+        },
         "evaluator_metrics_on_raw_outputs": {key: float(value) for key, value in test.items()},
         "train_steps": steps,
         "train_batch_size": batch_size,
         "train_seconds": round(train_seconds, 1),
         "train_minutes_cap": minutes if iterative else None,
         "test_seconds": round(test_seconds, 1),
+        "test_seconds_per_image": round(test_seconds / len(datamodule.test_data), 3),
         "test_images": len(datamodule.test_data),
         "train_images": len(datamodule.train_data),
         "calibration": {
@@ -333,6 +367,7 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
             f"ratio {args.val_ratio}): thresholds; never trained on",
             "fusion": "DiffAD: its first 32 training images" if name == "diffad" else "none",
             "metrics": "AUROC/AUPRO on raw maps (post-processor normalization off); F1 at the raw thresholds",
+            "residual": "residual_*: test maps minus the mean map of the validation normals",
         },
         "peak_rss_gib_train": round(train_peak, 2),
         "peak_rss_gib_total": round(peak_rss_gib(), 2),
