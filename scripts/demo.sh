@@ -23,7 +23,7 @@ EPOCHS=${EPOCHS:-30}
 CONFIG=${CONFIG:-configs/diffad.yaml}
 read -r -a categories <<< "${CATEGORIES:-brick grass gravel}"
 echo "$(date +%T) demo: writing the built-in texture dataset to $DATA (kept if already there)"
-"$VENV/bin/python" -m anomalib_diffad.data.textures --root "$DATA" --categories "${categories[@]}"
+"$VENV/bin/python" -m diffad_tools.textures --root "$DATA" --categories "${categories[@]}"
 for index in "${!categories[@]}"; do
   category=${categories[$index]}
   echo "$(date +%T) demo: category $((index + 1)) of ${#categories[@]}: $category" \
@@ -38,7 +38,7 @@ for index in "${!categories[@]}"; do
     --default_root_dir "$OUT"
 done
 echo "$(date +%T) demo: writing the result table and the summary picture"
-"$VENV/bin/python" -m anomalib_diffad.report "$OUT" --data-root "$DATA"
+"$VENV/bin/python" -m diffad_tools.report "$OUT" --data-root "$DATA"
 run_seconds=$((SECONDS - setup_seconds))
 echo "$(date +%T) demo: done in $((SECONDS / 60)) min $((SECONDS % 60)) s" \
   "(set-up $((setup_seconds / 60)) min $((setup_seconds % 60)) s, data and runs $((run_seconds / 60)) min $((run_seconds % 60)) s)"

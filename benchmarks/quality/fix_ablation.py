@@ -33,10 +33,10 @@ from anomalib.engine import Engine
 
 from anomalib_diffad import diffusion
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
-from anomalib_diffad.provenance import recorded_command
 from anomalib_diffad.diffusion import q_sample
 from anomalib_diffad.torch_model import DiffADModel, TrainOutput, aligned_crop_offsets, crop_at
-from compare import REPO, build_model, calibration_loader, diffad_component_maps, threshold_free_metrics  # same folder: the script's directory is on sys.path
+from benchmarks.quality.compare import REPO, build_model, calibration_loader, diffad_component_maps, threshold_free_metrics
+from diffad_tools.provenance import recorded_command
 
 VARIANTS = ("fixed", "crop_targets", "clipped_vb")
 
@@ -145,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     args.max_steps = args.steps
     if not (args.root / args.category).is_dir():
-        sys.exit(f"{args.root / args.category} not found (the built-in data: python -m anomalib_diffad.data.textures)")
+        sys.exit(f"{args.root / args.category} not found (the built-in data: python -m diffad_tools.textures)")
     result = {
         "dataset": f"{args.root.name}/{args.category}",
         "image_size": args.image_size,

@@ -25,7 +25,7 @@ mpl.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from anomalib_diffad import DiffAD  # noqa: E402
-from anomalib_diffad.provenance import recorded_command  # noqa: E402
+from diffad_tools.provenance import recorded_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from cpu_costs import median_seconds  # same folder: the script's directory is on sys.path
+from benchmarks.speed.cpu_costs import median_seconds
 
 from anomalib_diffad import DiffAD
-from anomalib_diffad.baselines import lite0_patchcore
-from anomalib_diffad.provenance import recorded_command
+from diffad_tools.baselines import lite0_patchcore
+from diffad_tools.provenance import recorded_command
 
 REPO = Path(__file__).resolve().parents[2]
 

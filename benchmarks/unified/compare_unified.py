@@ -282,8 +282,8 @@ def main() -> None:
         (runs / f"{args.job}.json").write_text(json.dumps(rows, indent=2) + "\n")
         return
 
-    from anomalib_diffad.data import generate_texture_dataset  # noqa: PLC0415
-    from anomalib_diffad.provenance import recorded_command  # noqa: PLC0415
+    from diffad_tools.textures import generate_texture_dataset  # noqa: PLC0415
+    from diffad_tools.provenance import recorded_command  # noqa: PLC0415
 
     generate_texture_dataset(
         args.data,

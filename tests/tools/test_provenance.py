@@ -5,7 +5,7 @@
 import re
 from pathlib import Path
 
-from anomalib_diffad.provenance import recorded_command, relative_path
+from diffad_tools.provenance import recorded_command, relative_path
 
 REPO = Path(__file__).resolve().parents[1]
 ABSOLUTE_MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:work|tmp)/")
