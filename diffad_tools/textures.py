@@ -248,6 +248,10 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # Defects: each returns (target RGB image, blend weight, mask threshold)
 # --------------------------------------------------------------------------- #
+# anomalib's PerlinAnomalyGenerator (DRAEM's training augmentation) draws one kind of defect: a Perlin-noise
+# mask filled with a blend of another image. The dataset has four named defect types with their own test
+# folders (thin strokes, foreign-texture patches, translucent stains, holes) and masks that are exact at the
+# pixel; replacing them would also change every published number measured on this data (benchmarks/RESULTS.md).
 _Layer = tuple[np.ndarray, np.ndarray, float]
 
 

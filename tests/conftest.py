@@ -14,7 +14,7 @@ from anomalib_diffad import DiffAD
 from diffad_tools.textures import generate_texture_dataset
 from tests.helpers.presets import TINY_MODEL_ARGS
 
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # CI: 2 cores; 1 when sharing them
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # OMP_NUM_THREADS, else 2
 
 
 @pytest.fixture(scope="session")

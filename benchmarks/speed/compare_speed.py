@@ -1,6 +1,6 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Inference latency, throughput and peak memory on this CPU: DiffAD (torch eager; OpenVINO FP32, FP16, INT8),
+"""Inference latency, throughput and peak memory on the CPU it runs on: DiffAD (torch eager; OpenVINO FP32, FP16, INT8),
 PatchCore and DRAEM; DiffAD's FLOPs per image against the measured matmul peak; and, given a trained DiffAD
 checkpoint and its data, how much each export precision changes the outputs and the metrics.
 

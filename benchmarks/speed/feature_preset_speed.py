@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
 """Training-step and scoring time of DiffAD's two presets, fp32 against bf16 autocast, and test latency of the
-feature preset (torch, OpenVINO) against PatchCore (Lite0, torch) at 256 px on this CPU.
+feature preset (torch, OpenVINO) against PatchCore (Lite0, torch) at 256 px on the CPU it runs on.
 
 Random weights and images: time does not depend on them. PatchCore's memory bank has ``--bank`` patches
 (1% coreset of the 210 tire training images: 1719). Every figure is the median of ``--repeats`` runs after one

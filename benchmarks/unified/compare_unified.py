@@ -12,9 +12,8 @@ calibration on training images, thresholds; the unified model per category) and 
 Evaluator, the unified model on each category in turn.
 
 PatchCore and DRAEM are not run here. With normals-only validation, anomalib's own post-processor clamps their
-maps (the trap of issue #14) and its metrics pass raw maps through a sigmoid; ``benchmarks/quality/compare.py``
-compares them with DiffAD on raw maps. A unified PatchCore was measured earlier only with validation on the
-test set.
+maps and its metrics pass raw maps through a sigmoid; ``benchmarks/quality/compare.py`` compares them with
+DiffAD on raw maps.
 
 Each job runs in its own process and writes ``<out>/runs/<job>.json``; existing job files are kept unless
 ``--force``, so an interrupted run resumes. At the end ``unified.json``, ``unified.csv``, ``unified.md``

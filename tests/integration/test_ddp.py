@@ -4,7 +4,7 @@
 
 Lightning's ``ddp`` strategy starts the other ranks by re-running the launching script, so the DDP run is a
 script of its own started in a subprocess (re-running pytest in each rank would be fragile). It takes about a
-minute and a half on two cores (two extra Python processes that each import anomalib); ``-k "not ddp"``
+minute and a half (two extra Python processes that each import anomalib); ``-k "not ddp"``
 skips it.
 """
 
