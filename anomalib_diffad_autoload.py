@@ -5,8 +5,8 @@
 ``anomalib_diffad.pth`` imports this tiny module at interpreter start. It imports nothing heavy: it only
 adds a one-shot ``sys.meta_path`` finder that, right after ``anomalib.cli.cli`` (the module behind the
 ``anomalib`` console script, which imports ``anomalib.models`` and ``anomalib.data`` completely) has been
-executed, imports :mod:`anomalib_diffad`, so that jsonargparse finds ``DiffAD`` among ``AnomalibModule``
-subclasses before it parses. Programs that never run anomalib's CLI pay nothing; Python code imports
+executed, imports :mod:`anomalib_diffad` (and the benchmark baselines of :mod:`diffad_tools.baselines`), so
+that jsonargparse finds ``DiffAD`` among ``AnomalibModule`` subclasses before it parses. Programs that never run anomalib's CLI pay nothing; Python code imports
 ``anomalib_diffad`` itself. Set ``ANOMALIB_DIFFAD_AUTOLOAD=0`` to disable it.
 
 Only ``os`` and ``sys`` (already loaded by the interpreter) are imported at start-up: the finder is duck-typed
@@ -58,6 +58,7 @@ class _AfterAnomalibCli:
             exec_module(module)
             try:
                 import anomalib_diffad  # noqa: F401, PLC0415
+                import diffad_tools.baselines  # noqa: F401, PLC0415  (BudgetDraem for configs/benchmark*.yaml)
             except Exception as error:  # noqa: BLE001 - a broken plugin must never break anomalib itself
                 import warnings  # noqa: PLC0415
 

@@ -9,7 +9,6 @@ ignore_foreign_deprecations()  # before anomalib.models, whose import warns abou
 import anomalib.data  # noqa: E402
 import anomalib.models  # noqa: E402
 
-from anomalib_diffad.baselines import BudgetDraem  # noqa: E402
 from anomalib_diffad.compat import patch_benchmark_collect  # noqa: E402
 from anomalib_diffad.data.checks import install_mvtec_folder_check  # noqa: E402
 from anomalib_diffad.data.multi import MultiCategory  # noqa: E402
@@ -20,11 +19,10 @@ from anomalib_diffad.torch_model import DiffADModel  # noqa: E402
 # anomalib's name-based resolvers (``get_model``, ``get_datamodule``, used by ``anomalib benchmark``) look
 # names up as attributes of these packages; register ours there too.
 anomalib.models.DiffAD = DiffAD
-anomalib.models.BudgetDraem = BudgetDraem
 anomalib.data.MultiCategory = MultiCategory
 if not hasattr(anomalib.data, "MVTec"):
     anomalib.data.MVTec = MVTec
 patch_benchmark_collect()
 install_mvtec_folder_check()
 
-__all__ = ["BudgetDraem", "DiffAD", "DiffADModel", "MVTec", "MultiCategory"]
+__all__ = ["DiffAD", "DiffADModel", "MVTec", "MultiCategory"]

@@ -15,8 +15,13 @@ nothing between the model summary and the end. :class:`TextProgress` prints line
     17:31:13 test batch 1/4 (8.3 s/batch, ~25 s left)
     17:31:28 testing done (4 batches in 22 s)
 
-``configs/diffad.yaml`` and ``configs/diffad_tiny.yaml`` enable it; for any other run add
-``--trainer.callbacks+=anomalib_diffad.callbacks.TextProgress``.
+The presets enable it; for any other run add ``--trainer.callbacks+=anomalib_diffad.callbacks.TextProgress``.
+
+It is a plain ``Callback``, not a subclass of Lightning's ``ProgressBar``: a Trainer takes exactly one
+``ProgressBar``, so a subclass would replace Lightning's bar on a terminal and make
+``--trainer.enable_progress_bar false`` an error for every preset. As a callback it runs beside the bar, stays
+silent where the bar draws, and counts optimizer steps over the whole run, where the bar counts one epoch's
+batches.
 """
 
 import math

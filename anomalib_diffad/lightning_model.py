@@ -17,14 +17,12 @@ Example:
 """
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch, InferenceBatch
+from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
@@ -35,26 +33,15 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.checkpoints import check_checkpoint
 from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
-from anomalib_diffad.data.multi import MultiCategory
 from anomalib_diffad.export import DiffADExportMixin
 from anomalib_diffad.loss import DiffADLoss
 from anomalib_diffad.metrics import CategoryEvaluator
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.pre_processor import DiffADPreProcessor
-from anomalib_diffad.reconstruction import (
-    GradientDenoising,
-    ReconstructionPrior,
-    fit_category_priors,
-    fit_reconstruction_prior,
-    gradient_denoise,
-)
+from anomalib_diffad.reconstruction import ReconstructionMixin
+from anomalib_diffad.resume import ExactResumeMixin
 from anomalib_diffad.torch_model import DiffADModel
-
-
-def _category_names(categories: Sequence[str] | None, num_classes: int) -> tuple[str, ...]:
-    """A name for every class index: the given categories, then the remaining indices as text."""
-    names = tuple(categories or ())
-    return names + tuple(map(str, range(len(names), num_classes)))
+from anomalib_diffad.unified import UnifiedMixin, names_by_index, resolve_num_classes
 
 
 def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -64,20 +51,17 @@ def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return (int(height), int(width))
 
 
-TRAIN_SEED_KEY = "diffad_train_seed"
-
-
-def epoch_seed(train_seed: int, step: int, rank: int) -> int:
-    """Seed of the global torch RNG for the epoch that starts at optimizer step ``step`` on one rank."""
-    return int(np.random.SeedSequence([train_seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
-
-
 class NonFiniteLossError(RuntimeError):
     """Raised when the training loss stops being finite."""
 
 
-class DiffAD(DiffADExportMixin, AnomalibModule):
+class DiffAD(UnifiedMixin, ReconstructionMixin, ExactResumeMixin, DiffADExportMixin, AnomalibModule):
     """DiffAD anomaly detector (anomalib Lightning module).
+
+    This class is the Lightning adapter (steps, optimizer, component defaults, checks before training). The
+    unified model's category handling is :class:`~anomalib_diffad.unified.UnifiedMixin`, the reconstruction API
+    :class:`~anomalib_diffad.reconstruction.ReconstructionMixin`, exact resume
+    :class:`~anomalib_diffad.resume.ExactResumeMixin` and export :class:`~anomalib_diffad.export.DiffADExportMixin`.
 
     Args:
         image_size: Size the images are resized to (inside the exported graph too, which takes any size).
@@ -192,24 +176,13 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
     ) -> None:
         size = _as_size(image_size)
         categories = None if categories is None else tuple(categories)
-        if categories is not None:
-            if num_classes is None:
-                num_classes = len(categories)
-            if num_classes < len(categories):
-                msg = (
-                    f"num_classes={num_classes} is smaller than the number of categories {len(categories)}: "
-                    f"{categories}."
-                )
-                raise ValueError(msg)
-        if num_classes is not None and num_classes < 1:
-            msg = f"num_classes must be at least 1 (or None for a single-category model), got {num_classes}."
-            raise ValueError(msg)
+        num_classes = resolve_num_classes(categories, num_classes)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(size)
         if post_processor is True:
             post_processor = DiffADPostProcessor(num_classes=num_classes)
         if evaluator is True and num_classes is not None:
-            evaluator = self.configure_evaluator(_category_names(categories, num_classes))
+            evaluator = self.configure_evaluator(names_by_index(categories, num_classes))
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -282,82 +255,6 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
             return Evaluator(test_metrics=test_metrics)
         return CategoryEvaluator(categories, test_metrics=test_metrics)
 
-    def select_category(self, category: str | int | None) -> None:
-        """Fix the category of a unified model for images whose batch carries none (export, plain datamodules).
-
-        The exported graph bakes the selected category in (its class embedding and calibration).
-
-        Args:
-            category: Category name (needs ``categories``) or index; ``None`` clears the selection.
-
-        Raises:
-            ValueError: If the model is not class-conditional, or the category is unknown or out of range.
-        """
-        self.category = None if category is None else self.category_index(category)
-
-    def category_index(self, category: str | int) -> int:
-        """Index of a category given by name (needs ``categories``) or index.
-
-        Raises:
-            ValueError: If the model is not class-conditional, or the category is unknown or out of range.
-        """
-        num_classes = self.model.num_classes
-        if num_classes is None:
-            msg = "This DiffAD is a single-category model (num_classes=None): there is no category to select."
-            raise ValueError(msg)
-        if isinstance(category, str):
-            if self.categories is None or category not in self.categories:
-                msg = f"Unknown category {category!r}; this model's categories are {self.categories}."
-                raise ValueError(msg)
-            category = self.categories.index(category)
-        if not 0 <= int(category) < num_classes:
-            msg = f"Category index {category} is out of range for num_classes={num_classes}."
-            raise ValueError(msg)
-        return int(category)
-
-    @property
-    def category_names(self) -> tuple[str, ...]:
-        """Name of every category index of a unified model (``categories``, then indices as text); ``()`` if single."""
-        num_classes = self.model.num_classes
-        return () if num_classes is None else _category_names(self.categories, num_classes)
-
-    @contextmanager
-    def selected_category(self, category: str | int | None) -> Iterator[None]:
-        """Select ``category`` (as :meth:`select_category`) inside a ``with`` block, then restore the selection."""
-        previous = self.category
-        self.select_category(category)
-        try:
-            yield
-        finally:
-            self.category = previous
-
-    def class_labels(self, batch: Batch) -> torch.Tensor | None:
-        """Each image's category index: the batch's ``category`` field, else the selected category.
-
-        ``None`` for a single-category model.
-
-        Raises:
-            ValueError: For a unified model, if the batch has no category and none is selected, or an index is
-                out of range.
-        """
-        num_classes = self.model.num_classes
-        if num_classes is None:
-            return None
-        labels = getattr(batch, "category", None)
-        if labels is None:
-            if self.category is None:
-                msg = (
-                    f"This DiffAD is unified (num_classes={num_classes}) and the batch carries no category: use "
-                    "anomalib_diffad.MultiCategory, or call select_category(...) first."
-                )
-                raise ValueError(msg)
-            return torch.full((batch.image.shape[0],), self.category, dtype=torch.long, device=batch.image.device)
-        labels = labels.to(batch.image.device)
-        if bool((labels >= num_classes).any()):
-            msg = f"Category index {int(labels.max())} is out of range for num_classes={num_classes}."
-            raise ValueError(msg)
-        return labels
-
     def setup(self, stage: str) -> None:
         """Load the feature branch's pretrained weights once, before the first training step."""
         if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
@@ -416,44 +313,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
             if self.model.train_crop_size:
                 check_train_crop(self.model.train_crop_size, datamodule, getattr(self.pre_processor, "transform", None))
             self._check_categories(datamodule)
-        if getattr(self, "_train_seed", None) is None:
-            self._train_seed = int(torch.empty((), dtype=torch.int64).random_()) & (2**62 - 1)
-
-    def _check_categories(self, datamodule: object) -> None:
-        """A unified model must have room for (and the names of) a ``MultiCategory`` datamodule's categories.
-
-        A single-category model may train on a ``MultiCategory`` too: one unconditional model for all of them.
-        """
-        num_classes = self.model.num_classes
-        if not isinstance(datamodule, MultiCategory) or num_classes is None:
-            return
-        categories = datamodule.categories
-        if num_classes < len(categories):
-            msg = (
-                f"num_classes={num_classes} is smaller than the datamodule's {len(categories)} categories "
-                f"{categories}."
-            )
-            raise ValueError(msg)
-        if self.categories is not None and tuple(self.categories[: len(categories)]) != tuple(categories):
-            msg = f"The model's categories {self.categories} do not match the datamodule's {categories}."
-            raise ValueError(msg)
-
-    def on_train_epoch_start(self) -> None:
-        """Reseed torch's global RNG from (training seed, global step, rank).
-
-        Timesteps, noise, random crops and the shuffling order of the epoch all draw from it, so an epoch's
-        randomness does not depend on what ran before it (a crashed run resumed from an epoch-boundary
-        checkpoint ends bit-identical to an uninterrupted one). Lightning neither saves nor restores RNG
-        states, and its resume path iterates the dataloaders a different number of times. Checkpoints
-        written inside an epoch (``every_n_train_steps``) resume without this hook and are not replayed exactly.
-        """
-        torch.manual_seed(epoch_seed(self._train_seed, self.global_step, self.global_rank))
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the training seed with the checkpoint."""
-        super().on_save_checkpoint(checkpoint)
-        if getattr(self, "_train_seed", None) is not None:
-            checkpoint[TRAIN_SEED_KEY] = self._train_seed
+        self.draw_train_seed()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint fits this model and has finite weights; resume with its training seed."""
@@ -461,56 +321,12 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
             path = getattr(self._trainer, "ckpt_path", None)
             check_checkpoint(checkpoint, self.state_dict(), self.hparams, path)
         super().on_load_checkpoint(checkpoint)
-        if TRAIN_SEED_KEY in checkpoint:
-            self._train_seed = int(checkpoint[TRAIN_SEED_KEY])
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score validation images with the EMA weights."""
         del args, kwargs
         predictions = self.model(batch.image, self.class_labels(batch))
         return batch.update(**predictions._asdict())
-
-    def fit_reconstruction_prior(
-        self,
-        dataloader: Iterable[Any],
-        categories: Sequence[str | int] | None = None,
-        **kwargs: Any,  # noqa: ANN401
-    ) -> ReconstructionPrior | dict[int, ReconstructionPrior]:
-        """Fit the Gaussian prior of normal features that :meth:`reconstruct` uses, and keep it on the model.
-
-        A unified model gets one prior per category, each fitted on the images of its category only (the
-        batches' ``category``: a :class:`~anomalib_diffad.data.multi.MultiCategory` train dataloader; see
-        :func:`~anomalib_diffad.reconstruction.fit_category_priors`). The priors are not part of the checkpoint or the exported graph:
-        refit them after loading, or save their ``state_dict`` (the ``ReconstructionPanels`` callback does).
-
-        Args:
-            dataloader: Batches of normal training images (e.g. ``datamodule.train_dataloader()``).
-            categories: Unified model: the categories to fit (default: all).
-            **kwargs: Options of :func:`~anomalib_diffad.reconstruction.fit_reconstruction_prior` (backbone,
-                layers, ``n_features``, ...).
-
-        Returns:
-            The fitted prior; for a unified model, the priors by category index.
-
-        Raises:
-            ValueError: Unified model: a category is unknown, or the dataloader has no image of it.
-        """
-        if self.model.num_classes is None:
-            prior = fit_reconstruction_prior(self, dataloader, **kwargs)
-            object.__setattr__(self, "reconstruction_prior", prior)  # not a submodule: state_dict, export unchanged
-            return prior
-        indices = [self.category_index(category) for category in categories or self.category_names]
-        fitted = fit_category_priors(self, dataloader, indices, **kwargs)
-        for index in indices:
-            if index not in fitted:
-                msg = (
-                    f"Category {self.category_names[index]!r}: no training images of it in the dataloader. "
-                    "Pass categories=[...] to fit only some."
-                )
-                raise ValueError(msg)
-        priors = dict(getattr(self, "reconstruction_priors", {})) | fitted
-        object.__setattr__(self, "reconstruction_priors", priors)
-        return priors
 
     def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score test images (with their categories when unified)."""
@@ -519,82 +335,6 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
     def predict_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score images (with their categories when unified)."""
         return self.validation_step(batch, *args, **kwargs)
-
-    def forward(self, batch: torch.Tensor, *args, **kwargs) -> InferenceBatch:
-        """Export/inference path: pre-process, score, post-process; a unified model uses the selected category."""
-        if self.model.num_classes is None:
-            return super().forward(batch, *args, **kwargs)
-        if self.category is None:
-            msg = (
-                f"This DiffAD is unified (num_classes={self.model.num_classes}) and no category is selected: call "
-                "select_category(...) (CLI: --model.category <name>) before exporting or calling it on raw images "
-                "(one exported graph per category)."
-            )
-            raise ValueError(msg)
-        images = self.pre_processor(batch) if self.pre_processor else batch
-        labels = torch.full_like(images[:, 0, 0, 0], self.category, dtype=torch.long)
-        predictions = self.model(images, labels)
-        return self.post_processor(predictions, labels) if self.post_processor else predictions
-
-    def reconstruct(
-        self,
-        images: torch.Tensor,
-        return_steps: bool = False,
-        *,
-        prior: ReconstructionPrior | None = None,
-        config: GradientDenoising | None = None,
-        category: str | int | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Gradient-denoising reconstruction (paper Algorithm 1) of pre-processed ``[-1, 1]`` images.
-
-        Runs on the EMA weights, in batches, on the images' device; usable inside ``no_grad`` and predict. A
-        unified model reconstructs images of one category at a time: with that category's class embedding and
-        prior.
-
-        Args:
-            images: Images ``(N, 3, H, W)`` as the model sees them (after the pre-processor).
-            return_steps: Also return the intermediate images ``(S, N, 3, H, W)``.
-            prior: Gaussian of normal features (default: the one :meth:`fit_reconstruction_prior` kept; for a
-                unified model, the category's).
-            config: Step size and counts (default: the official code's).
-            category: Unified model: the images' category (default: the selected one).
-
-        Returns:
-            The reconstructions, or ``(reconstructions, steps)`` when ``return_steps``.
-
-        Raises:
-            ValueError: If no prior is given and none was fitted, a unified model gets no category, or the model
-                diffuses features.
-        """
-        if self.model.space != "pixel":
-            msg = f"Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features (space={self.model.space!r})."
-            raise ValueError(msg)
-        labels = None
-        if self.model.num_classes is None:
-            prior = prior if prior is not None else getattr(self, "reconstruction_prior", None)
-        else:
-            index = self.category if category is None else self.category_index(category)
-            if index is None:
-                msg = "A unified DiffAD reconstructs one category at a time: pass category=... or select_category()."
-                raise ValueError(msg)
-            prior = prior if prior is not None else getattr(self, "reconstruction_priors", {}).get(index)
-            labels = torch.full((images.shape[0],), index, dtype=torch.long, device=images.device)
-        if prior is None:
-            msg = (
-                "No reconstruction prior: call model.fit_reconstruction_prior(datamodule.train_dataloader()) "
-                "once, or pass prior=..."
-            )
-            raise ValueError(msg)
-        output = gradient_denoise(
-            images,
-            prior,
-            self.model.ema_denoiser,
-            self.model.schedule,
-            config,
-            class_labels=labels,
-            return_steps=return_steps,
-        )
-        return (output.reconstruction, output.steps) if return_steps else output.reconstruction
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW on the denoiser with a linear learning-rate decay to zero."""

@@ -25,7 +25,7 @@ Example:
 import copy
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -465,3 +465,113 @@ def fit_category_priors(
             priors[index] = copy.deepcopy(prior)
             priors[index].fit_embeddings(values)
     return priors
+
+
+class ReconstructionMixin:
+    """``DiffAD``'s reconstruction API: fit the prior of normal features once, then reconstruct images.
+
+    Expects ``model`` (a :class:`~anomalib_diffad.torch_model.DiffADModel`) and, for a unified model, the
+    category methods of :class:`~anomalib_diffad.unified.UnifiedMixin` on the Lightning module.
+    """
+
+    def fit_reconstruction_prior(
+        self,
+        dataloader: Iterable[Any],
+        categories: Sequence[str | int] | None = None,
+        **kwargs: Any,  # noqa: ANN401
+    ) -> ReconstructionPrior | dict[int, ReconstructionPrior]:
+        """Fit the Gaussian prior of normal features that :meth:`reconstruct` uses, and keep it on the model.
+
+        A unified model gets one prior per category, each fitted on the images of its category only (the
+        batches' ``category``: a :class:`~anomalib_diffad.data.multi.MultiCategory` train dataloader; see
+        :func:`~anomalib_diffad.reconstruction.fit_category_priors`). The priors are not part of the checkpoint or the exported graph:
+        refit them after loading, or save their ``state_dict`` (the ``ReconstructionPanels`` callback does).
+
+        Args:
+            dataloader: Batches of normal training images (e.g. ``datamodule.train_dataloader()``).
+            categories: Unified model: the categories to fit (default: all).
+            **kwargs: Options of :func:`~anomalib_diffad.reconstruction.fit_reconstruction_prior` (backbone,
+                layers, ``n_features``, ...).
+
+        Returns:
+            The fitted prior; for a unified model, the priors by category index.
+
+        Raises:
+            ValueError: Unified model: a category is unknown, or the dataloader has no image of it.
+        """
+        if self.model.num_classes is None:
+            prior = fit_reconstruction_prior(self, dataloader, **kwargs)
+            object.__setattr__(self, "reconstruction_prior", prior)  # not a submodule: state_dict, export unchanged
+            return prior
+        indices = [self.category_index(category) for category in categories or self.category_names]
+        fitted = fit_category_priors(self, dataloader, indices, **kwargs)
+        for index in indices:
+            if index not in fitted:
+                msg = (
+                    f"Category {self.category_names[index]!r}: no training images of it in the dataloader. "
+                    "Pass categories=[...] to fit only some."
+                )
+                raise ValueError(msg)
+        priors = dict(getattr(self, "reconstruction_priors", {})) | fitted
+        object.__setattr__(self, "reconstruction_priors", priors)
+        return priors
+
+    def reconstruct(
+        self,
+        images: torch.Tensor,
+        return_steps: bool = False,
+        *,
+        prior: ReconstructionPrior | None = None,
+        config: GradientDenoising | None = None,
+        category: str | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Gradient-denoising reconstruction (paper Algorithm 1) of pre-processed ``[-1, 1]`` images.
+
+        Runs on the EMA weights, in batches, on the images' device; usable inside ``no_grad`` and predict. A
+        unified model reconstructs images of one category at a time: with that category's class embedding and
+        prior.
+
+        Args:
+            images: Images ``(N, 3, H, W)`` as the model sees them (after the pre-processor).
+            return_steps: Also return the intermediate images ``(S, N, 3, H, W)``.
+            prior: Gaussian of normal features (default: the one :meth:`fit_reconstruction_prior` kept; for a
+                unified model, the category's).
+            config: Step size and counts (default: the official code's).
+            category: Unified model: the images' category (default: the selected one).
+
+        Returns:
+            The reconstructions, or ``(reconstructions, steps)`` when ``return_steps``.
+
+        Raises:
+            ValueError: If no prior is given and none was fitted, a unified model gets no category, or the model
+                diffuses features.
+        """
+        if self.model.space != "pixel":
+            msg = f"Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features (space={self.model.space!r})."
+            raise ValueError(msg)
+        labels = None
+        if self.model.num_classes is None:
+            prior = prior if prior is not None else getattr(self, "reconstruction_prior", None)
+        else:
+            index = self.category if category is None else self.category_index(category)
+            if index is None:
+                msg = "A unified DiffAD reconstructs one category at a time: pass category=... or select_category()."
+                raise ValueError(msg)
+            prior = prior if prior is not None else getattr(self, "reconstruction_priors", {}).get(index)
+            labels = torch.full((images.shape[0],), index, dtype=torch.long, device=images.device)
+        if prior is None:
+            msg = (
+                "No reconstruction prior: call model.fit_reconstruction_prior(datamodule.train_dataloader()) "
+                "once, or pass prior=..."
+            )
+            raise ValueError(msg)
+        output = gradient_denoise(
+            images,
+            prior,
+            self.model.ema_denoiser,
+            self.model.schedule,
+            config,
+            class_labels=labels,
+            return_steps=return_steps,
+        )
+        return (output.reconstruction, output.steps) if return_steps else output.reconstruction

@@ -2,9 +2,7 @@
 # The main job: set everything up, write the built-in texture dataset (CC0 photos from scikit-image), then
 # train and test DiffAD on each category through the `anomalib` CLI, and write the result table and one
 # summary picture (results/demo/summary.png) under results/demo/.
-# Measured on 2 CPU cores: 6.0 min for the dataset and the three runs (machine otherwise idle, load average
-# 1.6), plus the first set-up of .venv (1.6 min from local wheels in a clean clone here, about 4.5 min when
-# pip downloads); see benchmarks/speed/results/demo_time.json (benchmarks/speed/demo_time.py remeasures it).
+# Run time: about 6 minutes on a 2-core CPU plus the first set-up of .venv (benchmarks/RESULTS.md, Demo).
 # Progress (category k of n, steps done of total with rate and time left, validation, testing) is printed as
 # plain lines, also when the output goes to a file (CI, nohup, tee).
 # Settings: EPOCHS, DATA, OUT, CATEGORIES, CONFIG; VENV=<an installed venv> skips the set-up.
@@ -23,7 +21,7 @@ EPOCHS=${EPOCHS:-30}
 CONFIG=${CONFIG:-configs/diffad.yaml}
 read -r -a categories <<< "${CATEGORIES:-brick grass gravel}"
 echo "$(date +%T) demo: writing the built-in texture dataset to $DATA (kept if already there)"
-"$VENV/bin/python" -m anomalib_diffad.data.textures --root "$DATA" --categories "${categories[@]}"
+"$VENV/bin/python" -m diffad_tools.textures --root "$DATA" --categories "${categories[@]}"
 for index in "${!categories[@]}"; do
   category=${categories[$index]}
   echo "$(date +%T) demo: category $((index + 1)) of ${#categories[@]}: $category" \
@@ -38,7 +36,7 @@ for index in "${!categories[@]}"; do
     --default_root_dir "$OUT"
 done
 echo "$(date +%T) demo: writing the result table and the summary picture"
-"$VENV/bin/python" -m anomalib_diffad.report "$OUT" --data-root "$DATA"
+"$VENV/bin/python" -m diffad_tools.report "$OUT" --data-root "$DATA"
 run_seconds=$((SECONDS - setup_seconds))
 echo "$(date +%T) demo: done in $((SECONDS / 60)) min $((SECONDS % 60)) s" \
   "(set-up $((setup_seconds / 60)) min $((setup_seconds % 60)) s, data and runs $((run_seconds / 60)) min $((run_seconds % 60)) s)"

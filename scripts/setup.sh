@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
 fi
-# torch is pinned so that pip never swaps it (on the development machines this version lies on local disk).
+# torch is pinned so that pip never swaps it; TORCH_VERSION and TORCHVISION_VERSION choose others.
 .venv/bin/python -m pip install --quiet "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}" -e ".[weights,test]"

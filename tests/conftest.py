@@ -11,10 +11,10 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
-from anomalib_diffad.data import generate_texture_dataset
+from diffad_tools.textures import generate_texture_dataset
 from tests.helpers.presets import TINY_MODEL_ARGS
 
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # CI: 2 cores; 1 when sharing them
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # OMP_NUM_THREADS, else 2
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ from anomalib.models.image.padim.anomaly_map import AnomalyMapGenerator as Padim
 from PIL import Image
 
 from anomalib_diffad import DiffAD, DiffADModel
-from anomalib_diffad.data.textures import DEFECT_TYPES, make_defect_sample
 from anomalib_diffad.diffusion import DiffusionSchedule, q_posterior_mean
+from diffad_tools.textures import DEFECT_TYPES, make_defect_sample
 from anomalib_diffad.reconstruction import (
     GradientDenoising,
     ReconstructionPrior,

@@ -15,11 +15,11 @@ from lightning.pytorch import seed_everything
 
 from anomalib_diffad import DiffAD, MultiCategory
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator
-from anomalib_diffad.data import generate_texture_dataset
 from anomalib_diffad.data.multi import CategoryImageBatch, CategoryImageItem
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.reconstruction import GradientDenoising
 from anomalib_diffad.unified import evaluate_per_category, export_per_category
+from diffad_tools.textures import generate_texture_dataset
 from tests.helpers.openvino import FP32
 from tests.helpers.presets import TINY_MODEL_ARGS
 

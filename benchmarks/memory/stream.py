@@ -29,8 +29,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from anomalib_diffad import DiffAD
-from anomalib_diffad.data.textures import make_normal_image
-from anomalib_diffad.provenance import recorded_command
+from diffad_tools.provenance import recorded_command
+from diffad_tools.textures import make_normal_image
 
 mpl.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

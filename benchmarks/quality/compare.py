@@ -59,9 +59,9 @@ from torch.utils.data import DataLoader, Subset
 from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.backbone import LITE0
-from anomalib_diffad.baselines import LITE0_PADIM_LAYERS, LITE0_PATCHCORE_LAYERS, lite0_padim, lite0_patchcore
 from anomalib_diffad.post_processor import DiffADPostProcessor, calibration_indices
-from anomalib_diffad.provenance import recorded_command, relative_path
+from diffad_tools.baselines import LITE0_PADIM_LAYERS, LITE0_PATCHCORE_LAYERS, lite0_padim, lite0_patchcore
+from diffad_tools.provenance import recorded_command, relative_path
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ("diffad", "patchcore", "padim", "draem")

@@ -1,16 +1,15 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Before/after of issue #14's three quality fixes, each undone on its own, on the same data and steps.
+"""Ablation of three training and calibration choices of the pixel preset, each replaced alone, same data and steps.
 
-- ``crop_targets`` (point 1, before): the feature head's targets are the backbone's features of the training
-  crop itself, not the whole image's features cut at the crop's place (what scoring compares against).
-- ``clipped_vb`` (point 4, before): ``L_vb`` uses the clipped ``x_0`` estimate in the model's posterior mean.
-- ``fixed`` (after): today's code.
+- ``fixed``: the package as it is.
+- ``crop_targets``: the feature head's targets are the backbone's features of the training crop itself, not
+  the whole image's features cut at the crop's place (what scoring compares against).
+- ``clipped_vb``: ``L_vb`` uses the clipped ``x_0`` estimate in the model's posterior mean.
 
 Every variant trains the same preset for the same number of steps with the same seeds, then scores the test
-set with its fusion calibrated two ways (point 2): on its first 32 training images (after) and on the test
-set's normal images (before; what DiffAD did while validation was the test set). The second is reported, not
-used: it fits on test images.
+set with its fusion calibrated two ways: on its first 32 training images (the package's rule) and on the test
+set's normal images. The second is reported, not used: it fits on test images.
 
 Example (the built-in brick data at 128 px):
     python benchmarks/quality/fix_ablation.py --root datasets/textures --category brick --image-size 128 \
@@ -33,17 +32,17 @@ from anomalib.engine import Engine
 
 from anomalib_diffad import diffusion
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
-from anomalib_diffad.provenance import recorded_command
 from anomalib_diffad.diffusion import q_sample
 from anomalib_diffad.spaces.pixel import aligned_crop_offsets, crop_at
 from anomalib_diffad.torch_model import DiffADModel, TrainOutput
-from compare import REPO, build_model, calibration_loader, diffad_component_maps, threshold_free_metrics  # same folder: the script's directory is on sys.path
+from benchmarks.quality.compare import REPO, build_model, calibration_loader, diffad_component_maps, threshold_free_metrics
+from diffad_tools.provenance import recorded_command
 
 VARIANTS = ("fixed", "crop_targets", "clipped_vb")
 
 
 def crop_target_outputs(self: DiffADModel, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> TrainOutput:
-    """Training outputs as before point 1: the targets are the features of the crop, computed on the crop."""
+    """Training outputs with the crop's own features as targets, computed on the crop."""
     size = self.train_crop_size
     tops, lefts = aligned_crop_offsets(images.shape[0], images.shape[-2:], size, self.diffusion_space.crop_grid)
     x0 = crop_at(images, tops, lefts, size)
@@ -120,7 +119,7 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
         "fusion_on_training_images": calibrated_metrics(model, test, train_maps),
         "fusion_on_test_normals": calibrated_metrics(model, test, test_normals),
     }
-    if args.tile:  # the same weights scored in overlapping tiles (point 1's GroupNorm/attention question)
+    if args.tile:  # the same weights scored in overlapping tiles (do GroupNorm and attention need the training crop's size?)
         model.model.diffusion_space.score_tile_size = args.tile
         start = time.perf_counter()
         tiled = diffad_component_maps(model, datamodule.test_dataloader())
@@ -146,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     args.max_steps = args.steps
     if not (args.root / args.category).is_dir():
-        sys.exit(f"{args.root / args.category} not found (the built-in data: python -m anomalib_diffad.data.textures)")
+        sys.exit(f"{args.root / args.category} not found (the built-in data: python -m diffad_tools.textures)")
     result = {
         "dataset": f"{args.root.name}/{args.category}",
         "image_size": args.image_size,

@@ -36,9 +36,9 @@ from anomalib.data import MVTecAD
 from anomalib.models import AnomalibModule
 
 from anomalib_diffad.anomaly_map import top_k_mean
-from anomalib_diffad.baselines import lite0_patchcore
-from anomalib_diffad.provenance import recorded_command, relative_path
-from compare import REPO, load_diffad_checkpoint, threshold_free_metrics  # same folder: the script's directory is on sys.path
+from benchmarks.quality.compare import REPO, load_diffad_checkpoint, threshold_free_metrics
+from diffad_tools.baselines import lite0_patchcore
+from diffad_tools.provenance import recorded_command, relative_path
 
 TOP_K = 64
 """Pixels averaged into the image score of a residual map (DiffAD's default ``top_k``)."""

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from anomalib.data import MVTecAD
 
-from anomalib_diffad.provenance import recorded_command, relative_path
-from compare import REPO, calibration_loader, diffad_component_maps, load_diffad_checkpoint, score_variant  # same folder: the script's directory is on sys.path
+from benchmarks.quality.compare import REPO, calibration_loader, diffad_component_maps, load_diffad_checkpoint, score_variant
+from diffad_tools.provenance import recorded_command, relative_path
 
 
 def subsets(timesteps: tuple[int, ...]) -> dict[str, list[int]]:

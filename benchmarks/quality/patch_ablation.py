@@ -33,9 +33,9 @@ from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.loss import DiffADLoss
-from anomalib_diffad.provenance import recorded_command
 from anomalib_diffad.torch_model import DiffADModel, TrainOutput
-from compare import REPO, image_auroc, threshold_free_metrics  # same folder: the script's directory is on sys.path
+from benchmarks.quality.compare import REPO, image_auroc, threshold_free_metrics
+from diffad_tools.provenance import recorded_command
 
 BASE = {
     "mlp_width": 256,

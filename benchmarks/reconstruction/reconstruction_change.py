@@ -45,8 +45,8 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
-from anomalib_diffad.provenance import recorded_command, relative_path
 from anomalib_diffad.reconstruction import GradientDenoising, fit_reconstruction_prior
+from diffad_tools.provenance import recorded_command, relative_path
 
 REPO = Path(__file__).resolve().parents[2]
 

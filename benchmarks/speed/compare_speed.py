@@ -1,6 +1,6 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Inference latency, throughput and peak memory on this CPU: DiffAD (torch eager; OpenVINO FP32, FP16, INT8),
+"""Inference latency, throughput and peak memory on the CPU it runs on: DiffAD (torch eager; OpenVINO FP32, FP16, INT8),
 PatchCore and DRAEM; DiffAD's FLOPs per image against the measured matmul peak; and, given a trained DiffAD
 checkpoint and its data, how much each export precision changes the outputs and the metrics.
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from cpu_costs import matmul_gflops, median_seconds  # same folder: the script's directory is on sys.path
+from benchmarks.speed.cpu_costs import matmul_gflops, median_seconds
 
-from anomalib_diffad.provenance import recorded_command
+from diffad_tools.provenance import recorded_command
 
 REPO = Path(__file__).resolve().parents[2]
 OV_VARIANTS = ("openvino_fp32", "openvino_fp16", "openvino_int8", "openvino_int8_ptq")
@@ -66,7 +66,7 @@ def build_baseline(name: str, args: argparse.Namespace, size: int):  # noqa: ANN
     from anomalib.engine import Engine
     from anomalib.models import Draem
 
-    from anomalib_diffad.baselines import lite0_patchcore
+    from diffad_tools.baselines import lite0_patchcore
 
     if name == "draem":
         return Draem(dtd_dir=tempfile.mkdtemp(), pre_processor=Draem.configure_pre_processor((size, size))).eval()

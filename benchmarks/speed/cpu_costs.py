@@ -1,6 +1,6 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""What a DiffAD training step and a scored image cost on this CPU, for the choices of the CPU preset.
+"""What a DiffAD training step and a scored image cost on the CPU it runs on, for the choices of the CPU preset.
 
 Measures, with the default preset's UNet: the training step (batch 8) on full 256 px images vs random
 128/64 px crops; scoring one image at 128 and 256 px with 1 or 3 timesteps; fp32 eager vs bf16 autocast
@@ -25,7 +25,7 @@ mpl.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from anomalib_diffad import DiffAD  # noqa: E402
-from anomalib_diffad.provenance import recorded_command  # noqa: E402
+from diffad_tools.provenance import recorded_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,7 +94,7 @@ def main() -> None:
     figure, axis = plt.subplots(figsize=(9, 5))
     axis.barh(list(timings), list(timings.values()))
     axis.set_xlabel("seconds (median of 3)")
-    axis.set_title(f"DiffAD default preset on this CPU ({torch.get_num_threads()} threads)")
+    axis.set_title(f"DiffAD default preset on the CPU ({torch.get_num_threads()} threads)")
     figure.tight_layout()
     figure.savefig(args.out / "cpu_costs.png", dpi=100)
     print(json.dumps(payload, indent=2))

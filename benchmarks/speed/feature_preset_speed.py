@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
 """Training-step and scoring time of DiffAD's two presets, fp32 against bf16 autocast, and test latency of the
-feature preset (torch, OpenVINO) against PatchCore (Lite0, torch) at 256 px on this CPU.
+feature preset (torch, OpenVINO) against PatchCore (Lite0, torch) at 256 px on the CPU it runs on.
 
 Random weights and images: time does not depend on them. PatchCore's memory bank has ``--bank`` patches
 (1% coreset of the 210 tire training images: 1719). Every figure is the median of ``--repeats`` runs after one
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from cpu_costs import median_seconds  # same folder: the script's directory is on sys.path
+from benchmarks.speed.cpu_costs import median_seconds
 
 from anomalib_diffad import DiffAD
-from anomalib_diffad.baselines import lite0_patchcore
-from anomalib_diffad.provenance import recorded_command
+from diffad_tools.baselines import lite0_patchcore
+from diffad_tools.provenance import recorded_command
 
 REPO = Path(__file__).resolve().parents[2]
 

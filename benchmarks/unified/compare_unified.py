@@ -12,9 +12,8 @@ calibration on training images, thresholds; the unified model per category) and 
 Evaluator, the unified model on each category in turn.
 
 PatchCore and DRAEM are not run here. With normals-only validation, anomalib's own post-processor clamps their
-maps (the trap of issue #14) and its metrics pass raw maps through a sigmoid; ``benchmarks/quality/compare.py``
-compares them with DiffAD on raw maps. A unified PatchCore was measured earlier only with validation on the
-test set.
+maps and its metrics pass raw maps through a sigmoid; ``benchmarks/quality/compare.py`` compares them with
+DiffAD on raw maps.
 
 Each job runs in its own process and writes ``<out>/runs/<job>.json``; existing job files are kept unless
 ``--force``, so an interrupted run resumes. At the end ``unified.json``, ``unified.csv``, ``unified.md``
@@ -282,8 +281,8 @@ def main() -> None:
         (runs / f"{args.job}.json").write_text(json.dumps(rows, indent=2) + "\n")
         return
 
-    from anomalib_diffad.data import generate_texture_dataset  # noqa: PLC0415
-    from anomalib_diffad.provenance import recorded_command  # noqa: PLC0415
+    from diffad_tools.textures import generate_texture_dataset  # noqa: PLC0415
+    from diffad_tools.provenance import recorded_command  # noqa: PLC0415
 
     generate_texture_dataset(
         args.data,

@@ -32,7 +32,7 @@ def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An HF home whose hub cache holds the Lite0 weights, written once by the README's command."""
     home = tmp_path_factory.mktemp("hf")
     env = os.environ | {"HF_HOME": str(home)}
-    subprocess.run([sys.executable, "-m", "anomalib_diffad.hub_cache"], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "diffad_tools.hub_cache"], env=env, check=True, capture_output=True)
     return home
 
 
@@ -87,7 +87,7 @@ def test_anomalib_benchmark_writes_one_row_per_model(dataset_root: Path, hf_home
 def test_anomalib_benchmark_runs_unified_models(hf_home: Path, tmp_path: Path) -> None:
     """``configs/benchmark_unified.yaml`` (made tiny): every model trains on all three categories at once
     (``MultiCategory`` built from the config); DiffAD's row also holds each category's metrics."""
-    from anomalib_diffad.data import generate_texture_dataset
+    from diffad_tools.textures import generate_texture_dataset
 
     names = ["brick", "grass", "gravel"]
     root = generate_texture_dataset(tmp_path / "data", names, image_size=64, num_train=4, num_test_good=2,

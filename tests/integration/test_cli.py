@@ -159,7 +159,7 @@ def test_cli_trains_and_exports_a_unified_model(tmp_path: Path) -> None:
     import yaml
 
     from anomalib_diffad import DiffAD
-    from anomalib_diffad.data import generate_texture_dataset
+    from diffad_tools.textures import generate_texture_dataset
 
     names = ("brick", "grass", "gravel")
     root = generate_texture_dataset(tmp_path / "data", names, image_size=64, num_train=4, num_test_good=2,

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from anomalib_diffad.data import generate_texture_dataset
+from diffad_tools.textures import generate_texture_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -119,6 +119,7 @@ import json, sys
 from argparse import Namespace
 from anomalib.pipelines import Benchmark
 import anomalib_diffad
+import diffad_tools.baselines  # registers BudgetDraem
 
 args = Benchmark()._get_args(Namespace(config=sys.argv[1]))
 runners = Benchmark._setup_runners(args)
@@ -140,7 +141,7 @@ def test_benchmark_config_builds_every_job(name: str, workdir: Path) -> None:
     """anomalib's benchmark pipeline parses the shipped config and builds each grid job's model and datamodule
     with the config's arguments (offline: Lite0 weights from the Hugging Face cache)."""
     env = _env(workdir)
-    subprocess.run([sys.executable, "-m", "anomalib_diffad.hub_cache"], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "diffad_tools.hub_cache"], env=env, check=True, capture_output=True)
     result = subprocess.run(
         [sys.executable, "-c", GENERATE_JOBS, str(CONFIGS / name)],
         cwd=workdir,

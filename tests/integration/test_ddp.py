@@ -4,7 +4,7 @@
 
 Lightning's ``ddp`` strategy starts the other ranks by re-running the launching script, so the DDP run is a
 script of its own started in a subprocess (re-running pytest in each rank would be fragile). It takes about a
-minute and a half on two cores (two extra Python processes that each import anomalib); ``-k "not ddp"``
+minute and a half (two extra Python processes that each import anomalib); ``-k "not ddp"``
 skips it.
 """
 
@@ -156,7 +156,7 @@ def test_ddp_unified_test_reports_every_category(tiny_model_args: dict, tmp_path
     """Two gloo ranks test a unified model whose gravel category has a single test image, so only one rank
     sees it: both ranks still synchronize and report every category's metrics, with the values of testing
     the same checkpoint in one process."""
-    from anomalib_diffad.data import generate_texture_dataset
+    from diffad_tools.textures import generate_texture_dataset
 
     root = generate_texture_dataset(tmp_path / "data", UNIFIED_NAMES, image_size=64, num_train=4,
                                     num_test_good=2, num_test_per_defect=1, seed=1)  # fmt: skip

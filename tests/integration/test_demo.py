@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from anomalib_diffad.report import PANEL_INCHES, SUMMARY_DPI, SUMMARY_ROWS
+from diffad_tools.report import PANEL_INCHES, SUMMARY_DPI, SUMMARY_ROWS
 
 REPO = Path(__file__).resolve().parents[2]
-# anomalib's F1AdaptiveThreshold on the normals-only validation split (issue #17); the post-processor that
-# calibrates thresholds on normals is separate work.
+# anomalib's F1AdaptiveThreshold warns on a validation split with normal images only.
 KNOWN_WARNING = "f1_adaptive_threshold"
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomalib_diffad.report import SUMMARY_ROWS, Example, example_files, metric_line, summary_figure
+from diffad_tools.report import SUMMARY_ROWS, Example, example_files, metric_line, summary_figure
 
 
 def test_example_files_are_two_normals_and_one_per_defect_type(dataset_root: Path) -> None:

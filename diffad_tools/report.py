@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Collect what ``anomalib train`` wrote for each category into one result table and one summary picture.
 
-Usage: ``python -m anomalib_diffad.report results/demo --data-root datasets/textures`` reads
+Usage: ``python -m diffad_tools.report results/demo --data-root datasets/textures`` reads
 ``results/demo/logs/<category>/version_*/metrics.csv`` (the newest version of each category, logged with a
 ``CSVLogger``) and writes ``results.csv`` and ``results.md`` next to them. With ``--data-root`` (the MVTec AD
 layout folder the runs used) it also writes ``summary.png``: per category its metric row and a few test images,

@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomalib_diffad.data import TEXTURE_CATEGORIES, generate_texture_dataset
-from anomalib_diffad.data import textures
-from anomalib_diffad.data.textures import DEFECT_TYPES, main, make_defect_sample, make_normal_image
+from diffad_tools import textures
+from diffad_tools.textures import (
+    DEFECT_TYPES,
+    TEXTURE_CATEGORIES,
+    generate_texture_dataset,
+    main,
+    make_defect_sample,
+    make_normal_image,
+)
 
 SMALL = {"image_size": 48, "num_train": 3, "num_test_good": 2, "num_test_per_defect": 2}
 

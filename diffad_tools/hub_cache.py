@@ -6,7 +6,7 @@ timm's ``pretrained=True`` (used by PatchCore, and by DiffAD with ``pretrained_w
 ``timm/tf_efficientnet_lite0.in1k`` from the hub. Writing the same weights into the local HF cache lets any
 anomalib model load them offline with ``HF_HUB_OFFLINE=1``:
 
-    python -m anomalib_diffad.hub_cache          # then: HF_HUB_OFFLINE=1 anomalib train --model Patchcore \\
+    python -m diffad_tools.hub_cache          # then: HF_HUB_OFFLINE=1 anomalib train --model Patchcore \\
                                                  #   --model.backbone tf_efficientnet_lite0 ...
 """
 

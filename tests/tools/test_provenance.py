@@ -5,25 +5,27 @@
 import re
 from pathlib import Path
 
-from anomalib_diffad.provenance import recorded_command, relative_path
+from diffad_tools.provenance import recorded_command, relative_path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ABSOLUTE_MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:work|tmp)/")
 
 
 def test_no_file_under_benchmarks_names_an_absolute_machine_path() -> None:
     """Scripts, result JSON/CSV/Markdown: no absolute ``/work/...`` or ``/tmp/...`` path (``../../tmp/x`` is
     relative; images and other binary files are skipped)."""
-    offenders = []
+    offenders, scanned = [], 0
     for path in sorted((REPO / "benchmarks").rglob("*")):
         if not path.is_file():
             continue
+        scanned += 1
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue
         offenders += [f"{path.relative_to(REPO)}: {line.strip()[:120]}" for line in text.splitlines()
                       if ABSOLUTE_MACHINE_PATH.search(line)]  # fmt: skip
+    assert scanned > 50, f"only {scanned} files under {REPO / 'benchmarks'}"  # the repository's, not an empty folder
     assert not offenders, "\n".join(offenders)
 
 
