@@ -101,6 +101,8 @@ class DiffAD(UnifiedMixin, ReconstructionMixin, ExactResumeMixin, DiffADExportMi
         subtract_normal_map: Subtract the mean map of the calibration normals (training images) from every
             map, so that places all normal images score high (borders, an object's fixed parts) do not
             dominate (paper: off).
+        normalize_passes: Divide each scoring pass's cues by their mean over the calibration normals before
+            averaging the passes, so that every timestep weighs the same (feature and patch spaces; paper: off).
         train_crop_size: Train on random crops of this side (``None``: full images); scoring always sees the
             full image.
         score_tile_size: Score overlapping tiles of this side instead of the whole image (pixel space; e.g. the
@@ -157,6 +159,7 @@ class DiffAD(UnifiedMixin, ReconstructionMixin, ExactResumeMixin, DiffADExportMi
         top_k: int = 64,
         smoothing_sigma: float = 0.0,
         subtract_normal_map: bool = False,
+        normalize_passes: bool = False,
         train_crop_size: int | None = None,
         score_tile_size: int | None = None,
         standardize_features: bool = True,
@@ -209,6 +212,7 @@ class DiffAD(UnifiedMixin, ReconstructionMixin, ExactResumeMixin, DiffADExportMi
             top_k=top_k,
             smoothing_sigma=smoothing_sigma,
             subtract_normal_map=subtract_normal_map,
+            normalize_passes=normalize_passes,
             train_crop_size=train_crop_size,
             score_tile_size=score_tile_size,
             standardize_features=standardize_features,

@@ -141,6 +141,8 @@ class DiffADPostProcessor(PostProcessor):
             collate_fn=dataset.collate_fn,
         )
         generator = pl_module.model.anomaly_map_generator
+        if pl_module.model.normalize_passes:
+            self._calibrate_passes(loader, pl_module)
         moments = torch.zeros(generator.num_classes or 1, 2, 3, dtype=torch.float64)
         pixel_sums = torch.zeros(generator.num_classes or 1, 3, *pl_module.model.image_size, dtype=torch.float64)
         transform = getattr(pl_module.pre_processor, "transform", None)
@@ -161,6 +163,22 @@ class DiffADPostProcessor(PostProcessor):
         if generator.subtracts_normal_map:
             generator.set_normal_map(pixel_sums.cpu())
         logger.info("Map fusion calibrated on %d normal training images (this rank's share).", len(indices))
+
+    @staticmethod
+    def _calibrate_passes(loader: DataLoader, pl_module: LightningModule) -> None:
+        """Set the model's per-pass scales from the calibration images (all ranks), before the fusion moments."""
+        model = pl_module.model
+        transform = getattr(pl_module.pre_processor, "transform", None)
+        groups, cues, passes = model.pass_scale.shape
+        sums = torch.zeros(groups, cues, passes + 1, dtype=torch.float64)
+        for batch in loader:
+            images = batch.image.to(pl_module.device)
+            labels = None if model.num_classes is None else pl_module.class_labels(batch).to(pl_module.device)
+            sums += model.pass_sums(transform(images) if transform else images, labels)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            sums = sums.to(pl_module.device)
+            torch.distributed.all_reduce(sums)
+        model.set_pass_scale(sums.cpu())
 
     def on_validation_batch_end(
         self,

@@ -81,6 +81,9 @@ class DiffADModel(nn.Module):
         smoothing_sigma: Gaussian smoothing of the fused map (0: off).
         subtract_normal_map: Subtract the calibration normals' mean fused map (see
             :class:`~anomalib_diffad.anomaly_map.AnomalyMapGenerator`).
+        normalize_passes: Divide each scoring pass's cues by their mean over the calibration normals before
+            averaging the passes (see :meth:`set_pass_scale`), so that every timestep weighs the same; without it
+            the KL's own scale (larger at small ``t``) weighs the passes.
         train_crop_size: Pixel space: side of the random training crops (``None``: full images); see
             :class:`~anomalib_diffad.spaces.PixelSpace`.
         score_tile_size: Pixel space: score overlapping tiles of this side (``None``: whole images).
@@ -116,6 +119,7 @@ class DiffADModel(nn.Module):
         top_k: int = 64,
         smoothing_sigma: float = 0.0,
         subtract_normal_map: bool = False,
+        normalize_passes: bool = False,
         train_crop_size: int | None = None,
         score_tile_size: int | None = None,
         standardize_features: bool = True,
@@ -161,6 +165,12 @@ class DiffADModel(nn.Module):
             num_classes=num_classes,
             normal_map_size=self.image_size if subtract_normal_map else None,
         )
+        if normalize_passes and space == "pixel":
+            msg = "normalize_passes needs positive cues: the pixel space's KL is z-scored per image (mean 0)."
+            raise ValueError(msg)
+        self.normalize_passes = normalize_passes
+        if normalize_passes:  # a checkpoint has it only when the option is on: older checkpoints load unchanged
+            self.register_buffer("pass_scale", torch.ones(num_classes or 1, 2, len(self.score_timesteps)))
         generator = torch.Generator().manual_seed(noise_seed)
         data_shape = self.diffusion_space.data_shape(channels, self.image_size)
         noise = torch.randn(len(self.score_timesteps), 1, *data_shape, generator=generator)
@@ -257,16 +267,16 @@ class DiffADModel(nn.Module):
         noise = noise.repeat(1, 1, 1, reps_h, reps_w)[..., :height, :width]
         return noise.expand(-1, batch_size, -1, -1, -1).reshape(-1, noise.shape[2], height, width)
 
-    def component_scores(
+    def pass_maps(
         self,
         images: torch.Tensor,
         class_labels: torch.Tensor | None = None,
         step_indices: Sequence[int] | None = None,
     ) -> ComponentMaps:
-        """KL map and second cue ``(N, 1, H, W)`` of ``[-1, 1]`` images, each averaged over the score timesteps.
+        """Each scoring pass's two cues ``(S, N, 1, h, w)`` of ``[-1, 1]`` images, at the data's resolution.
 
-        All timesteps go through the EMA denoiser in one batched pass; the cues come from the space and are
-        upsampled to the image. ``step_indices`` selects a subset of ``score_timesteps`` (default: all).
+        All passes go through the EMA denoiser in one batch. ``step_indices`` selects a subset of
+        ``score_timesteps`` (default: all); a repeated timestep is a pass with its own fixed noise draw.
         """
         indices = list(range(len(self.score_timesteps))) if step_indices is None else list(step_indices)
         data = self.diffusion_space.diffused_data(self, images)
@@ -281,13 +291,48 @@ class DiffADModel(nn.Module):
         labels = None if class_labels is None else class_labels.repeat(steps)
         prediction = self.diffusion_space.denoise(self, xt, t, labels)
         cues = self.diffusion_space.cues(self, images, x0, xt, t, prediction)
-        kl_map, feature_map = (cue.view(steps, batch, 1, height, width).mean(dim=0) for cue in cues)
+        return ComponentMaps(*(cue.view(steps, batch, 1, height, width) for cue in cues))
+
+    def component_scores(
+        self,
+        images: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        step_indices: Sequence[int] | None = None,
+    ) -> ComponentMaps:
+        """KL map and second cue ``(N, 1, H, W)`` of ``[-1, 1]`` images, each averaged over the scoring passes
+        (:meth:`pass_maps`; each pass divided by its calibrated scale with ``normalize_passes``) and upsampled
+        to the image."""
+        indices = list(range(len(self.score_timesteps))) if step_indices is None else list(step_indices)
+        maps = self.pass_maps(images, class_labels, indices)
+        if self.normalize_passes:
+            scale = self.pass_scale[0 if class_labels is None else class_labels][..., indices]  # (N, 2, S) or (2, S)
+            scale = scale.movedim(-1, 0).reshape(len(indices), -1, 2, 1, 1, 1)  # (S, N or 1, cue, 1, 1, 1)
+            maps = ComponentMaps(maps.kl / scale[:, :, 0], maps.feature / scale[:, :, 1])
+        kl_map, feature_map = maps.kl.mean(dim=0), maps.feature.mean(dim=0)
         if self.diffusion_space.stride > 1:
             kl_map, feature_map = (
                 F.interpolate(cue, size=images.shape[-2:], mode="bilinear", align_corners=False)
                 for cue in (kl_map, feature_map)
             )
         return ComponentMaps(kl=kl_map, feature=feature_map)
+
+    def pass_sums(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Image count and the sum of each pass's mean cue, per class: ``(G, 2, S + 1)`` float64 (``[..., 0]``:
+        the count). Sums of several batches (or ranks) add up; :meth:`set_pass_scale` turns them into scales."""
+        maps = self.pass_maps(images, class_labels)
+        means = torch.stack([maps.kl.mean(dim=(2, 3, 4)), maps.feature.mean(dim=(2, 3, 4))], dim=1)  # (S, 2, N)
+        values = torch.cat([torch.ones_like(means[:1]), means]).permute(2, 1, 0).double().cpu()  # (N, 2, S + 1)
+        groups = torch.zeros(len(images), dtype=torch.long) if class_labels is None else class_labels.long().cpu()
+        return torch.zeros(self.num_classes or 1, 2, values.shape[-1], dtype=torch.float64).index_add_(0, groups, values)
+
+    @torch.no_grad()
+    def set_pass_scale(self, sums: torch.Tensor) -> None:
+        """Each pass's scale: the mean of its cues over the summed calibration images (:meth:`pass_sums`); a
+        class without images keeps its scales."""
+        count, totals = sums[..., :1], sums[..., 1:]
+        seen = count[:, 0, 0] > 0
+        scale = (totals / count.clamp(min=1)).abs().clamp(min=1e-12)
+        self.pass_scale[seen.to(self.pass_scale.device)] = scale[seen].to(self.pass_scale)
 
     def score(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> InferenceBatch:
         """Anomaly maps and top-k image scores.

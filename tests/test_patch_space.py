@@ -159,3 +159,46 @@ def test_unsupported_settings_are_refused(settings: dict, message: str) -> None:
     """Crops, tiles, an even pooling side and an unknown space each stop with a message naming the setting."""
     with pytest.raises(ValueError, match=message):
         DiffADModel(**PATCH | settings)
+
+
+def test_normalized_passes_weigh_every_timestep_the_same() -> None:
+    """With ``normalize_passes`` each pass's cue is divided by its mean over the calibration images before the
+    passes are averaged; the calibration sums of two batches add up to those of both at once."""
+    torch.manual_seed(0)
+    model = DiffADModel(**PATCH, normalize_passes=True).eval()
+    _randomize(model.ema_denoiser, seed=3)
+    first, second = _images(2, seed=1), _images(3, seed=2)
+    with torch.no_grad():
+        sums = model.pass_sums(first) + model.pass_sums(second)
+        torch.testing.assert_close(sums, model.pass_sums(torch.cat([first, second])))
+        model.set_pass_scale(sums)
+        raw = model.pass_maps(torch.cat([first, second]))
+        test = _images(2, seed=4)
+        maps = model.component_scores(test)
+        test_raw = model.pass_maps(test)
+    kl_scale = raw.kl.mean(dim=(1, 2, 3, 4))
+    assert kl_scale.max() / kl_scale.min() > 1.5  # the timesteps' KL scales differ: the test can tell
+    torch.testing.assert_close(model.pass_scale[0, 0], kl_scale)
+    torch.testing.assert_close(model.pass_scale[0, 1], raw.feature.mean(dim=(1, 2, 3, 4)))
+    expected = (test_raw.kl / kl_scale.view(-1, 1, 1, 1, 1)).mean(dim=0)
+    torch.testing.assert_close(maps.kl, torch.nn.functional.interpolate(expected, size=(64, 64), mode="bilinear"))
+
+
+def test_each_class_gets_its_own_pass_scales() -> None:
+    """A unified model sums and scales each class's passes apart; a class without images keeps its scales."""
+    model = DiffADModel(**PATCH, normalize_passes=True, num_classes=3).eval()
+    _randomize(model.ema_denoiser, seed=5)
+    images, labels = _images(3, seed=6), torch.tensor([0, 2, 2])
+    with torch.no_grad():
+        model.set_pass_scale(model.pass_sums(images, labels))
+        raw = model.pass_maps(images, labels)
+    torch.testing.assert_close(model.pass_scale[0, 0], raw.kl[:, 0].mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(model.pass_scale[2, 0], raw.kl[:, 1:].mean(dim=(1, 2, 3, 4)))
+    assert torch.equal(model.pass_scale[1], torch.ones(2, 3))
+
+
+def test_normalized_passes_need_positive_cues() -> None:
+    """The pixel space's per-image z-scored KL has mean 0: normalizing its passes is refused."""
+    with pytest.raises(ValueError, match="z-scored"):
+        DiffADModel(space="pixel", image_size=(32, 32), block_out_channels=(16, 32), attention_levels=(),
+                    norm_num_groups=8, layers=("blocks.0", "blocks.1"), normalize_passes=True)  # fmt: skip

@@ -29,7 +29,7 @@ PATCH_ARGS = yaml.safe_load(CONFIG.read_text())["model"]["init_args"] | {
     "mlp_blocks": 2,
     "pretrained_weights": TINY_MODEL_ARGS["pretrained_weights"],
 }
-STEPS = 60
+STEPS = 200
 
 
 def _engine(root_dir: Path) -> Engine:
@@ -74,6 +74,9 @@ def test_patch_preset_learns_the_noise_of_the_normal_vectors(patch_project: dict
     with a clearly lower MSE than an untrained one (about 1: it predicts nothing)."""
     assert patch_project["steps"] == STEPS
     trained = patch_project["model"].model
+    scale = trained.pass_scale[0, 0]  # calibrated by validation: the passes' mean KL, larger at small t
+    assert torch.isfinite(scale).all()
+    assert scale[0] > scale[3] > 0, scale
     datamodule = _datamodule(dataset_root)
     datamodule.setup()
     images = patch_project["model"].pre_processor.transform(torch.stack([item.image for item in datamodule.train_data]))
@@ -105,6 +108,6 @@ def test_patch_preset_openvino_parity_at_any_size(
     with torch.no_grad():
         expected = model(read_image(odd, as_tensor=True)[None])
     result = inferencer.predict(odd)
-    assert np.abs(float(result.pred_score) - float(expected.pred_score)) <= 5e-4
+    assert np.abs(np.asarray(result.pred_score).reshape(-1) - expected.pred_score.numpy().reshape(-1)).max() <= 5e-4
     map_difference = np.abs(np.asarray(result.anomaly_map).reshape(-1) - expected.anomaly_map.numpy().reshape(-1))
     assert map_difference.max() <= 5e-4
