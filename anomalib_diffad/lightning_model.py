@@ -48,6 +48,7 @@ from anomalib_diffad.reconstruction import (
     fit_reconstruction_prior,
     gradient_denoise,
 )
+from anomalib_diffad.threads import fit_threads_to_idle_cores
 from anomalib_diffad.torch_model import DiffADModel
 
 
@@ -395,7 +396,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
 
     def on_fit_start(self) -> None:
         """Check the datamodule's files, validation set and crop size (errors name the file or setting); draw
-        the run's training seed once.
+        the run's training seed once; fit torch's threads to the idle cores (:mod:`anomalib_diffad.threads`).
 
         The seed comes from the global RNG, so ``seed_everything`` controls it.
         """
@@ -408,6 +409,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
             self._check_categories(datamodule)
         if getattr(self, "_train_seed", None) is None:
             self._train_seed = int(torch.empty((), dtype=torch.int64).random_()) & (2**62 - 1)
+        fit_threads_to_idle_cores()
 
     def _check_categories(self, datamodule: object) -> None:
         """A unified model must have room for (and the names of) a ``MultiCategory`` datamodule's categories.
