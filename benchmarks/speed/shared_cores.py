@@ -110,7 +110,12 @@ def main() -> None:
     result = {
         "command": recorded_command(sys.argv, REPO),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))},
-        "settings": {"preset": "configs/diffad_feature.yaml", "size": args.size, "batch": args.batch, "steps": args.steps},
+        "settings": {
+            "preset": "configs/diffad_feature.yaml",
+            "size": args.size,
+            "batch": args.batch,
+            "steps": args.steps,
+        },
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
