@@ -229,21 +229,30 @@ def _expected_pixel_maps(
     return kl.mean(dim=1, keepdim=True).mean(dim=0, keepdim=True), feature.mean(dim=0, keepdim=True)
 
 
+def _implied_noise(model: DiffADModel, images: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The noise that ``q_sample`` added to ``images`` to give ``x_t``."""
+    abar = model.schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
+    return (xt - abar.sqrt() * images) / (1 - abar).sqrt()
+
+
 def test_component_scores_returns_both_maps(model: DiffADModel) -> None:
-    """The KL and feature maps of the EMA denoiser's predictions at the scoring timesteps, noised with the
-    fixed noise (``x_t = q_sample(x_0, t, noise)``), and they fuse into the eval forward's anomaly map."""
-    images = _images(1)
+    """The KL and feature maps of the EMA denoiser's predictions on ``x_t = q_sample(x_0, t, noise)`` at the
+    scoring timesteps, with the same fixed noise for every image; they fuse into the eval forward's map."""
+    first, second = _images(1, seed=1), _images(1, seed=2)
     calls, handle = _record_denoiser_calls(model.ema_denoiser)
     with torch.no_grad():
-        maps = model.component_scores(images)
+        maps = model.component_scores(first)
+        first_calls = list(calls)
+        model.component_scores(second)
         handle.remove()
-        output = model(images)
-        expected_kl, expected_feature = _expected_pixel_maps(model, images, calls)
-    xt, t = torch.cat([call[0] for call in calls]), torch.cat([call[1] for call in calls])
-    assert sorted(t.tolist()) == sorted(model.score_timesteps)
-    noise = model.scoring_noise(range(len(model.score_timesteps)), 1, 32, 32)
-    order = [model.score_timesteps.index(step) for step in t.tolist()]
-    torch.testing.assert_close(xt, q_sample(model.schedule, images.expand(len(t), -1, -1, -1), t, noise[order]))
+        output = model(first)
+        expected_kl, expected_feature = _expected_pixel_maps(model, first, first_calls)
+    xt, t = (torch.cat([call[i] for call in first_calls]) for i in (0, 1))
+    xt_second, t_second = (torch.cat([call[i] for call in calls[len(first_calls) :]]) for i in (0, 1))
+    assert sorted(t.tolist()) == sorted(model.score_timesteps) and torch.equal(t, t_second)
+    noise = _implied_noise(model, first, xt, t)
+    torch.testing.assert_close(_implied_noise(model, second, xt_second, t), noise, rtol=1e-4, atol=1e-4)
+    assert 0.8 < float(noise.std()) < 1.2 and abs(float(noise.mean())) < 0.1
     torch.testing.assert_close(maps.kl, expected_kl, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(maps.feature, expected_feature, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(model.anomaly_map_generator(maps.kl, maps.feature), output.anomaly_map)
