@@ -40,6 +40,7 @@ from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.pre_processor import DiffADPreProcessor
 from anomalib_diffad.reconstruction import ReconstructionMixin
 from anomalib_diffad.resume import ExactResumeMixin
+from anomalib_diffad.threads import fit_threads_to_idle_cores
 from anomalib_diffad.torch_model import DiffADModel
 from anomalib_diffad.unified import UnifiedMixin, names_by_index, resolve_num_classes
 
@@ -306,7 +307,7 @@ class DiffAD(UnifiedMixin, ReconstructionMixin, ExactResumeMixin, DiffADExportMi
 
     def on_fit_start(self) -> None:
         """Check the datamodule's files, validation set and crop size (errors name the file or setting); draw
-        the run's training seed once.
+        the run's training seed once; fit torch's threads to the idle cores (:mod:`anomalib_diffad.threads`).
 
         The seed comes from the global RNG, so ``seed_everything`` controls it.
         """
@@ -318,6 +319,7 @@ class DiffAD(UnifiedMixin, ReconstructionMixin, ExactResumeMixin, DiffADExportMi
                 check_train_crop(self.model.train_crop_size, datamodule, getattr(self.pre_processor, "transform", None))
             self._check_categories(datamodule)
         self.draw_train_seed()
+        fit_threads_to_idle_cores()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint fits this model and has finite weights; resume with its training seed."""

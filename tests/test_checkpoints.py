@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Checkpoints that do not fit: another preset or size, and NaN/inf weights, stop with an error that says so."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,20 @@ def test_uncalibrated_checkpoint_still_loads(tiny_project: dict, tmp_path: Path)
     uncalibrated = _edited_copy(tiny_project["ckpt"], tmp_path, {"post_processor._image_threshold": float("nan")})
     model = DiffAD.load_from_checkpoint(uncalibrated)
     assert torch.isnan(model.post_processor._image_threshold)  # noqa: SLF001
+
+
+def test_checkpoint_with_extra_tensors_names_the_argument(tiny_model_args: dict) -> None:
+    """A checkpoint trained with ``subtract_normal_map: true`` loaded into a default model (no normal map)
+    names that argument instead of Lightning's "Unexpected key(s)"; the reverse names it as missing."""
+    with_map = DiffAD(**tiny_model_args, subtract_normal_map=True)
+    default = DiffAD(**tiny_model_args)
+    checkpoint = {"state_dict": with_map.state_dict(), "hyper_parameters": dict(with_map.hparams)}
+    with pytest.raises(ValueError, match="does not fit this DiffAD") as error:
+        default.on_load_checkpoint(checkpoint)
+    message = str(error.value)
+    assert "subtract_normal_map=True (this model: False)" in message
+    assert "--model.subtract_normal_map 'True'" in message
+    assert re.search(r"0 missing, 1 unexpected: unexpected model\.\S*normal_map\)", message), message
+    reverse = {"state_dict": default.state_dict(), "hyper_parameters": dict(default.hparams)}
+    with pytest.raises(ValueError, match=r"1 missing, 0 unexpected: missing model\.\S*normal_map\)"):
+        with_map.on_load_checkpoint(reverse)

@@ -11,11 +11,12 @@ import torch
 from anomalib.data import InferenceBatch, MVTecAD
 from anomalib.deploy import ExportType, OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
+from anomalib.metrics import F1AdaptiveThreshold, MinMax
 from lightning.pytorch import seed_everything
 
 from anomalib_diffad import DiffAD, MultiCategory
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator
-from anomalib_diffad.data.multi import CategoryImageBatch, CategoryImageItem
+from anomalib_diffad.data.multi import CategoryImageBatch, CategoryImageItem, select_images
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.reconstruction import GradientDenoising
 from anomalib_diffad.unified import evaluate_per_category, export_per_category
@@ -299,16 +300,52 @@ def test_one_test_pass_reports_each_categorys_metrics(unified: dict) -> None:
 
 
 def test_each_category_has_its_own_calibration(unified: dict) -> None:
-    """Fusion statistics, thresholds and ranges are finite and differ between categories."""
-    model = unified["model"]
-    generator = model.model.anomaly_map_generator
-    assert len(set(generator.feature_mean.tolist())) == 3
-    post = model.post_processor
-    for name in ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max"):
-        values = getattr(post, f"category_{name}")
-        assert torch.isfinite(values).all(), name
-        assert len(set(values.tolist())) == 3, (name, values)
-    assert (post.category_image_min <= post.category_image_threshold).all()
+    """Each category's fusion statistics are the moments of its own training normals' component maps; its
+    thresholds and min/max are anomalib's F1 threshold and MinMax of its own validation images' raw outputs."""
+    model, datamodule = unified["model"], unified["datamodule"]
+    generator, post = model.model.anomaly_map_generator, model.post_processor
+    transform = model.pre_processor.transform
+    train = datamodule.train_data
+    calibration = [i for c in range(3) for i in (train.samples.category_index == c).to_numpy().nonzero()[0][:32]]
+    batch = train.collate_fn([train[i] for i in calibration])
+    with torch.no_grad():
+        maps = model.model.component_scores(transform(batch.image), batch.category)
+    for index in range(3):
+        selected = batch.category == index
+        for name, values in (("kl", maps.kl[selected]), ("feature", maps.feature[selected])):
+            expected = torch.stack([values.double().mean(), values.double().std(unbiased=False)]).float()
+            actual = torch.stack([getattr(generator, f"{name}_mean")[index], getattr(generator, f"{name}_std")[index]])
+            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6, msg=f"{NAMES[index]} {name}")
+    outputs = []
+    with torch.no_grad():
+        for batch in datamodule.val_dataloader():
+            outputs.append(batch.update(**model.model.score(transform(batch.image), batch.category)._asdict()))
+    checked = 0
+    for index in range(3):
+        metrics = {
+            "image_threshold": F1AdaptiveThreshold(fields=["pred_score", "gt_label"], strict=False),
+            "pixel_threshold": F1AdaptiveThreshold(fields=["anomaly_map", "gt_mask"], strict=False),
+            "image": MinMax(fields=["pred_score"], strict=False),
+            "pixel": MinMax(fields=["anomaly_map"], strict=False),
+        }
+        for batch in outputs:
+            selected = batch.category == index
+            if bool(selected.any()):
+                subset = select_images(batch, ("pred_score", "anomaly_map", "gt_label", "gt_mask"), selected)
+                for metric in metrics.values():
+                    metric.update(subset)
+        if not any(bool(batch.gt_label[batch.category == index].any()) for batch in outputs):
+            continue  # normals only: quantile thresholds (tests/test_post_processor.py)
+        checked += 1
+        for name in ("image_threshold", "pixel_threshold"):
+            expected = metrics[name].compute()
+            torch.testing.assert_close(getattr(post, f"category_{name}")[index], expected, rtol=1e-5, atol=1e-6)
+        for kind in ("image", "pixel"):
+            minimum, maximum = metrics[kind].compute()
+            torch.testing.assert_close(getattr(post, f"category_{kind}_min")[index], minimum, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(getattr(post, f"category_{kind}_max")[index], maximum, rtol=1e-5, atol=1e-6)
+    assert checked == 3
+    assert len(set(post.category_image_threshold.tolist())) == 3
 
 
 def test_unified_checkpoint_reloads_calibration(unified: dict) -> None:

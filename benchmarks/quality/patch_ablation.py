@@ -8,10 +8,11 @@ extracts the standardized, pooled Lite0 features of the training, validation and
 random batches of training vectors (DiffAD's loss, EMA and learning-rate decay) and scores the test images
 through DiffAD's own ``component_scores``. Each variant changes one setting of the base (``--base``).
 
-Reported per variant: image AUROC (top-k mean and max of the map), pixel AUROC and AUPRO of the fused map, and
-the location-free residual (the same metrics of the map minus the mean map of the validation normals). The
-validation normals (held out from train, never trained on) calibrate the fusion and the mean map; no test image
-fits anything.
+Reported per variant and per scoring (the KL, DiffAD's cue, or the squared noise-prediction error; averaged
+over the passes as they are, or each pass first divided by its mean over the validation normals): image AUROC
+(top-k mean and max of the map), pixel AUROC and AUPRO, and the location-free residual (the same metrics of the
+map minus the mean map of the validation normals). The validation normals (held out from train, never trained
+on) calibrate the scaling and the mean map; no test image fits anything.
 
 Example (MVTec 3D-AD tire, RGB):
     python benchmarks/quality/patch_ablation.py --root ../shared/data/mvtec3d --category tire \
@@ -32,6 +33,7 @@ from anomalib.data import MVTecAD
 from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.backbone import load_pretrained_weights
+from anomalib_diffad.diffusion import q_sample
 from anomalib_diffad.loss import DiffADLoss
 from anomalib_diffad.torch_model import DiffADModel, TrainOutput
 from benchmarks.quality.compare import REPO, image_auroc, threshold_free_metrics
@@ -117,32 +119,56 @@ def train(model: DiffADModel, vectors: torch.Tensor, settings: dict, seed: int) 
 
 
 @torch.no_grad()
-def cue_maps(model: DiffADModel, x0: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """DiffAD's two cues of feature maps ``x0`` (its ``component_scores`` with the features given), at ``size``."""
+def pass_maps(model: DiffADModel, x0: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-pass maps ``(S, N, 1, h, w)`` of feature maps ``x0`` at the features' resolution: the patch space's
+    KL cue (``component_scores`` one pass at a time) and the squared noise-prediction error of the same pass."""
     model.eval()
     model.diffusion_space.diffused_data = lambda _model, features: features
-    kl, feature = [], []
-    for chunk in x0.split(16):
-        maps = model.component_scores(chunk)
-        kl.append(F.interpolate(maps.kl, size=size, mode="bilinear", align_corners=False))
-        feature.append(F.interpolate(maps.feature, size=size, mode="bilinear", align_corners=False))
-    return torch.cat(kl), torch.cat(feature)
+    kl, eps_error = [], []
+    for index, timestep in enumerate(model.score_timesteps):
+        kl.append(torch.cat([model.component_scores(chunk, step_indices=[index]).kl for chunk in x0.split(32)]))
+        errors = []
+        for chunk in x0.split(32):
+            t = torch.full((len(chunk),), timestep)
+            noise = model.scoring_noise([index], len(chunk), *chunk.shape[-2:])
+            xt = q_sample(model.schedule, chunk, t, noise)
+            errors.append((model.ema_denoiser(xt, t).eps - noise).pow(2).mean(dim=1, keepdim=True))
+        eps_error.append(torch.cat(errors))
+    return {"kl": torch.stack(kl), "eps": torch.stack(eps_error)}
 
 
-def evaluate(model: DiffADModel, data: dict, size: tuple[int, int]) -> dict[str, float]:
-    """Metrics of the fused map and of its location-free residual; fusion and mean map from the validation normals."""
-    val_kl, val_feature = cue_maps(model, data["val"]["x0"], size)
-    generator: AnomalyMapGenerator = model.anomaly_map_generator
-    generator.calibrate(val_kl, val_feature)
-    mean_normal = generator(val_kl, val_feature).mean(dim=0, keepdim=True)
-    test = data["test"]
-    maps = generator(*cue_maps(model, test["x0"], size))
+def combined(maps: torch.Tensor, val_maps: torch.Tensor, per_timestep: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test and validation maps averaged over passes; with ``per_timestep`` each pass first divided by its mean
+    over the validation normals."""
+    if per_timestep:
+        scale = val_maps.mean(dim=(1, 2, 3, 4), keepdim=True)
+        maps, val_maps = maps / scale, val_maps / scale
+    return maps.mean(0), val_maps.mean(0)
+
+
+def metrics_of(test_map: torch.Tensor, val_map: torch.Tensor, model: DiffADModel, test: dict, size: tuple[int, int]) -> dict:
+    """Metrics of a cue (smoothed and standardized as DiffAD's fusion does, on the validation normals) and of its
+    location-free residual (minus the validation normals' mean map)."""
+    generator = AnomalyMapGenerator(alpha=1.0, sigma=model.anomaly_map_generator.sigma)
+    test_map, val_map = (F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in (test_map, val_map))
+    generator.calibrate(val_map, val_map)
+    maps, normal = generator(test_map, test_map), generator(val_map, val_map)
     metrics = threshold_free_metrics(top_k_mean(maps, model.top_k), maps, test["label"], test["mask"])
     metrics["image_AUROC_max"] = image_auroc(maps.amax(dim=(1, 2, 3)), test["label"])
-    metrics["image_AUROC_mean"] = image_auroc(maps.mean(dim=(1, 2, 3)), test["label"])
-    residual = maps - mean_normal
+    residual = maps - normal.mean(dim=0, keepdim=True)
     residual_metrics = threshold_free_metrics(top_k_mean(residual, model.top_k), residual, test["label"], test["mask"])
     return metrics | {f"residual_{key}": value for key, value in residual_metrics.items()}
+
+
+def evaluate(model: DiffADModel, data: dict, size: tuple[int, int]) -> dict[str, dict]:
+    """Metrics of four scorings of the same weights: the KL (DiffAD's cue) or the noise-prediction error, each
+    averaged over the passes as they are or after dividing each pass by its validation-normal mean."""
+    val, test = pass_maps(model, data["val"]["x0"]), pass_maps(model, data["test"]["x0"])
+    return {
+        f"{cue}{'_per_t' if per_t else ''}": metrics_of(*combined(test[cue], val[cue], per_t), model, data["test"], size)
+        for cue in ("kl", "eps")
+        for per_t in (False, True)
+    }
 
 
 def main() -> None:
@@ -187,7 +213,7 @@ def main() -> None:
         row = {"variant": name, "changed": VARIANTS[name], "feature_seconds": data["seconds"]}
         row |= train(model, vectors, settings, args.seed)
         start = time.perf_counter()
-        row |= evaluate(model, data, size)
+        row["scorings"] = evaluate(model, data, size)
         row["score_seconds"] = round(time.perf_counter() - start, 1)
         result["rows"].append(row)
         print(json.dumps(row), flush=True)

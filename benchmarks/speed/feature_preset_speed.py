@@ -1,14 +1,14 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Training-step and scoring time of DiffAD's two presets, fp32 against bf16 autocast, and test latency of the
-feature preset (torch, OpenVINO) against PatchCore (Lite0, torch) at 256 px on the CPU it runs on.
+"""Training-step and scoring time of DiffAD's presets, fp32 against bf16 autocast, and test latency of the
+feature preset (or ``--preset``; torch, OpenVINO) against PatchCore (Lite0, torch) at 256 px on the CPU it runs on.
 
 Random weights and images: time does not depend on them. PatchCore's memory bank has ``--bank`` patches
 (1% coreset of the 210 tire training images: 1719). Every figure is the median of ``--repeats`` runs after one
 warm-up, with ``torch.get_num_threads()`` threads (``OMP_NUM_THREADS``). Writes ``<out>/feature_preset_speed.json``
-and ``.png`` (``--latency-only``: only the test latencies of the feature preset and PatchCore, into
-``<out>/feature_preset_latency.json`` and ``.png``; with ``--score-timesteps``, other scoring passes, into
-``feature_preset_latency_<n>_passes.json``).
+and ``.png`` (``--latency-only``: only the test latencies of the preset and PatchCore, into
+``<out>/<feature|patch>_preset_latency.json`` and ``.png``; with ``--score-timesteps``, other scoring passes, into
+``<...>_preset_latency_<n>_passes.json``).
 
 Example:
     OMP_NUM_THREADS=2 python benchmarks/speed/feature_preset_speed.py --out benchmarks/speed/results
@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "speed" / "results")
     parser.add_argument("--latency-only", action="store_true", help="skip training steps and the pixel preset")
+    parser.add_argument("--preset", default="diffad_feature", choices=["diffad_feature", "diffad_patch"],
+                        help="--latency-only: the preset timed against PatchCore")
     parser.add_argument("--score-timesteps", type=int, nargs="+", default=None,
                         help="--latency-only: the feature preset's scoring passes instead of its own")
     args = parser.parse_args()
@@ -96,7 +98,7 @@ def main() -> None:
     size, repeats = args.size, args.repeats
     image = torch.rand(1, 3, size, size)
     rows = []
-    presets = (("diffad_feature", 16),) if args.latency_only else (("diffad", 8), ("diffad_feature", 16))
+    presets = ((args.preset, 16),) if args.latency_only else (("diffad", 8), ("diffad_feature", 16))
     for name, batch in presets:
         model = preset(name, size, args.score_timesteps if args.latency_only else None)
         for bf16 in () if args.latency_only else (False, True):
@@ -110,7 +112,7 @@ def main() -> None:
 
             rows.append({"what": "test latency, torch", "model": name, "bf16_autocast": bf16,
                          "seconds": latency_seconds(score, repeats)})
-        if name == "diffad_feature":
+        if name != "diffad":
             for precision in ("f32", "bf16"):
                 rows.append({"what": f"test latency, OpenVINO {precision}", "model": name,
                              "seconds": openvino_latency(model, image, precision, repeats)})
@@ -121,13 +123,13 @@ def main() -> None:
     result = {
         "size": size,
         "threads": torch.get_num_threads(),
-        "feature_preset_score_timesteps": list(preset("diffad_feature", 32, args.score_timesteps).model.score_timesteps),
+        "preset_score_timesteps": list(preset(presets[-1][0], 32, args.score_timesteps).model.score_timesteps),
         "machine": platform.processor() or platform.machine(),
         "rows": rows,
         "command": recorded_command(sys.argv, REPO),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "feature_preset_latency" if args.latency_only else "feature_preset_speed"
+    stem = f"{args.preset.removeprefix('diffad_')}_preset_latency" if args.latency_only else "feature_preset_speed"
     if args.latency_only and args.score_timesteps:
         stem += f"_{len(args.score_timesteps)}_passes"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
