@@ -14,10 +14,10 @@ from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.diffusion import q_sample
-from tests.helpers.engine import brick_datamodule, tiny_engine
+from tests.helpers.engine import brick_datamodule, fit_test_predict, tiny_engine
 from tests.helpers.openvino import FP32
 from tests.helpers.presets import TINY_MODEL_ARGS
-from tests.integration.test_engine import OUTPUTS, _assert_parity
+from tests.integration.test_engine import _assert_parity
 
 CONFIG = Path(__file__).parents[2] / "configs" / "diffad_feature.yaml"
 FEATURE_ARGS = yaml.safe_load(CONFIG.read_text())["model"]["init_args"] | {
@@ -40,17 +40,8 @@ def _datamodule(root: Path) -> MVTecAD:
 def feature_project(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The feature preset at 64 px (an 8 x 8 x 152 feature 'image'), fitted and tested once."""
     root_dir = tmp_path_factory.mktemp("feature_project")
-    model = DiffAD(**FEATURE_ARGS)
-    engine = _engine(root_dir)
-    engine.fit(model=model, datamodule=_datamodule(dataset_root))
-    metrics = engine.test(model=model, datamodule=_datamodule(dataset_root), verbose=False)[0]
-    batches = engine.predict(model=model, datamodule=_datamodule(dataset_root))
-    predictions = {
-        path: {key: getattr(batch, key)[index].detach().cpu().numpy() for key in OUTPUTS}
-        for batch in batches
-        for index, path in enumerate(batch.image_path)
-    }
-    return {"model": model, "metrics": metrics, "predictions": predictions, "root_dir": root_dir}
+    torch.manual_seed(0)  # the same weights whatever ran before in the session
+    return fit_test_predict(DiffAD(**FEATURE_ARGS), _engine(root_dir), dataset_root)
 
 
 def test_feature_preset_learns_the_noise_of_the_features(feature_project: dict, dataset_root: Path) -> None:

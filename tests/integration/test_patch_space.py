@@ -17,10 +17,10 @@ from PIL import Image
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.diffusion import q_sample
-from tests.helpers.engine import brick_datamodule
+from tests.helpers.engine import brick_datamodule, fit_test_predict
 from tests.helpers.openvino import FP32
 from tests.helpers.presets import TINY_MODEL_ARGS
-from tests.integration.test_engine import OUTPUTS, _assert_parity
+from tests.integration.test_engine import _assert_parity
 
 CONFIG = Path(__file__).parents[2] / "configs" / "diffad_patch.yaml"
 PATCH_ARGS = yaml.safe_load(CONFIG.read_text())["model"]["init_args"] | {
@@ -56,17 +56,9 @@ def patch_project(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     """The patch preset at 64 px (8 x 8 vectors of 152 channels per image), fitted and tested once."""
     root_dir = tmp_path_factory.mktemp("patch_project")
     torch.manual_seed(0)
-    model = DiffAD(**PATCH_ARGS)
     engine = _engine(root_dir)
-    engine.fit(model=model, datamodule=_datamodule(dataset_root))
-    metrics = engine.test(model=model, datamodule=_datamodule(dataset_root), verbose=False)[0]
-    batches = engine.predict(model=model, datamodule=_datamodule(dataset_root))
-    predictions = {
-        path: {key: getattr(batch, key)[index].detach().cpu().numpy() for key in OUTPUTS}
-        for batch in batches
-        for index, path in enumerate(batch.image_path)
-    }
-    return {"model": model, "metrics": metrics, "predictions": predictions, "root_dir": root_dir, "steps": engine.trainer.global_step}
+    project = fit_test_predict(DiffAD(**PATCH_ARGS), engine, dataset_root)
+    return project | {"steps": engine.trainer.global_step}
 
 
 def test_patch_preset_learns_the_noise_of_the_normal_vectors(patch_project: dict, dataset_root: Path) -> None:
