@@ -28,17 +28,20 @@ from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_diffad.backbone import load_pretrained_weights
+from anomalib_diffad.callbacks import TextProgress
 from anomalib_diffad.checkpoints import check_checkpoint
 from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
 from anomalib_diffad.data.multi import MultiCategory
 from anomalib_diffad.export import DiffADExportMixin
 from anomalib_diffad.loss import DiffADLoss
+from anomalib_diffad.memory import cap_workers, release_freed_buffers
 from anomalib_diffad.metrics import CategoryEvaluator
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.pre_processor import DiffADPreProcessor
@@ -49,6 +52,7 @@ from anomalib_diffad.reconstruction import (
     fit_reconstruction_prior,
     gradient_denoise,
 )
+from anomalib_diffad.run_folder import FailedRunCleanup
 from anomalib_diffad.torch_model import DiffADModel
 
 
@@ -282,6 +286,17 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
             return Evaluator(test_metrics=test_metrics)
         return CategoryEvaluator(categories, test_metrics=test_metrics)
 
+    def configure_callbacks(self) -> list[Callback]:
+        """anomalib's component callbacks, then :class:`~anomalib_diffad.run_folder.FailedRunCleanup` (a fit that
+        fails before its first step leaves no result folder behind) and, unless the Trainer has one,
+        :class:`~anomalib_diffad.callbacks.TextProgress` (plain progress lines when the output is not a terminal,
+        also without a config file)."""
+        callbacks = [*super().configure_callbacks(), FailedRunCleanup()]
+        trainer = self._trainer
+        if trainer is not None and not any(isinstance(callback, TextProgress) for callback in trainer.callbacks):
+            callbacks.append(TextProgress())
+        return callbacks
+
     def select_category(self, category: str | int | None) -> None:
         """Fix the category of a unified model for images whose batch carries none (export, plain datamodules).
 
@@ -359,7 +374,13 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         return labels
 
     def setup(self, stage: str) -> None:
-        """Load the feature branch's pretrained weights once, before the first training step."""
+        """Keep memory near the live tensors (:mod:`anomalib_diffad.memory`: freed buffers go back to the system,
+        no more DataLoader workers than CPUs); load the feature branch's pretrained weights once, before the
+        first training step."""
+        release_freed_buffers()
+        trainer = self._trainer
+        if trainer is not None and trainer.datamodule is not None:
+            cap_workers(trainer.datamodule)
         if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
             load_pretrained_weights(self.model.feature_extractor, self.pretrained_weights)
             self._pretrained_loaded = True
