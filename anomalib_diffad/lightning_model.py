@@ -433,7 +433,11 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         pixels = height * width * (1 if training else len(self.model.score_timesteps))
         return max(1, (TRAIN_PIXELS_PER_PASS if training else SCORE_PIXELS_PER_PASS) // pixels)
 
-    def training_losses(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def training_losses(
+        self,
+        images: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Loss terms of a batch, computed in passes of at most :meth:`images_per_pass` images.
 
         Activation memory grows with the batch (about 0.73 GiB per 256 px image with the default UNet), and the
@@ -472,8 +476,8 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         if images.shape[0] <= size:
             return self.model(images, class_labels)
         parts = [
-            self.model(images[start : start + size], None if class_labels is None else class_labels[start : start + size])
-            for start in range(0, images.shape[0], size)
+            self.model(images[part], None if class_labels is None else class_labels[part])
+            for part in (slice(start, start + size) for start in range(0, images.shape[0], size))
         ]
         return InferenceBatch(*(
             None if values[0] is None else torch.cat(values) for values in zip(*parts, strict=True)

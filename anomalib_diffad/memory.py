@@ -56,5 +56,5 @@ def cap_workers(datamodule: object, cpus: int | None = None) -> None:
     workers = getattr(datamodule, "num_workers", None)
     cpus = available_cpus() if cpus is None else cpus
     if isinstance(workers, int) and workers > cpus:
-        logger.info("DataLoader workers: %d -> %d, the CPUs available (each worker holds its own memory).", workers, cpus)
+        logger.info("DataLoader workers: %d -> %d, the CPUs available (each holds its own memory).", workers, cpus)
         datamodule.num_workers = cpus

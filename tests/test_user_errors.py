@@ -40,7 +40,8 @@ def test_missing_category_lists_the_folders_there(tmp_path: Path) -> None:
     """An existing root without the category: the message lists the categories it holds."""
     (tmp_path / "grass").mkdir()
     (tmp_path / "gravel").mkdir()
-    with pytest.raises(DataCheckError, match=r"has no category folder 'brick' \(--data.category\); it holds grass, gravel"):
+    expected = r"has no category folder 'brick' \(--data.category\); it holds grass, gravel"
+    with pytest.raises(DataCheckError, match=expected):
         check_mvtec_root(tmp_path, "brick", URL, CATEGORIES, reachable=_never_probed)
 
 

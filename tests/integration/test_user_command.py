@@ -103,7 +103,8 @@ def test_bare_command_trains_validates_and_tests_in_bounded_memory(tmp_path: Pat
     print(f"bare command: peak {peak:.2f} GiB (process tree, PSS) in {seconds:.0f} s")  # noqa: T201
     assert result.returncode == 0, output[-3000:]
     assert sorted(_printed_metrics(output)) == sorted(METRICS)
-    assert (tmp_path / "results" / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt").exists()
+    run = tmp_path / "results" / "DiffAD" / "MVTecAD" / "brick" / "v0"
+    assert (run / "weights" / "lightning" / "model.ckpt").exists()
     assert peak < PEAK_GIB, f"peak {peak:.2f} GiB"
 
 
