@@ -9,6 +9,11 @@ executed, imports :mod:`anomalib_diffad` (and the benchmark baselines of :mod:`d
 that jsonargparse finds ``DiffAD`` among ``AnomalibModule`` subclasses before it parses. Programs that never run anomalib's CLI pay nothing; Python code imports
 ``anomalib_diffad`` itself. Set ``ANOMALIB_DIFFAD_AUTOLOAD=0`` to disable it.
 
+It also wraps the CLI's ``main``: a :class:`~anomalib_diffad.data.checks.DataCheckError` (a missing dataset
+folder, an unreadable image, ...: a problem with the user's data whose message names the file or setting) is
+printed as one ``error:`` message on stderr, exit status 1, instead of a traceback of a few hundred lines through
+jsonargparse, anomalib and Lightning. ``ANOMALIB_DIFFAD_TRACEBACK=1`` shows the traceback again.
+
 Only ``os`` and ``sys`` (already loaded by the interpreter) are imported at start-up: the finder is duck-typed
 rather than an ``importlib.abc.MetaPathFinder``, whose import alone pulls in ``pathlib``, ``re`` and
 ``tempfile``.
@@ -37,6 +42,25 @@ def ignore_foreign_deprecations() -> None:
         warnings.filterwarnings("ignore", message=re.escape(message), category=FutureWarning)
 
 
+def print_data_errors(main: "Callable[[], object]") -> "Callable[[], object]":  # noqa: F821 - no import at start-up
+    """Wrap a CLI ``main``: print a ``DataCheckError``'s message alone on stderr and exit with status 1."""
+    import functools  # noqa: PLC0415
+
+    @functools.wraps(main)
+    def main_printing_data_errors() -> object:
+        from anomalib_diffad.data.checks import DataCheckError  # noqa: PLC0415
+
+        try:
+            return main()
+        except DataCheckError as error:
+            if os.environ.get("ANOMALIB_DIFFAD_TRACEBACK", "0") != "0":
+                raise
+            sys.stderr.write(f"error: {error}\n(ANOMALIB_DIFFAD_TRACEBACK=1 shows the traceback.)\n")
+            raise SystemExit(1) from None
+
+    return main_printing_data_errors
+
+
 class _AfterAnomalibCli:
     """Meta-path finder that wraps the loader of ``anomalib.cli.cli`` to import the plugin after it."""
 
@@ -63,6 +87,10 @@ class _AfterAnomalibCli:
                 import warnings  # noqa: PLC0415
 
                 warnings.warn(f"anomalib-diffad could not be loaded: {error!r}", stacklevel=1)
+                return
+            main = getattr(module, "main", None)
+            if callable(main):
+                module.main = print_data_errors(main)  # type: ignore[attr-defined]
 
         spec.loader.exec_module = exec_then_load_plugin  # type: ignore[method-assign]
         return spec

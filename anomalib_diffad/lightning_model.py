@@ -26,20 +26,25 @@ from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_diffad.backbone import load_pretrained_weights
+from anomalib_diffad.callbacks import TextProgress
 from anomalib_diffad.checkpoints import check_checkpoint
 from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
 from anomalib_diffad.export import DiffADExportMixin
 from anomalib_diffad.loss import DiffADLoss
+from anomalib_diffad.memory import cap_workers, release_freed_buffers
 from anomalib_diffad.metrics import CategoryEvaluator
+from anomalib_diffad.passes import BoundedPassesMixin
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.pre_processor import DiffADPreProcessor
 from anomalib_diffad.reconstruction import ReconstructionMixin
 from anomalib_diffad.resume import ExactResumeMixin
+from anomalib_diffad.run_folder import FailedRunCleanup
 from anomalib_diffad.threads import fit_threads_to_idle_cores
 from anomalib_diffad.torch_model import DiffADModel
 from anomalib_diffad.unified import UnifiedMixin, names_by_index, resolve_num_classes
@@ -56,13 +61,16 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the training loss stops being finite."""
 
 
-class DiffAD(UnifiedMixin, ReconstructionMixin, ExactResumeMixin, DiffADExportMixin, AnomalibModule):
+class DiffAD(
+    UnifiedMixin, ReconstructionMixin, ExactResumeMixin, BoundedPassesMixin, DiffADExportMixin, AnomalibModule,
+):
     """DiffAD anomaly detector (anomalib Lightning module).
 
     This class is the Lightning adapter (steps, optimizer, component defaults, checks before training). The
     unified model's category handling is :class:`~anomalib_diffad.unified.UnifiedMixin`, the reconstruction API
     :class:`~anomalib_diffad.reconstruction.ReconstructionMixin`, exact resume
-    :class:`~anomalib_diffad.resume.ExactResumeMixin` and export :class:`~anomalib_diffad.export.DiffADExportMixin`.
+    :class:`~anomalib_diffad.resume.ExactResumeMixin`, memory-bounded passes
+    :class:`~anomalib_diffad.passes.BoundedPassesMixin` and export :class:`~anomalib_diffad.export.DiffADExportMixin`.
 
     Args:
         image_size: Size the images are resized to (inside the exported graph too, which takes any size).
@@ -260,8 +268,25 @@ class DiffAD(UnifiedMixin, ReconstructionMixin, ExactResumeMixin, DiffADExportMi
             return Evaluator(test_metrics=test_metrics)
         return CategoryEvaluator(categories, test_metrics=test_metrics)
 
+    def configure_callbacks(self) -> list[Callback]:
+        """anomalib's component callbacks, then :class:`~anomalib_diffad.run_folder.FailedRunCleanup` (a fit that
+        fails before its first step leaves no result folder behind) and, unless the Trainer has one,
+        :class:`~anomalib_diffad.callbacks.TextProgress` (plain progress lines when the output is not a terminal,
+        also without a config file)."""
+        callbacks = [*super().configure_callbacks(), FailedRunCleanup()]
+        trainer = self._trainer
+        if trainer is not None and not any(isinstance(callback, TextProgress) for callback in trainer.callbacks):
+            callbacks.append(TextProgress())
+        return callbacks
+
     def setup(self, stage: str) -> None:
-        """Load the feature branch's pretrained weights once, before the first training step."""
+        """Keep memory near the live tensors (:mod:`anomalib_diffad.memory`: freed buffers go back to the system,
+        no more DataLoader workers than CPUs); load the feature branch's pretrained weights once, before the
+        first training step."""
+        release_freed_buffers()
+        trainer = self._trainer
+        if trainer is not None and trainer.datamodule is not None:
+            cap_workers(trainer.datamodule)
         if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
             load_pretrained_weights(self.model.feature_extractor, self.pretrained_weights)
             self._pretrained_loaded = True
@@ -277,7 +302,7 @@ class DiffAD(UnifiedMixin, ReconstructionMixin, ExactResumeMixin, DiffADExportMi
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One denoising-score-matching step on normal images."""
         del args, kwargs
-        losses = self.loss(self.model(batch.image, self.class_labels(batch)))
+        losses = self.training_losses(batch.image, self.class_labels(batch))
         if not torch.isfinite(losses["loss"]):
             terms = {name: float(value) for name, value in losses.items()}
             msg = (
@@ -331,7 +356,7 @@ class DiffAD(UnifiedMixin, ReconstructionMixin, ExactResumeMixin, DiffADExportMi
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score validation images with the EMA weights."""
         del args, kwargs
-        predictions = self.model(batch.image, self.class_labels(batch))
+        predictions = self.score_images(batch.image, self.class_labels(batch))
         return batch.update(**predictions._asdict())
 
     def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:

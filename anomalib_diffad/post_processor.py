@@ -137,7 +137,7 @@ class DiffADPostProcessor(PostProcessor):
         indices = calibration_indices(dataset, self.calibration_images, trainer.global_rank, trainer.world_size)
         loader = DataLoader(
             Subset(dataset, indices),
-            batch_size=getattr(datamodule, "eval_batch_size", 8),
+            batch_size=min(getattr(datamodule, "eval_batch_size", 8), pl_module.images_per_pass(training=False)),
             collate_fn=dataset.collate_fn,
         )
         generator = pl_module.model.anomaly_map_generator

@@ -17,7 +17,8 @@ images, and mixed image sizes, but it is silent or vague about the rest:
 - training images smaller than ``train_crop_size`` give no crops of that size (the whole image is used).
 
 :func:`check_datamodule`, :func:`check_validation_set` and :func:`check_train_crop` run before training
-(``DiffAD.on_fit_start``) and raise a ``ValueError`` naming the file or setting for each of these.
+(``DiffAD.on_fit_start``) and raise a :class:`DataCheckError` (a ``ValueError``) naming the file or setting for
+each of these; anomalib's CLI prints its message without a traceback (``anomalib_diffad_autoload``).
 
 anomalib's ``MVTecAD`` parser has its own blind spots, which :func:`check_mvtec_folder` covers when the
 dataset is built (:func:`install_mvtec_folder_check`, installed by importing ``anomalib_diffad``):
@@ -30,6 +31,11 @@ dataset is built (:func:`install_mvtec_folder_check`, installed by importing ``a
 - images in another format than ``.png`` (``.jpg``, ...) are skipped without a word - a warning says how
   many, where, and why.
 
+Before ``MVTecAD.prepare_data`` downloads, :func:`check_mvtec_root` stops a missing ``root`` or category folder
+that no download can provide (a category MVTec AD does not have, or no connection to the download server) with
+the folder's name, the expected layout and where to get MVTec AD: otherwise anomalib creates the folder, tries
+the 4.9 GB download and fails after a minute with ``URLError``, never naming the folder.
+
 Example:
     >>> from anomalib_diffad.data.checks import check_image_file
     >>> try:
@@ -41,9 +47,12 @@ Example:
 
 import functools
 import logging
+import socket
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -61,6 +70,94 @@ IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".
 
 MASK_SUFFIX = "_mask"
 
+MVTEC_AD_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
+PROBE_TIMEOUT = 3.0
+"""Seconds to wait for a connection to the download server before calling it unreachable."""
+MVTEC_LAYOUT = (
+    ("train/good/*.png", "normal training images"),
+    ("test/good/*.png", "normal test images"),
+    ("test/<defect>/*.png", "defective test images"),
+    ("ground_truth/<defect>/*_mask.png", "their masks (the image's name plus _mask)"),
+)
+"""The files ``MVTecAD`` reads in a category folder, and what they are."""
+
+
+class DataCheckError(ValueError):
+    """A problem with the user's data or data settings, named in the message; the ``anomalib`` CLI prints the
+    message alone (no traceback)."""
+
+
+def server_reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds (name lookup included)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=connect, daemon=True)  # a name lookup ignores the socket timeout
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def check_mvtec_root(
+    root: Path | str,
+    category: str,
+    download_url: str,
+    categories: Sequence[str],
+    reachable: Callable[[str], bool] = server_reachable,
+) -> None:
+    """Before ``MVTecAD`` downloads: raise if ``root/category`` is missing and no download can provide it.
+
+    Args:
+        root: ``--data.root``.
+        category: ``--data.category``.
+        download_url: The archive anomalib would download.
+        categories: The categories the archive holds.
+        reachable: Probe of the download server (default: a TCP connection within :data:`PROBE_TIMEOUT`).
+
+    Raises:
+        DataCheckError: The folder is missing and the category is not in the archive, or the server cannot
+            be reached; the message names the folder, the expected layout and how to get MVTec AD.
+    """
+    root = Path(root)
+    if (root / category).is_dir():
+        return
+    shown = root if root.is_absolute() else f"{root} ({root.resolve()})"
+    if not root.is_dir():
+        problem = f"The dataset folder {shown} (--data.root) does not exist."
+    else:
+        present = sorted(path.name for path in root.iterdir() if path.is_dir())
+        problem = (
+            f"The dataset folder {shown} has no category folder {category!r} (--data.category); it holds "
+            f"{', '.join(present) if present else 'no folders'}."
+        )
+    in_archive = category in categories
+    if in_archive and reachable(download_url):
+        logger.warning("%s Downloading MVTec AD (4.9 GB) into it, as anomalib does.", problem)
+        return
+    why = (
+        f"MVTec AD cannot be downloaded from here ({urlsplit(download_url).hostname} is unreachable)."
+        if in_archive
+        else f"{category!r} is not an MVTec AD category ({', '.join(categories)}), so no download can provide it."
+    )
+    paths = [f"{category}/{files}" for files, _ in MVTEC_LAYOUT]
+    width = max(map(len, paths))
+    layout = "\n".join(f"  {path.ljust(width)}  {what}" for path, (_, what) in zip(paths, MVTEC_LAYOUT, strict=True))
+    msg = (
+        f"{problem} {why}\nMVTecAD expects, under {root}:\n{layout}\n"
+        f"To get MVTec AD, download mvtec_anomaly_detection.tar.xz from {MVTEC_AD_PAGE} and extract it into "
+        f"{root}; or write the built-in textures (brick, grass, gravel) with "
+        f"`python -m diffad_tools.textures --root {root}`."
+    )
+    raise DataCheckError(msg)
+
 
 def _open(path: Path | str, kind: str) -> Image.Image:
     try:
@@ -68,12 +165,12 @@ def _open(path: Path | str, kind: str) -> Image.Image:
         image.load()  # decodes the whole file: catches truncation
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         msg = f"Cannot read {kind} file {path}: {error}"
-        raise ValueError(msg) from error
+        raise DataCheckError(msg) from error
     return image
 
 
 def check_image_file(path: Path | str) -> tuple[int, int]:
-    """Decode one image; raise ``ValueError`` naming it if anomalib would fail on it or corrupt it.
+    """Decode one image; raise :class:`DataCheckError` naming it if anomalib would fail on it or corrupt it.
 
     Returns:
         ``(width, height)`` of the image.
@@ -83,17 +180,17 @@ def check_image_file(path: Path | str) -> tuple[int, int]:
             pixels = np.asarray(image)
             if not np.isfinite(pixels).all():
                 msg = f"Image {path} has non-finite pixel values (NaN or inf)."
-                raise ValueError(msg)
+                raise DataCheckError(msg)
             msg = (
                 f"Image {path} has {image.mode!r} pixels (16-bit integer or 32-bit int/float); anomalib reads "
                 "images as 8-bit RGB and would clip its values. Convert it to 8-bit (e.g. PNG or JPEG)."
             )
-            raise ValueError(msg)
+            raise DataCheckError(msg)
         return image.size
 
 
 def check_mask_file(path: Path | str, image_path: Path | str, image_size: tuple[int, int]) -> None:
-    """Decode one mask; raise ``ValueError`` if its aspect ratio differs from its image's.
+    """Decode one mask; raise :class:`DataCheckError` if its aspect ratio differs from its image's.
 
     A mask of another size but the same aspect ratio is fine: anomalib resizes mask and image alike.
     """
@@ -105,7 +202,7 @@ def check_mask_file(path: Path | str, image_path: Path | str, image_size: tuple[
             f"Mask {path} is {width}x{height} but its image {image_path} is {image_width}x{image_height}: "
             "both are resized to the model input independently, so the mask would not line up with the image."
         )
-        raise ValueError(msg)
+        raise DataCheckError(msg)
 
 
 def check_samples(image_paths: Iterable[str], mask_paths: Iterable[str | None]) -> int:
@@ -133,7 +230,7 @@ def check_datamodule(datamodule: object, subsets: Iterable[str] = ("train_data",
     """Check the image and mask files of a set-up anomalib datamodule's ``subsets``.
 
     Raises:
-        ValueError: The training set is empty, or a file is unreadable, truncated, 16-bit/float,
+        DataCheckError: The training set is empty, or a file is unreadable, truncated, 16-bit/float,
             non-finite, or a mask does not match its image's aspect ratio. The message names the file.
     """
     for name in subsets:
@@ -143,7 +240,7 @@ def check_datamodule(datamodule: object, subsets: Iterable[str] = ("train_data",
             continue
         if name == "train_data" and len(samples) == 0:
             msg = f"The training set is empty: no images found in {_training_source(datamodule)}."
-            raise ValueError(msg)
+            raise DataCheckError(msg)
         masks = samples["mask_path"] if "mask_path" in samples else [None] * len(samples)
         count = check_samples(samples["image_path"], masks)
         logger.debug("Checked %d images of %s.", count, name)
@@ -156,7 +253,7 @@ def check_validation_set(datamodule: object) -> None:
     the thresholds stay NaN and every test score with them.
 
     Raises:
-        ValueError: Naming the datamodule's ``val_split_mode`` and ``val_split_ratio``.
+        DataCheckError: Naming the datamodule's ``val_split_mode`` and ``val_split_ratio``.
     """
     children = getattr(datamodule, "datamodules", None)
     if children is not None:
@@ -181,7 +278,7 @@ def _require_validation_images(datamodule: object, prefix: str) -> None:
         "thresholds on validation images, and would test with NaN thresholds. Use val_split_mode 'same_as_test' "
         "(MVTecAD's default), or 'from_test'/'from_train' with a val_split_ratio that leaves images of each label."
     )
-    raise ValueError(msg)
+    raise DataCheckError(msg)
 
 
 def resized_min_side(transform: Callable | None) -> int | None:
@@ -202,7 +299,7 @@ def check_train_crop(crop_size: int, datamodule: object, transform: Callable | N
     decides; without one, each training file's own size.
 
     Raises:
-        ValueError: Naming ``train_crop_size`` and the resize, or the first file that is too small.
+        DataCheckError: Naming ``train_crop_size`` and the resize, or the first file that is too small.
     """
     side = resized_min_side(transform)
     if side is not None:
@@ -212,7 +309,7 @@ def check_train_crop(crop_size: int, datamodule: object, transform: Callable | N
                 f"to a shortest side of {side} px (image_size): the random crops would be whole images. Set "
                 f"--model.train_crop_size to at most {side}, or None to train on whole images."
             )
-            raise ValueError(msg)
+            raise DataCheckError(msg)
         return
     samples = getattr(getattr(datamodule, "train_data", None), "samples", None)
     for path in [] if samples is None else samples["image_path"]:
@@ -223,7 +320,7 @@ def check_train_crop(crop_size: int, datamodule: object, transform: Callable | N
                 f"Training image {path} is {width}x{height}, smaller than train_crop_size={crop_size} (the "
                 "pre-processor does not resize): resize the images, or lower --model.train_crop_size."
             )
-            raise ValueError(msg)
+            raise DataCheckError(msg)
 
 
 def _images(folder: Path) -> list[Path]:
@@ -240,7 +337,7 @@ def check_mvtec_folder(root: Path | str, split: str | None, extensions: Sequence
         extensions: The file suffixes the parser reads (anomalib's ``MVTecAD``: ``.png``, ``.PNG``).
 
     Raises:
-        ValueError: A defective test image has no mask, a mask has no defective test image, or there are
+        DataCheckError: A defective test image has no mask, a mask has no defective test image, or there are
             masks but no defective test image; the message names the files.
     """
     root = Path(root)
@@ -272,7 +369,7 @@ def check_mvtec_folder(root: Path | str, split: str | None, extensions: Sequence
                 f"{len(masks)} masks (e.g. {masks[0]}): put the defective images back into test/<defect type>/, "
                 "or remove ground_truth/."
             )
-            raise ValueError(msg)
+            raise DataCheckError(msg)
         if split in {None, "test"}:
             logger.warning(
                 "%s holds no defective images (only 'good'): image and pixel AUROC, F1 and AUPRO are undefined "
@@ -297,15 +394,29 @@ def check_mvtec_folder(root: Path | str, split: str | None, extensions: Sequence
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         msg = f"Masks and defective test images of {root} do not match: {'; '.join(problems[:3])}{more}."
-        raise ValueError(msg)
+        raise DataCheckError(msg)
 
 
 def install_mvtec_folder_check() -> None:
-    """Run :func:`check_mvtec_folder` whenever anomalib's ``MVTecAD`` parses a category folder.
+    """Run :func:`check_mvtec_root` before anomalib's ``MVTecAD`` downloads, and :func:`check_mvtec_folder`
+    whenever it parses a category folder.
 
-    Wraps ``anomalib.data.datasets.image.mvtecad.make_mvtec_ad_dataset``; valid folders parse as before.
+    Wraps ``MVTecAD.prepare_data`` and ``anomalib.data.datasets.image.mvtecad.make_mvtec_ad_dataset``; present
+    and valid folders behave as before, and a missing MVTec AD category still downloads where it can.
     """
+    from anomalib.data.datamodules.image import mvtecad as datamodule  # noqa: PLC0415
     from anomalib.data.datasets.image import mvtecad  # noqa: PLC0415
+
+    prepare = datamodule.MVTecAD.prepare_data
+    if not getattr(prepare, "checks_root", False):
+
+        @functools.wraps(prepare)
+        def checked_prepare_data(self: datamodule.MVTecAD) -> None:
+            check_mvtec_root(self.root, self.category, datamodule.DOWNLOAD_INFO.url, mvtecad.CATEGORIES)
+            prepare(self)
+
+        checked_prepare_data.checks_root = True
+        datamodule.MVTecAD.prepare_data = checked_prepare_data
 
     parse = mvtecad.make_mvtec_ad_dataset
     if getattr(parse, "checks_folder", False):
