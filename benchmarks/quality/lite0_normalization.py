@@ -13,7 +13,7 @@ The brick data: ``python -m diffad_tools.textures --root datasets/textures_256 -
 Example:
     OMP_NUM_THREADS=1 python benchmarks/quality/lite0_normalization.py \
         --dataset brick=datasets/textures_256/brick --dataset tire=../shared/data/mvtec3d/tire \
-        --output benchmarks/quality/results/lite0_normalization.json
+        --output benchmarks/quality/results/ablations/lite0_normalization.json
 """
 
 import argparse

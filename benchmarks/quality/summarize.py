@@ -22,8 +22,11 @@ mpl.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "image_F1Score", "pixel_F1Score")
-MODEL_ORDER = ("DiffAD (feature)", "DiffAD (pixel)", "PatchCore", "DRAEM")
+METRICS = (
+    "image_AUROC", "pixel_AUROC", "pixel_AUPRO", "residual_pixel_AUROC", "residual_pixel_AUPRO",
+    "image_F1Score", "pixel_F1Score",
+)  # fmt: skip
+MODEL_ORDER = ("DiffAD (patch)", "DiffAD (feature)", "DiffAD (pixel)", "PatchCore", "PaDiM", "DRAEM")
 
 
 def load_runs(folder: Path) -> list[dict]:
