@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from anomalib_diffad.data import generate_texture_dataset
+from diffad_tools.textures import generate_texture_dataset
 from tests.integration.test_cli import METRICS, _printed_metrics
 
 ANOMALIB = Path(sys.executable).parent / "anomalib"
