@@ -28,6 +28,7 @@ def demo_log(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
         "CONFIG": "configs/diffad_tiny.yaml",
         "CATEGORIES": "brick",
         "EPOCHS": "2",
+        "PATCH_STEPS": "4",
         "DATA": str(dataset_root),
         "OUT": str(out / "results"),
     }
@@ -47,9 +48,13 @@ def demo_log(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 def test_log_shows_category_and_step_progress(demo_log: tuple[Path, str]) -> None:
-    """The log names the category, the planned steps, every step line's count of the total, then testing."""
-    _, text = demo_log
-    assert "demo: category 1 of 1: brick" in text
+    """The log names the category, the planned steps, every step line's count of the total, then testing; then
+    the patch preset's runs, with their own step lines."""
+    _, log = demo_log
+    text, patch = log.split("demo: configs/diffad_patch.yaml, 4 steps, category 1 of 1: brick")
+    assert "demo: configs/diffad_tiny.yaml, 2 epochs, category 1 of 1: brick" in text
+    assert re.search(r"train step 4/4 \(", patch)
+    assert re.search(r"testing done \(\d+ batch", patch)
     plan = re.search(r"DiffAD on MVTecAD/brick: training (\d+) steps \((\d+) epochs x (\d+) batches\)", text)
     assert plan is not None, text[-3000:]
     total, epochs, batches = map(int, plan.groups())
@@ -60,7 +65,7 @@ def test_log_shows_category_and_step_progress(demo_log: tuple[Path, str]) -> Non
     assert re.search(r"validating: \d+ batch", text)
     assert "testing: 2 batches" in text  # 8 test images, eval batch 4
     assert "testing done (2 batches in" in text
-    assert re.search(r"demo: done in \d+ min \d+ s", text)
+    assert re.search(r"demo: done in \d+ min \d+ s", patch)
 
 
 def test_log_has_no_avoidable_warning(demo_log: tuple[Path, str]) -> None:
@@ -75,9 +80,12 @@ def test_log_has_no_avoidable_warning(demo_log: tuple[Path, str]) -> None:
 
 
 def test_table_and_summary_picture(demo_log: tuple[Path, str]) -> None:
-    """``results.md`` has the category's row; ``summary.png`` is one block of 3 rows x 6 images (2 good, 4 defect)."""
+    """``results.md`` has the category's row; ``summary.png`` is one block of 3 rows x 6 images (2 good, 4 defect);
+    the patch preset has its own table and picture."""
     results, text = demo_log
     assert re.search(r"^\| brick \| [\d.]+ \|", (results / "results.md").read_text(), re.MULTILINE)
+    assert re.search(r"^\| brick \| [\d.]+ \|", (results / "patch" / "results.md").read_text(), re.MULTILINE)
+    assert (results / "patch" / "summary.png").is_file()
     summary = results / "summary.png"
     assert f"summary picture: {summary}" in text
     width, height = Image.open(summary).size
