@@ -332,7 +332,8 @@ class DiffAD(
 
     def on_fit_start(self) -> None:
         """Check the datamodule's files, validation set and crop size (errors name the file or setting); draw
-        the run's training seed once; fit torch's threads to the idle cores (:mod:`anomalib_diffad.threads`).
+        the run's training seed once; fit torch's threads to the idle cores for training
+        (:mod:`anomalib_diffad.threads`).
 
         The seed comes from the global RNG, so ``seed_everything`` controls it.
         """
@@ -344,7 +345,13 @@ class DiffAD(
                 check_train_crop(self.model.train_crop_size, datamodule, getattr(self.pre_processor, "transform", None))
             self._check_categories(datamodule)
         self.draw_train_seed()
+        self._threads_before_fit = torch.get_num_threads()
         fit_threads_to_idle_cores()
+
+    def on_fit_end(self) -> None:
+        """Give torch back the threads it had before training: testing and scoring use them, as in a new process
+        (same float sums, so the same scores as ``anomalib test`` on the checkpoint)."""
+        torch.set_num_threads(getattr(self, "_threads_before_fit", torch.get_num_threads()))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint fits this model and has finite weights; resume with its training seed."""

@@ -75,15 +75,22 @@ def test_idle_cores_measures_this_machine() -> None:
     assert 0.0 <= idle <= len(threads.os.sched_getaffinity(0)) + 1e-6
 
 
-def test_training_start_fits_the_threads(monkeypatch: pytest.MonkeyPatch, tiny_model_args: dict) -> None:
-    """DiffAD.on_fit_start fits the threads to the idle cores."""
+@pytest.mark.usefixtures("two_threads")
+def test_training_start_fits_the_threads_and_its_end_restores_them(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_args: dict,
+) -> None:
+    """DiffAD.on_fit_start fits the threads to the idle cores; on_fit_end gives back the count it found, so
+    testing after training sums floats as a new process would."""
     from types import SimpleNamespace
 
     from anomalib_diffad import DiffAD, lightning_model
 
     calls = []
-    monkeypatch.setattr(lightning_model, "fit_threads_to_idle_cores", lambda: calls.append(True))
+    monkeypatch.setattr(lightning_model, "fit_threads_to_idle_cores", lambda: calls.append(torch.set_num_threads(1)))
     model = DiffAD(**(tiny_model_args | {"pretrained_weights": None}))
     model._trainer = SimpleNamespace(datamodule=None)  # noqa: SLF001
     model.on_fit_start()
-    assert calls == [True]
+    assert calls == [None]
+    assert torch.get_num_threads() == 1
+    model.on_fit_end()
+    assert torch.get_num_threads() == 2
