@@ -23,9 +23,19 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SETTINGS = ("EPOCHS", "CATEGORIES", "CONFIG", "DATA", "OUT", "VENV", "OMP_NUM_THREADS")
-PART = re.compile(r"demo: (setting up|writing the built-in|category \d+ of \d+: (\w+)|writing the result|done in)")
-PART_NAMES = {"setting up": "setup", "writing the built-in": "dataset", "writing the result": "report", "done in": "done"}
+SETTINGS = ("EPOCHS", "CATEGORIES", "CONFIG", "PATCH_CONFIG", "PATCH_STEPS", "DATA", "OUT", "VENV", "OMP_NUM_THREADS")
+PART = re.compile(
+    r"demo: (?:(setting up|writing the built-in|done in)"
+    r"|(?P<config>\S+), [^,:]+(?:, category \d+ of \d+: (?P<category>\w+)|: (?P<report>writing the result)))",
+)
+PART_NAMES = {"setting up": "setup", "writing the built-in": "dataset", "done in": "done"}
+
+
+def part_name(match: re.Match) -> str:
+    """``setup``, ``dataset``, ``done``, or ``<preset>/<category>`` and ``<preset>/report`` of a demo line."""
+    if match.group(1):
+        return PART_NAMES[match.group(1)]
+    return f"{Path(match['config']).stem}/{match['category'] or 'report'}"
 
 
 def sample_load(samples: list[float], stop: threading.Event, every: float = 10.0) -> None:
@@ -52,7 +62,7 @@ def run_demo(log: Path) -> dict:
                 silence, silence_after = now - last, previous.strip()
             last, previous = now, line
             if match := PART.search(line):
-                marks.append((match.group(2) or PART_NAMES[match.group(1)], now - start))
+                marks.append((part_name(match), now - start))
     if process.returncode != 0:
         sys.exit(f"scripts/demo.sh failed ({process.returncode}); see {log}")
     total = time.monotonic() - start
