@@ -6,8 +6,8 @@
 Example:
     python benchmarks/quality/summarize.py benchmarks/quality/results
 
-Input images are drawn only for datasets whose licence allows it here (the built-in CC0 textures); for MVTec
-3D-AD (CC BY-NC-SA) the grid shows the ground-truth masks and the maps only.
+Input images are drawn only for the built-in CC0 textures; for the other datasets (never committed: MVTec
+3D-AD is CC BY-NC-SA) the grid shows the ground-truth masks and the maps only.
 """
 
 import argparse
@@ -161,7 +161,7 @@ def main() -> None:
     for dataset, category in sorted({(run["dataset"], run["category"]) for run in runs}):
         group = [run for run in runs if (run["dataset"], run["category"]) == (dataset, category)]
         name = f"examples_{slug_of(group[0])}.png"
-        plot_examples(group, folder / "runs" / "maps", folder / name, show_images="MVTec" not in dataset)
+        plot_examples(group, folder / "runs" / "maps", folder / name, show_images=dataset.lower().startswith("built-in"))
     print((folder / "summary.md").read_text())
 
 
