@@ -129,7 +129,7 @@ class DiffADModel(nn.Module):
         super().__init__()
         self.diffusion_space = build_space(space, len(block_out_channels), train_crop_size, score_tile_size, feature_pool)
         self.image_size = tuple(image_size)
-        self.diffusion_space.check(self.image_size, train_crop_size, score_tile_size)
+        self.diffusion_space.check(self.image_size, train_crop_size, score_tile_size, normalize_passes)
         if any(not 0 <= t < num_timesteps for t in score_timesteps):
             msg = f"score_timesteps {tuple(score_timesteps)} must lie in [0, {num_timesteps})."
             raise ValueError(msg)
@@ -166,9 +166,6 @@ class DiffADModel(nn.Module):
             num_classes=num_classes,
             normal_map_size=self.image_size if subtract_normal_map else None,
         )
-        if normalize_passes and space == "pixel":
-            msg = "normalize_passes needs positive cues: the pixel space's KL is z-scored per image (mean 0)."
-            raise ValueError(msg)
         self.normalize_passes = normalize_passes
         if normalize_passes:  # a checkpoint has it only when the option is on: older checkpoints load unchanged
             self.register_buffer("pass_scale", torch.ones(num_classes or 1, 2, len(self.score_timesteps)))

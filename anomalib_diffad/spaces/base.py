@@ -37,8 +37,15 @@ class DiffusionSpace(ABC):
     discrete: bool = False
     feature_pool: int = 1
 
-    def check(self, image_size: tuple[int, int], train_crop_size: int | None, score_tile_size: int | None) -> None:
+    def check(
+        self,
+        image_size: tuple[int, int],
+        train_crop_size: int | None,
+        score_tile_size: int | None,
+        normalize_passes: bool = False,
+    ) -> None:
         """Refuse settings that this space does not support (a clear ``ValueError`` naming the setting)."""
+        del normalize_passes  # the feature cues are positive: their means scale the passes
         if train_crop_size is not None:
             msg = f"The {self.name} space trains on whole images: train_crop_size must be None."
             raise ValueError(msg)

@@ -73,8 +73,18 @@ class PixelSpace(DiffusionSpace):
         self.train_crop_size = train_crop_size
         self.score_tile_size = score_tile_size
 
-    def check(self, image_size: tuple[int, int], train_crop_size: int | None, score_tile_size: int | None) -> None:
-        """Crops and tiles must lie on the UNet's and the targets' grid, tiles within the image."""
+    def check(
+        self,
+        image_size: tuple[int, int],
+        train_crop_size: int | None,
+        score_tile_size: int | None,
+        normalize_passes: bool = False,
+    ) -> None:
+        """Crops and tiles must lie on the UNet's and the targets' grid, tiles within the image; no pass
+        normalization (the KL is z-scored per image, mean 0)."""
+        if normalize_passes:
+            msg = "normalize_passes needs positive cues: the pixel space's KL is z-scored per image (mean 0)."
+            raise ValueError(msg)
         if train_crop_size is not None and train_crop_size % self.crop_grid:
             msg = (
                 f"train_crop_size={train_crop_size} must be a multiple of {self.crop_grid} (the feature targets' "
