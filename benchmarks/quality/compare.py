@@ -31,7 +31,7 @@ set.
 
 Example (MVTec 3D-AD tire, RGB; prints SKIP when the folder is absent):
     python benchmarks/quality/compare.py --root ../shared/data/mvtec3d --category tire \
-        --dataset-name "MVTec 3D-AD tire (RGB)" --image-size 256 --max-steps 2500 --max-minutes 40
+        --dataset-name "MVTec 3D-AD tire (RGB)" --image-size 256 --max-minutes 40
 """
 
 import argparse
@@ -251,7 +251,7 @@ def build_model(name: str, args: argparse.Namespace, work: Path) -> tuple[torch.
     size = (args.image_size, args.image_size)
     if name == "diffad":
         preset = yaml.safe_load(args.config.read_text())["model"]["init_args"]
-        preset |= {"image_size": args.image_size, "lr_anneal_steps": args.max_steps}
+        preset |= {"image_size": args.image_size} | ({"lr_anneal_steps": args.max_steps} if args.max_steps else {})
         model = DiffAD(**preset, post_processor=DiffADPostProcessor(enable_normalization=False))
         settings = {"preset": relative_path(args.config, REPO), "space": preset.get("space", "pixel")}
         return model, settings | {"train_crop_size": preset.get("train_crop_size")}
@@ -294,6 +294,18 @@ def training_settings(name: str, args: argparse.Namespace) -> tuple[int, str]:
     return batch_size, args.precision or preset.get("trainer", {}).get("precision", "32-true")
 
 
+def training_length(name: str, args: argparse.Namespace) -> dict[str, int]:
+    """Engine ``max_steps``/``max_epochs`` of an iterative model: ``--max-steps`` for DiffAD when given, else the
+    preset's own trainer length (its learning rate then anneals over that run); DRAEM runs until its time cap."""
+    if name != "diffad":
+        return {"max_steps": -1, "max_epochs": -1}
+    if args.max_steps:
+        return {"max_steps": args.max_steps, "max_epochs": -1}
+    trainer = yaml.safe_load(args.config.read_text()).get("trainer", {})
+    max_steps = trainer.get("max_steps", -1)
+    return {"max_steps": max_steps, "max_epochs": trainer.get("max_epochs", -1) if max_steps == -1 else -1}
+
+
 def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
     """Fit, validate (thresholds) and test one model; return its result record."""
     torch.manual_seed(args.seed)
@@ -316,8 +328,7 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
         precision=precision,
         enable_progress_bar=False,
         **(
-            {"max_steps": args.max_steps if name == "diffad" else -1, "max_epochs": -1,
-             "max_time": {"minutes": minutes}, "limit_val_batches": 0}
+            training_length(name, args) | {"max_time": {"minutes": minutes}, "limit_val_batches": 0}
             if iterative else {}
         ),
     )
@@ -389,7 +400,10 @@ def main() -> None:
         help="DiffAD presets: each one runs as its own model (e.g. configs/diffad.yaml configs/diffad_feature.yaml)",
     )
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--max-steps", type=int, default=2500, help="DiffAD training steps (and LR anneal length)")
+    parser.add_argument(
+        "--max-steps", type=int, default=None,
+        help="DiffAD training steps and LR anneal length (default: each preset's own trainer length)",
+    )
     parser.add_argument("--max-minutes", type=float, default=40.0, help="training wall-time cap of DiffAD")
     parser.add_argument("--draem-minutes", type=float, default=None, help="DRAEM's cap (default: --max-minutes)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: a DiffAD preset's, else 8)")
