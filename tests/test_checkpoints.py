@@ -99,3 +99,22 @@ def test_checkpoint_with_extra_tensors_names_the_argument(tiny_model_args: dict)
     reverse = {"state_dict": default.state_dict(), "hyper_parameters": dict(default.hparams)}
     with pytest.raises(ValueError, match=r"1 missing, 0 unexpected: missing model\.\S*normal_map\)"):
         with_map.on_load_checkpoint(reverse)
+
+
+def test_model_arguments_reach_the_torch_model_and_are_saved_with_their_defaults() -> None:
+    """``DiffAD`` forwards the torch model's arguments; its hyperparameters (what a checkpoint stores and
+    reloads) hold the given ones and the defaults of the others."""
+    model = DiffAD(image_size=64, space="patch", mlp_width=48, layers=("blocks.2",), pretrained_weights=None)
+    denoiser = model.model.denoiser
+    assert denoiser.input.out_features == 48
+    assert len(denoiser.blocks) == 3
+    assert model.hparams["mlp_width"] == 48
+    assert model.hparams["mlp_blocks"] == 3
+    assert list(model.hparams["score_timesteps"]) == [20, 201, 401]
+    assert model.hparams["calibration_images"] == 32
+
+
+def test_unknown_model_argument_is_named_with_those_taken() -> None:
+    """A misspelt model argument from Python names itself and lists the model's arguments."""
+    with pytest.raises(TypeError, match=r"unknown arguments \['blocks_out_channels'\].*'block_out_channels'"):
+        DiffAD(blocks_out_channels=(16, 32))

@@ -59,7 +59,8 @@ from torch.utils.data import DataLoader, Subset
 from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.backbone import LITE0
-from anomalib_diffad.post_processor import DiffADPostProcessor, calibration_indices
+from anomalib_diffad.calibration import calibration_indices
+from anomalib_diffad.post_processor import DiffADPostProcessor
 from diffad_tools.baselines import LITE0_PADIM_LAYERS, LITE0_PATCHCORE_LAYERS, lite0_padim, lite0_patchcore
 from diffad_tools.provenance import recorded_command, relative_path
 
@@ -214,7 +215,7 @@ def step_subsets(timesteps: tuple[int, ...]) -> list[list[int]]:
 def calibration_loader(model: DiffAD, datamodule: MVTecAD) -> DataLoader:
     """The training images DiffAD's post-processor calibrates its fusion on (its first 32), batched by 8."""
     train = datamodule.train_data
-    indices = calibration_indices(train, model.post_processor.calibration_images)
+    indices = calibration_indices(train, model.calibration_images)
     return DataLoader(Subset(train, indices), batch_size=8, collate_fn=train.collate_fn)
 
 

@@ -12,6 +12,7 @@ import torch
 from anomalib.data.utils import read_image
 from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
+from anomalib.post_processing import PostProcessor
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.export import QUANTIZED_OP_TYPES
@@ -104,8 +105,7 @@ def test_fusion_is_calibrated_on_training_images_only(project: dict, dataset_roo
     model = project["model"]
     datamodule = _datamodule(dataset_root)
     datamodule.setup()
-    post = model.post_processor
-    train = torch.stack([datamodule.train_data[i].image for i in range(post.calibration_images)[: len(datamodule.train_data)]])
+    train = torch.stack([datamodule.train_data[i].image for i in range(model.calibration_images)[: len(datamodule.train_data)]])
     generator = model.model.anomaly_map_generator
     with torch.no_grad():
         maps = model.model.eval().component_scores(model.pre_processor.transform(train))
@@ -138,6 +138,21 @@ def test_validate_recalibrates_identically(project: dict, dataset_root: Path) ->
             torch.testing.assert_close(value, stored[name], rtol=1e-6, atol=1e-6, msg=name)
 
 
+def test_fusion_is_calibrated_by_the_model_with_any_post_processor(project: dict, dataset_root: Path) -> None:
+    """The model calibrates its own fusion: with anomalib's plain post-processor (no DiffAD hook) validation
+    still sets the fusion statistics to those of the training images (garbage in, the stored values out)."""
+    model = DiffAD(**TINY_MODEL_ARGS, post_processor=PostProcessor(enable_normalization=False))
+    state = torch.load(project["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({name: value for name, value in state.items() if not name.startswith("post_processor")})
+    generator = model.model.anomaly_map_generator
+    stored = {name: value.clone() for name, value in generator.state_dict().items()}
+    for value in generator.state_dict().values():
+        value.fill_(123.0)
+    _engine(project["root_dir"]).validate(model=model, datamodule=_datamodule(dataset_root))
+    for name, value in generator.state_dict().items():
+        torch.testing.assert_close(value, stored[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
 def test_normal_map_is_calibrated_on_training_images_and_kept_in_the_checkpoint(
     project: dict, dataset_root: Path, tmp_path: Path,
 ) -> None:
@@ -150,7 +165,7 @@ def test_normal_map_is_calibrated_on_training_images_and_kept_in_the_checkpoint(
     engine.validate(model=model, datamodule=_datamodule(dataset_root))
     datamodule = _datamodule(dataset_root)
     datamodule.setup()
-    count = min(model.post_processor.calibration_images, len(datamodule.train_data))
+    count = min(model.calibration_images, len(datamodule.train_data))
     train = torch.stack([datamodule.train_data[i].image for i in range(count)])
     generator = model.model.anomaly_map_generator
     with torch.no_grad():
