@@ -119,8 +119,8 @@ class DiffAD(
             them): ``space`` (``"pixel"``, the paper's; ``"feature"``; ``"patch"``), the denoiser's
             (``block_out_channels``, ``layers_per_block``, ``attention_levels``, ``attention_head_dim``,
             ``norm_num_groups``; ``mlp_width``, ``mlp_blocks``, ``feature_pool``), the backbone's (``backbone``,
-            ``layers``, ``standardize_features``), the diffusion's (``num_timesteps``, ``train_crop_size``) and
-            the scoring's (``score_timesteps``, ``alpha``, ``top_k``, ``smoothing_sigma``,
+            ``layers``, ``standardize_features``), the diffusion's (``num_timesteps``, ``train_timesteps``,
+            ``train_crop_size``) and the scoring's (``score_timesteps``, ``alpha``, ``top_k``, ``smoothing_sigma``,
             ``subtract_normal_map``, ``normalize_passes``, ``score_tile_size``, ``noise_seed``). They are saved
             with their defaults in the checkpoint's hyperparameters.
 
@@ -174,7 +174,8 @@ class DiffAD(
         )
         self.hparams.update(model_args)
         self.model = DiffADModel(image_size=size, num_classes=num_classes, **model_args)
-        self.loss = DiffADLoss(self.model.schedule, simple_weight, vb_weight, feature_weight, discrete=self.model.diffusion_space.discrete)
+        discrete = self.model.diffusion_space.discrete
+        self.loss = DiffADLoss(self.model.schedule, simple_weight, vb_weight, feature_weight, discrete=discrete)
         self.pretrained_weights = pretrained_weights
         self.lr = lr
         self.weight_decay = weight_decay

@@ -76,6 +76,9 @@ class DiffADModel(nn.Module):
         backbone: timm backbone of the frozen feature extractor.
         layers: Backbone layers whose features the head predicts (paper: strides 2 to 16), or that are diffused.
         num_timesteps: Diffusion steps ``T``.
+        train_timesteps: Training draws each timestep uniformly below this (``None``: all ``T``, the paper's);
+            a lower bound spends the denoiser's capacity on the small timesteps that scoring uses, which must
+            lie below it. The schedule stays that of ``T`` steps.
         score_timesteps: Timesteps at which images are noised for scoring (paper: 20, 201, 401); a repeated
             timestep gets its own fixed noise draw.
         alpha: Weight of the KL map in the fused map.
@@ -116,6 +119,7 @@ class DiffADModel(nn.Module):
         backbone: str = "tf_efficientnet_lite0",
         layers: Sequence[str] = ("blocks.0", "blocks.1", "blocks.2", "blocks.4"),
         num_timesteps: int = 1000,
+        train_timesteps: int | None = None,
         score_timesteps: Sequence[int] = (20, 201, 401),
         alpha: float = 0.5,
         top_k: int = 64,
@@ -131,8 +135,12 @@ class DiffADModel(nn.Module):
         self.diffusion_space = build_space(space, len(block_out_channels), train_crop_size, score_tile_size, feature_pool)
         self.image_size = tuple(image_size)
         self.diffusion_space.check(self.image_size, train_crop_size, score_tile_size, normalize_passes)
-        if any(not 0 <= t < num_timesteps for t in score_timesteps):
-            msg = f"score_timesteps {tuple(score_timesteps)} must lie in [0, {num_timesteps})."
+        self.train_timesteps = num_timesteps if train_timesteps is None else train_timesteps
+        if not 1 <= self.train_timesteps <= num_timesteps:
+            msg = f"train_timesteps must lie in [1, num_timesteps = {num_timesteps}], got {train_timesteps}."
+            raise ValueError(msg)
+        if any(not 0 <= t < self.train_timesteps for t in score_timesteps):
+            msg = f"score_timesteps {tuple(score_timesteps)} must lie in [0, {self.train_timesteps})."
             raise ValueError(msg)
         self.space = space
         self.score_timesteps = tuple(int(t) for t in score_timesteps)
@@ -251,9 +259,10 @@ class DiffADModel(nn.Module):
         return self.score(images, class_labels)
 
     def training_outputs(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> TrainOutput:
-        """Noise the space's data of a batch at uniform timesteps; predict noise, variance (and features)."""
+        """Noise the space's data of a batch at timesteps uniform below ``train_timesteps``; predict noise,
+        variance (and features)."""
         x0, target, class_labels = self.diffusion_space.training_data(self, images, class_labels)
-        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=x0.device)
+        t = torch.randint(0, self.train_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         xt = q_sample(self.schedule, x0, t, noise)
         prediction = self.denoiser(xt, t, class_labels)
@@ -364,6 +373,9 @@ def torch_model_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
     }
     unknown = sorted(arguments.keys() - defaults.keys())
     if unknown:
-        msg = f"DiffAD got unknown arguments {unknown}; besides its own it takes these model arguments: {sorted(defaults)}."
+        msg = (
+            f"DiffAD got unknown arguments {unknown}; besides its own it takes these model arguments: "
+            f"{sorted(defaults)}."
+        )
         raise TypeError(msg)
     return defaults | arguments

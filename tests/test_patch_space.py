@@ -202,3 +202,20 @@ def test_normalized_passes_need_positive_cues() -> None:
     with pytest.raises(ValueError, match="z-scored"):
         DiffADModel(space="pixel", image_size=(32, 32), block_out_channels=(16, 32), attention_levels=(),
                     norm_num_groups=8, layers=("blocks.0", "blocks.1"), normalize_passes=True)  # fmt: skip
+
+
+def test_training_timesteps_are_drawn_below_train_timesteps() -> None:
+    """``train_timesteps`` bounds the timesteps training draws (every vector its own); by default they span all
+    ``T``; scoring timesteps outside the trained range are refused."""
+    torch.manual_seed(0)
+    bounded = DiffADModel(**(PATCH | {"train_timesteps": 120})).train()
+    t = bounded.training_outputs(_images(2)).t
+    assert t.numel() == 2 * 8 * 8  # one timestep per position of each image
+    assert 100 <= int(t.max()) < 120  # 128 draws below 120: the largest is below 100 with probability 1e-10
+    default = DiffADModel(**PATCH).train().training_outputs(_images(2)).t
+    assert int(default.max()) >= 900  # below 900 with probability 1.4e-6
+    with pytest.raises(ValueError, match=r"score_timesteps \(25, 100, 25\) must lie in \[0, 100\)"):
+        DiffADModel(**(PATCH | {"train_timesteps": 100}))
+    for bad in (0, 1001):
+        with pytest.raises(ValueError, match="train_timesteps must lie in"):
+            DiffADModel(**(PATCH | {"train_timesteps": bad}))

@@ -49,6 +49,7 @@ BASE = {
     "lr": 1e-3,
     "ema_decay": 0.995,
     "vb_weight": 1.0,
+    "train_timesteps": 1000,
     "score_timesteps": [25, 50, 100, 200, 25, 50, 100, 200],
     "alpha": 1.0,
     "smoothing_sigma": 4.0,
@@ -62,6 +63,9 @@ VARIANTS = {
     "steps_750": {"steps": 750},
     "batch_8192": {"vectors_per_step": 8192},
     "no_vb": {"vb_weight": 0.0},
+    "train_t_250": {"train_timesteps": 250},
+    "train_t_500": {"train_timesteps": 500},
+    "train_t_250_steps_750": {"train_timesteps": 250, "steps": 750},
     "pool_1": {"feature_pool": 1},
     "pool_5": {"feature_pool": 5},
     "stride_4_layer": {"layers": ["blocks.1", "blocks.2", "blocks.4"]},
@@ -95,7 +99,8 @@ def extract(model: DiffADModel, batches: Iterable, transform: torch.nn.Module) -
 
 
 def train(model: DiffADModel, vectors: torch.Tensor, settings: dict, seed: int) -> dict:
-    """Train the denoiser on random batches of training vectors ``(M, C, 1, 1)``; EMA as in DiffAD."""
+    """Train the denoiser on random batches of training vectors ``(M, C, 1, 1)``; EMA as in DiffAD; timesteps
+    uniform below ``train_timesteps`` (DiffAD: all ``T``)."""
     torch.manual_seed(seed)
     loss_fn = DiffADLoss(model.schedule, vb_weight=settings["vb_weight"], feature_weight=0.0, discrete=False)
     optimizer = torch.optim.AdamW(model.denoiser.parameters(), lr=settings["lr"], weight_decay=0.0)
@@ -105,7 +110,7 @@ def train(model: DiffADModel, vectors: torch.Tensor, settings: dict, seed: int) 
     start = time.perf_counter()
     for _ in range(steps):
         x0 = vectors[torch.randint(0, len(vectors), (settings["vectors_per_step"],))]
-        t = torch.randint(0, model.schedule.num_timesteps, (len(x0),))
+        t = torch.randint(0, settings["train_timesteps"], (len(x0),))
         noise = torch.randn_like(x0)
         xt = model.schedule.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1) * x0 + model.schedule.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1) * noise
         with torch.autocast("cpu", dtype=torch.bfloat16):  # the preset's bf16-mixed precision

@@ -105,7 +105,8 @@ def test_fusion_is_calibrated_on_training_images_only(project: dict, dataset_roo
     model = project["model"]
     datamodule = _datamodule(dataset_root)
     datamodule.setup()
-    train = torch.stack([datamodule.train_data[i].image for i in range(model.calibration_images)[: len(datamodule.train_data)]])
+    count = min(model.calibration_images, len(datamodule.train_data))
+    train = torch.stack([datamodule.train_data[i].image for i in range(count)])
     generator = model.model.anomaly_map_generator
     with torch.no_grad():
         maps = model.model.eval().component_scores(model.pre_processor.transform(train))
