@@ -30,8 +30,10 @@ MODEL_ORDER = ("DiffAD (patch)", "DiffAD (feature)", "DiffAD (pixel)", "PatchCor
 
 
 def load_runs(folder: Path) -> list[dict]:
-    """All result records, ordered by dataset, category, then model."""
-    runs = [json.loads(path.read_text()) | {"stem": path.stem} for path in folder.glob("*.json")]
+    """All of ``compare.py``'s result records in ``folder`` (other JSON files skipped), ordered by dataset,
+    category, then model."""
+    records = ((path, json.loads(path.read_text())) for path in folder.glob("*.json"))
+    runs = [record | {"stem": path.stem} for path, record in records if "test_metrics" in record]
     return sorted(runs, key=lambda r: (r["dataset"], r["category"], MODEL_ORDER.index(r["model"])))
 
 
