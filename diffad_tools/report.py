@@ -12,6 +12,7 @@ normal and defective, each with its ground truth and the anomaly map of the cate
 
 import argparse
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,13 @@ class Example:
     mask: np.ndarray
     anomaly_map: np.ndarray
     score: float
+
+
+def printed_metrics(output: str) -> dict[str, float]:
+    """The test metrics of Lightning's results table in a run's printed output (``│ image_AUROC │ 0.75 │``)."""
+    pattern = re.compile(r"^\W*(\w+)\W+(-?\d+(?:\.\d+)?(?:e-?\d+)?)\W*$")
+    rows = (pattern.match(line.strip()) for line in output.splitlines())
+    return {row[1]: float(row[2]) for row in rows if row and row[1] in METRICS}
 
 
 def newest_metrics_file(category_dir: Path) -> Path | None:

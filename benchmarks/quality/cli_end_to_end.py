@@ -18,7 +18,6 @@ Example (Magnetic Tile Defects):
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -33,10 +32,10 @@ from PIL import Image
 
 from anomalib_diffad import DiffAD
 from diffad_tools.provenance import recorded_command, relative_path
+from diffad_tools.report import printed_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 ANOMALIB = Path(sys.executable).parent / "anomalib"
-METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "pixel_AUPRO")
 FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
@@ -48,13 +47,6 @@ def anomalib(*args: str) -> tuple[str, float]:
     if result.returncode:
         sys.exit(f"anomalib {' '.join(args)} failed:\n{output[-3000:]}")
     return output, time.perf_counter() - start
-
-
-def printed_metrics(output: str) -> dict[str, float]:
-    """The test metrics of Lightning's results table (``│ image_AUROC │ 0.75 │``)."""
-    pattern = re.compile(r"^\W*(\w+)\W+(-?\d+(?:\.\d+)?(?:e-?\d+)?)\W*$")
-    rows = (pattern.match(line.strip()) for line in output.splitlines())
-    return {row[1]: float(row[2]) for row in rows if row and row[1] in METRICS}
 
 
 def raw_images(test_dir: Path, folder: Path) -> list[Path]:

@@ -3,12 +3,13 @@
 """The real ``anomalib`` console script resolves ``--model DiffAD`` and ``--data MVTec`` after a plain install."""
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from diffad_tools.report import printed_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 ANOMALIB = Path(sys.executable).parent / "anomalib"
@@ -42,13 +43,6 @@ TINY_OVERRIDES = (
 METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "pixel_AUPRO")
 
 
-def _printed_metrics(output: str) -> dict[str, float]:
-    """The test metrics of Lightning's results table (``│ image_AUROC │ 0.75 │``)."""
-    pattern = re.compile(r"^\W*(\w+)\W+(-?\d+(?:\.\d+)?(?:e-?\d+)?)\W*$")
-    rows = (pattern.match(line.strip()) for line in output.splitlines())
-    return {row[1]: float(row[2]) for row in rows if row and row[1] in METRICS}
-
-
 @pytest.fixture(scope="module")
 def trained(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The README's command, ``anomalib train --model DiffAD --data MVTec ...``, made tiny by overrides only."""
@@ -69,7 +63,7 @@ def trained(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     )  # fmt: skip
     assert "no logger configured" not in result.stdout + result.stderr
     ckpt = out / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
-    return {"root": out, "ckpt": ckpt, "metrics": _printed_metrics(result.stdout + result.stderr)}
+    return {"root": out, "ckpt": ckpt, "metrics": printed_metrics(result.stdout + result.stderr)}
 
 
 def test_train_with_short_names_writes_checkpoint_and_prints_metrics(trained: dict) -> None:
@@ -100,7 +94,7 @@ def test_test_with_dotted_model_name_reports_the_checkpoints_metrics(trained: di
         "--ckpt_path", str(trained["ckpt"]),
         cwd=trained["root"],
     )  # fmt: skip
-    assert _printed_metrics(result.stdout + result.stderr) == pytest.approx(trained["metrics"], abs=1e-6)
+    assert printed_metrics(result.stdout + result.stderr) == pytest.approx(trained["metrics"], abs=1e-6)
 
 
 def test_export_openvino_with_short_name(trained: dict) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from diffad_tools.textures import generate_texture_dataset
-from tests.integration.test_cli import METRICS, _printed_metrics
+from diffad_tools.report import printed_metrics
+from tests.integration.test_cli import METRICS
 
 ANOMALIB = Path(sys.executable).parent / "anomalib"
 PEAK_GIB = 3.5
@@ -102,7 +103,7 @@ def test_bare_command_trains_validates_and_tests_in_bounded_memory(tmp_path: Pat
     output = result.stdout + result.stderr
     print(f"bare command: peak {peak:.2f} GiB (process tree, PSS) in {seconds:.0f} s")  # noqa: T201
     assert result.returncode == 0, output[-3000:]
-    assert sorted(_printed_metrics(output)) == sorted(METRICS)
+    assert sorted(printed_metrics(output)) == sorted(METRICS)
     run = tmp_path / "results" / "DiffAD" / "MVTecAD" / "brick" / "v0"
     assert (run / "weights" / "lightning" / "model.ckpt").exists()
     assert peak < PEAK_GIB, f"peak {peak:.2f} GiB"
