@@ -12,7 +12,9 @@ that jsonargparse finds ``DiffAD`` among ``AnomalibModule`` subclasses before it
 It also wraps the CLI's ``main``: a :class:`~anomalib_diffad.data.checks.DataCheckError` (a missing dataset
 folder, an unreadable image, ...: a problem with the user's data whose message names the file or setting) is
 printed as one ``error:`` message on stderr, exit status 1, instead of a traceback of a few hundred lines through
-jsonargparse, anomalib and Lightning. ``ANOMALIB_DIFFAD_TRACEBACK=1`` shows the traceback again.
+jsonargparse, anomalib and Lightning. ``ANOMALIB_DIFFAD_TRACEBACK=1`` shows the traceback again. And a DiffAD
+run whose ``trainer.precision`` is unset gets the precision the hardware runs fastest
+(:func:`anomalib_diffad.precision.resolve_cli_precision`: bf16 autocast only where bfloat16 is native).
 
 Only ``os`` and ``sys`` (already loaded by the interpreter) are imported at start-up: the finder is duck-typed
 rather than an ``importlib.abc.MetaPathFinder``, whose import alone pulls in ``pathlib``, ``re`` and
@@ -91,6 +93,11 @@ class _AfterAnomalibCli:
             main = getattr(module, "main", None)
             if callable(main):
                 module.main = print_data_errors(main)  # type: ignore[attr-defined]
+            cli_class = getattr(module, "AnomalibCLI", None)
+            if cli_class is not None:
+                from anomalib_diffad.precision import install_cli_precision  # noqa: PLC0415
+
+                install_cli_precision(cli_class)
 
         spec.loader.exec_module = exec_then_load_plugin  # type: ignore[method-assign]
         return spec
