@@ -6,7 +6,8 @@ bfloat16 autocast pays only where the processor computes in bfloat16 (AVX-512 BF
 (AVX2 only, or AVX-512 without BF16) torch emulates it: a training step of the patch preset at 256 px took
 13x longer in bf16 than in float32 with the instruction set capped at AVX2 (``benchmarks/RESULTS.md``). So a
 DiffAD run whose ``trainer.precision`` is unset gets :func:`hardware_precision`: ``bf16-mixed`` on a CPU with
-native bfloat16 (or a CUDA GPU that supports it), ``32-true`` elsewhere, with a one-line notice. An explicit
+native bfloat16 (or a CUDA GPU that supports it), ``32-true`` elsewhere, with a one-line notice; this applies
+to the feature and patch spaces, whose presets are measured in both (the pixel space keeps float32). An explicit
 ``--trainer.precision`` always wins. The anomalib CLI applies it (:func:`resolve_cli_precision`, called by the
 install's start-up hook); Python code passes ``Engine(precision=hardware_precision())``. Exported graphs are
 float32 whatever the training precision.
@@ -34,6 +35,9 @@ ONEDNN_BF16_ISAS = frozenset({
 ``AVX2`` or ``AVX512_CORE``, makes oneDNN emulate bfloat16 even on a CPU that has the instructions)."""
 DIFFAD_CLASS_PATHS = frozenset({"DiffAD", "anomalib_diffad.DiffAD", "anomalib_diffad.lightning_model.DiffAD"})
 SUBCOMMANDS = frozenset({"fit", "train", "validate", "test", "predict"})
+AUTOCAST_SPACES = frozenset({"feature", "patch"})
+"""Spaces whose presets are measured under bfloat16 autocast; the pixel space (the paper's: its KL compares
+8-bit images at small noise levels) keeps Lightning's float32 unless a precision is given."""
 
 
 def cpu_has_native_bf16() -> bool:
@@ -68,12 +72,15 @@ def _get(namespace: Any, key: str) -> Any:  # noqa: ANN401 - jsonargparse Namesp
 
 def resolve_cli_precision(config: Any, native_bf16: bool | None = None) -> str | None:  # noqa: ANN401
     """Set ``trainer.precision`` of one CLI subcommand's parsed ``config`` from the hardware, if it trains or
-    scores a DiffAD and the user set no precision; return the precision set (``None``: left as it was)."""
+    scores a DiffAD of the :data:`AUTOCAST_SPACES` and the user set no precision; return the precision set
+    (``None``: left as it was)."""
     trainer, model = _get(config, "trainer"), _get(config, "model")
     if trainer is None or model is None or _get(trainer, "precision") is not None:
         return None
     class_path = model if isinstance(model, str) else _get(model, "class_path")
-    if class_path not in DIFFAD_CLASS_PATHS:
+    init_args = None if isinstance(model, str) else _get(model, "init_args")
+    space = (_get(init_args, "space") if init_args is not None else None) or "pixel"
+    if class_path not in DIFFAD_CLASS_PATHS or space not in AUTOCAST_SPACES:
         return None
     native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
     accelerator = _get(trainer, "accelerator") or "auto"

@@ -89,11 +89,17 @@ def test_explicit_precision_wins(monkeypatch: pytest.MonkeyPatch, native: bool, 
     assert str(_cli_precision(monkeypatch, native, "--trainer.precision", explicit)) == explicit
 
 
-def test_other_models_keep_lightnings_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = {"model": {"class_path": "anomalib.models.Patchcore"}, "trainer": {"precision": None}}
-    assert precision.resolve_cli_precision(config, native_bf16=True) is None
-    assert config["trainer"]["precision"] is None
-    config["model"]["class_path"] = "anomalib_diffad.DiffAD"
-    assert precision.resolve_cli_precision(config, native_bf16=True) == "bf16-mixed"
-    assert config["trainer"]["precision"] == "bf16-mixed"
-    del monkeypatch
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({"class_path": "anomalib.models.Patchcore"}, None),
+        ({"class_path": "DiffAD"}, None),  # the pixel space, DiffAD's default
+        ({"class_path": "anomalib_diffad.DiffAD", "init_args": {"space": "pixel"}}, None),
+        ({"class_path": "anomalib_diffad.DiffAD", "init_args": {"space": "feature"}}, "bf16-mixed"),
+        ({"class_path": "DiffAD", "init_args": {"space": "patch"}}, "bf16-mixed"),
+    ],
+)
+def test_only_diffad_feature_and_patch_spaces_pick_their_precision(model: dict, expected: str | None) -> None:
+    config = {"model": model, "trainer": {"precision": None, "accelerator": "cpu"}}
+    assert precision.resolve_cli_precision(config, native_bf16=True) == expected
+    assert config["trainer"]["precision"] == expected
