@@ -50,3 +50,53 @@ def recorded_command(argv: Sequence[str], root: Path, cwd: Path | None = None, p
     cwd = Path(cwd or Path.cwd()).resolve()
     root = Path(root).resolve()
     return shlex.join([program, *(_relative_argument(argument, root, cwd) for argument in argv)])
+
+
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+"""Environment variables that cap the instruction set torch's (and OpenVINO's) kernels use
+(``benchmarks/speed/avx2.sh`` sets all three to AVX2)."""
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
+    for line in (_read("/proc/cpuinfo") if cpuinfo is None else cpuinfo).splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def instruction_set(flags: set[str], caps: dict[str, str] | None = None) -> str:
+    """The widest instruction set that matters for torch's CPU speed, as the results name it: ``AVX-512 BF16``
+    (bfloat16 units), ``AVX-512``, ``AVX2`` or ``older``, followed by the ``caps`` (:data:`ISA_CAPS` that are
+    set) that limit what the kernels use.
+
+    Example:
+        >>> instruction_set({"avx2", "avx512f", "avx512_bf16"})
+        'AVX-512 BF16'
+        >>> instruction_set({"avx2", "avx512f", "avx512_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+        'AVX-512 BF16, capped: ONEDNN_MAX_CPU_ISA=AVX2'
+    """
+    native = (
+        "AVX-512 BF16" if "avx512_bf16" in flags or "amx_bf16" in flags
+        else "AVX-512" if "avx512f" in flags
+        else "AVX2" if "avx2" in flags
+        else "older"
+    )  # fmt: skip
+    if not caps:
+        return native
+    return f"{native}, capped: " + ", ".join(f"{name}={value}" for name, value in caps.items())
+
+
+def cpu_description() -> dict[str, str]:
+    """The CPU a benchmark ran on: model name, cores and the instruction set (:func:`instruction_set`), for its
+    result file."""
+    model = next(
+        (line.partition(":")[2].strip() for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")),
+        "unknown",
+    )
+    caps = {name: os.environ[name] for name in ISA_CAPS if os.environ.get(name)}
+    return {"cpu": model, "cores": str(os.cpu_count()), "instruction_set": instruction_set(cpu_flags(), caps)}
+
+
+def _read(path: str) -> str:
+    return Path(path).read_text() if Path(path).is_file() else ""

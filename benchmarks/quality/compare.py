@@ -61,6 +61,7 @@ from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.backbone import LITE0
 from anomalib_diffad.calibration import calibration_indices
 from anomalib_diffad.post_processor import DiffADPostProcessor
+from anomalib_diffad.precision import hardware_precision
 from diffad_tools.baselines import LITE0_PADIM_LAYERS, LITE0_PATCHCORE_LAYERS, lite0_padim, lite0_patchcore
 from diffad_tools.provenance import recorded_command, relative_path
 
@@ -289,10 +290,12 @@ def run_name(name: str, args: argparse.Namespace) -> str:
 
 
 def training_settings(name: str, args: argparse.Namespace) -> tuple[int, str]:
-    """Batch size and Lightning precision of a model: a DiffAD preset's own unless given on the command line."""
+    """Batch size and Lightning precision of a model: a DiffAD preset's own unless given on the command line (a
+    preset without a precision gets the hardware's, as through the anomalib CLI; other models 32-true)."""
     preset = yaml.safe_load(args.config.read_text()) if name == "diffad" else {}
     batch_size = args.batch_size or preset.get("data", {}).get("train_batch_size", 8)
-    return batch_size, args.precision or preset.get("trainer", {}).get("precision", "32-true")
+    default = hardware_precision(args.accelerator) if name == "diffad" else "32-true"
+    return batch_size, args.precision or preset.get("trainer", {}).get("precision") or default
 
 
 def training_length(name: str, args: argparse.Namespace) -> dict[str, int]:
@@ -417,7 +420,8 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (gpu: benchmarks/gpu)")
     parser.add_argument(
         "--precision", default=None,
-        help="Lightning precision, e.g. 16-mixed on a GPU (default: a DiffAD preset's own, else 32-true)",
+        help="Lightning precision, e.g. 16-mixed on a GPU (default: a DiffAD preset's own, else the hardware's; "
+        "32-true for the other models)",
     )
     parser.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip DiffAD's scoring ablation")
     parser.add_argument("--force", action="store_true", help="rerun models whose JSON exists")

@@ -28,7 +28,7 @@ from benchmarks.speed.cpu_costs import median_seconds
 
 from anomalib_diffad import DiffAD
 from diffad_tools.baselines import lite0_patchcore
-from diffad_tools.provenance import recorded_command
+from diffad_tools.provenance import cpu_description, recorded_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,6 +125,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "preset_score_timesteps": list(preset(presets[-1][0], 32, args.score_timesteps).model.score_timesteps),
         "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),
         "rows": rows,
         "command": recorded_command(sys.argv, REPO),
     }
