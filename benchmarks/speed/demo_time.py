@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from diffad_tools.provenance import cpu_description
+
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = ("EPOCHS", "CATEGORIES", "CONFIG", "PATCH_CONFIG", "PATCH_STEPS", "DATA", "OUT", "VENV", "OMP_NUM_THREADS")
 PART = re.compile(
@@ -92,6 +94,7 @@ def main() -> None:
         "results": timing,
         "load_1min": {"mean": round(sum(samples) / len(samples), 2), "max": round(max(samples), 2)},
         "cpus": len(os.sched_getaffinity(0)),
+        "cpu": cpu_description(),
         "settings": settings,
         "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M"),

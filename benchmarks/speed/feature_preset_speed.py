@@ -93,6 +93,8 @@ def main() -> None:
                         help="--latency-only: the preset timed against PatchCore")
     parser.add_argument("--score-timesteps", type=int, nargs="+", default=None,
                         help="--latency-only: the feature preset's scoring passes instead of its own")
+    parser.add_argument("--openvino-precisions", nargs="+", default=["f32", "bf16"], choices=["f32", "bf16"],
+                        help="OpenVINO inference precisions timed (bf16 does not compile under an AVX2 cap)")
     args = parser.parse_args()
     torch.manual_seed(0)
     size, repeats = args.size, args.repeats
@@ -113,7 +115,7 @@ def main() -> None:
             rows.append({"what": "test latency, torch", "model": name, "bf16_autocast": bf16,
                          "seconds": latency_seconds(score, repeats)})
         if name != "diffad":
-            for precision in ("f32", "bf16"):
+            for precision in args.openvino_precisions:
                 rows.append({"what": f"test latency, OpenVINO {precision}", "model": name,
                              "seconds": openvino_latency(model, image, precision, repeats)})
     patchcore = lite0_patchcore((size, size)).eval()
