@@ -95,10 +95,15 @@ def main() -> None:
                         help="--latency-only: the feature preset's scoring passes instead of its own")
     parser.add_argument("--openvino-precisions", nargs="+", default=["f32", "bf16"], choices=["f32", "bf16"],
                         help="OpenVINO inference precisions timed (bf16 does not compile under an AVX2 cap)")
+    parser.add_argument("--steps-only", action="store_true",
+                        help="only --preset's training step (its batch from the YAML), fp32 and bf16 autocast")
     args = parser.parse_args()
     torch.manual_seed(0)
     size, repeats = args.size, args.repeats
     image = torch.rand(1, 3, size, size)
+    if args.steps_only:
+        steps_only(args)
+        return
     rows = []
     presets = ((args.preset, 16),) if args.latency_only else (("diffad", 8), ("diffad_feature", 16))
     for name, batch in presets:
@@ -139,6 +144,25 @@ def main() -> None:
     for row in rows:
         print(row)
     plot(rows, args.out / f"{stem}.png")
+
+
+def steps_only(args: argparse.Namespace) -> None:
+    """Time ``--preset``'s training step at its own batch (``data.train_batch_size``) in fp32 and bf16 autocast;
+    write ``<out>/<space>_preset_steps.json``."""
+    config = yaml.safe_load((REPO / "configs" / f"{args.preset}.yaml").read_text())
+    batch = config["data"]["train_batch_size"]
+    model = preset(args.preset, args.size)
+    rows = [
+        {"what": "train step", "model": args.preset, "batch": batch, "bf16_autocast": bf16,
+         "seconds": train_step_seconds(model, batch, args.size, bf16, args.repeats)}
+        for bf16 in (False, True)
+    ]  # fmt: skip
+    result = {"size": args.size, "threads": torch.get_num_threads(), "cpu": cpu_description(), "rows": rows,
+              "command": recorded_command(sys.argv, REPO)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.preset.removeprefix('diffad_')}_preset_steps.json").write_text(json.dumps(result, indent=2) + "\n")
+    for row in rows:
+        print(row)
 
 
 def plot(rows: list[dict], path: Path) -> None:
