@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set everything up, then run the whole test suite (about 20 minutes on 2 cores; the time it took is printed
-# at the end). Arguments go to pytest, e.g. `bash scripts/test.sh tests/test_reliability.py -x`.
+# Set everything up, then run the whole test suite (15-17 minutes on 2 idle cores, with AVX-512 BF16 or with the
+# AVX2 caps, benchmarks/RESULTS.md; the time it took is printed at the end). Arguments go to pytest, e.g.
+# `bash scripts/test.sh tests/test_reliability.py -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -3,6 +3,7 @@
 """anomalib's model integration pattern for DiffAD: fit, test, validate, train, predict, export, parity."""
 
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -454,10 +455,22 @@ def test_int8_post_training_quantization(
     assert np.mean(np.equal(labels, reference_labels)) >= 0.75, (labels, reference_labels)
 
 
+ONEDNN_CAPPED = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() not in ("", "ALL", "DEFAULT")
+"""oneDNN is capped below the CPU (``benchmarks/speed/avx2.sh``): OpenVINO's CPU plugin, which detects the CPU
+itself, then fails to build INT8 weight-compressed inner products ("could not create a primitive descriptor")."""
+
+
 @pytest.mark.parametrize(
     ("compression", "stored"),
-    [(CompressionType.INT8, "u8"), (CompressionType.FP16, "f16"), (CompressionType.INT8_PTQ, "i8")],
-)
+    [
+        pytest.param(
+            CompressionType.INT8, "u8",
+            marks=pytest.mark.skipif(ONEDNN_CAPPED, reason="OpenVINO INT8 weights do not compile under a oneDNN cap"),
+        ),
+        (CompressionType.FP16, "f16"),
+        (CompressionType.INT8_PTQ, "i8"),
+    ],
+)  # fmt: skip
 def test_weight_compression_at_a_fixed_size_compiles_and_stays_close(  # noqa: PLR0913
     project: dict,
     predictions: dict,

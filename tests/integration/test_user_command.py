@@ -116,13 +116,15 @@ def test_missing_dataset_folder_fails_within_seconds_naming_it(tmp_path: Path) -
     result, seconds, _ = _run(
         "train", "--model", "DiffAD", "--data", "MVTec", "--data.root", str(missing), "--data.category", "brick",
         "--trainer.max_steps", "5",
-        cwd=tmp_path, timeout=120,
+        cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1
     assert f"error: The dataset folder {missing} (--data.root) does not exist." in result.stderr
     assert "MVTecAD expects, under" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert seconds < 60  # about 15 s: the CLI's imports; before, a download attempt and 344 lines of traceback
+    # 11-15 s on 2 idle cores (the CLI's imports); a bound for slow or shared CPUs: before, a download attempt and
+    # 344 lines of traceback
+    assert seconds < 120
     assert not missing.exists()
     _no_result_folders(tmp_path)
 
