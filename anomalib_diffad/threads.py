@@ -3,9 +3,9 @@
 """Torch threads that fit the cores other processes leave idle, so that shared cores slow training gracefully.
 
 PyTorch's OpenMP threads spin while they wait for each other. When other processes keep the cores busy, a
-thread that is not scheduled holds up all the others at every parallel region: on a 2-core machine beside two
-busy processes, a training step of the feature preset at 128 px took 0.7 s with one thread, and with two
-threads four steps did not finish in a minute, in bf16 and in fp32 alike
+thread that is not scheduled holds up all the others at every parallel region: on a 2-core machine (AVX-512
+BF16) beside two busy processes, a training step of the feature preset at 128 px took 0.7 s with one thread,
+and with two threads four steps did not finish in a minute, in bf16 and in fp32 alike
 (benchmarks/speed/results/shared_cores.json). :func:`fit_threads_to_idle_cores` runs at the start of training:
 unless ``OMP_NUM_THREADS`` is set, it measures the idle cores of this process's CPU affinity over a fraction of
 a second and lowers torch's thread count to them (at least one), with a warning.

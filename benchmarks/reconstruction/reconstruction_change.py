@@ -23,7 +23,7 @@ DiffAD is trained with anomalib's Engine (``--max-steps``) unless ``--ckpt`` giv
 empty source folder; its reconstructive subnetwork is applied to the ``[0, 1]`` image.
 
 Example (MVTec 3D-AD tire (RGB), checkpoints of the quality benchmark; the official code's 100 denoising rounds
-cost about 150 s per 256 px image on one CPU thread, hence fewer here):
+cost about 150 s per 256 px image on one CPU thread, AVX-512 BF16, hence fewer here):
     python benchmarks/reconstruction/reconstruction_change.py --root ../shared/data/mvtec3d --category tire \\
         --image-size 256 --ckpt <diffad.ckpt> --draem-ckpt <draem.ckpt> --num-denoise-steps 10 \\
         --no-image-panels --out benchmarks/reconstruction/results
