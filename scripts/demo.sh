@@ -3,7 +3,8 @@
 # train and test DiffAD on each category through the `anomalib` CLI with the CPU preset, then with the patch
 # preset, and write each one's result table and summary picture (results/demo/summary.png,
 # results/demo/patch/summary.png).
-# Run time: about 14 minutes on a 2-core CPU plus the first set-up of .venv (benchmarks/RESULTS.md, Demo).
+# Run time on 2 idle cores: 9 minutes with AVX-512 BF16, 13 without bf16 units (AVX2 caps), plus the first
+# set-up of .venv (benchmarks/RESULTS.md, Demo).
 # Progress (category k of n, steps done of total with rate and time left, validation, testing) is printed as
 # plain lines, also when the output goes to a file (CI, nohup, tee).
 # Settings: EPOCHS, DATA, OUT, CATEGORIES, CONFIG; PATCH_CONFIG, PATCH_STEPS (0: no patch-preset runs);
