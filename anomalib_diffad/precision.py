@@ -4,7 +4,7 @@
 
 bfloat16 autocast pays only where the processor computes in bfloat16 (AVX-512 BF16 or AMX on x86). Elsewhere
 (AVX2 only, or AVX-512 without BF16) torch emulates it: a training step of the patch preset at 256 px took
-13x longer in bf16 than in float32 with the instruction set capped at AVX2 (``benchmarks/RESULTS.md``). So a
+14x longer in bf16 than in float32 with the instruction set capped at AVX2 (``benchmarks/RESULTS.md``). So a
 DiffAD run whose ``trainer.precision`` is unset gets :func:`hardware_precision`: ``bf16-mixed`` on a CPU with
 native bfloat16 (or a CUDA GPU that supports it), ``32-true`` elsewhere, with a one-line notice; this applies
 to the feature and patch spaces, whose presets are measured in both (the pixel space keeps float32). An explicit
