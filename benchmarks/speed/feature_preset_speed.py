@@ -8,7 +8,8 @@ Random weights and images: time does not depend on them. PatchCore's memory bank
 warm-up, with ``torch.get_num_threads()`` threads (``OMP_NUM_THREADS``). Writes ``<out>/feature_preset_speed.json``
 and ``.png`` (``--latency-only``: only the test latencies of the preset and PatchCore, into
 ``<out>/<feature|patch>_preset_latency.json`` and ``.png``; with ``--score-timesteps``, other scoring passes, into
-``<...>_preset_latency_<n>_passes.json``).
+``<...>_preset_latency_<n>_passes.json``; ``--steps-only``: the preset's training step in fp32 and bf16, into
+``<out>/<feature|patch>_preset_steps.json``).
 
 Example:
     OMP_NUM_THREADS=2 python benchmarks/speed/feature_preset_speed.py --out benchmarks/speed/results
@@ -160,7 +161,8 @@ def steps_only(args: argparse.Namespace) -> None:
     result = {"size": args.size, "threads": torch.get_num_threads(), "cpu": cpu_description(), "rows": rows,
               "command": recorded_command(sys.argv, REPO)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.preset.removeprefix('diffad_')}_preset_steps.json").write_text(json.dumps(result, indent=2) + "\n")
+    path = args.out / f"{args.preset.removeprefix('diffad_')}_preset_steps.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
         print(row)
 
