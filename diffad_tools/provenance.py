@@ -90,10 +90,11 @@ def instruction_set(flags: set[str], caps: dict[str, str] | None = None) -> str:
 def cpu_description() -> dict[str, str]:
     """The CPU a benchmark ran on: model name, cores and the instruction set (:func:`instruction_set`), for its
     result file."""
-    lines = _read("/proc/cpuinfo").splitlines()
+    cpuinfo = _read("/proc/cpuinfo")
+    lines = cpuinfo.splitlines()
     model = next((line.partition(":")[2].strip() for line in lines if line.startswith("model name")), "unknown")
     caps = {name: os.environ[name] for name in ISA_CAPS if os.environ.get(name)}
-    return {"cpu": model, "cores": str(os.cpu_count()), "instruction_set": instruction_set(cpu_flags(), caps)}
+    return {"cpu": model, "cores": str(os.cpu_count()), "instruction_set": instruction_set(cpu_flags(cpuinfo), caps)}
 
 
 def _read(path: str) -> str:
