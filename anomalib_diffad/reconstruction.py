@@ -434,7 +434,7 @@ def fit_reconstruction_prior(
         torch.Size([2, 3, 32, 32])
     """
     unified = model.model.num_classes is not None
-    keys = [model.category_index(name) for name in categories or model.category_names] if unified else [None]
+    keys = [model.category_index(key) for key in categories or range(model.model.num_classes)] if unified else [None]
     prior = _new_prior(model.model, backbone, layers, n_features, pretrained_weights, seed)
     embeddings: dict[int | None, list[torch.Tensor]] = {key: [] for key in keys}
     for batch, images in _model_batches(model, dataloader, max_batches):

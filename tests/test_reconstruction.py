@@ -5,6 +5,7 @@
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,6 @@ from PIL import Image
 
 from anomalib_diffad import DiffAD, DiffADModel
 from anomalib_diffad.diffusion import DiffusionSchedule, q_posterior_mean
-from diffad_tools.textures import DEFECT_TYPES, make_defect_sample
 from anomalib_diffad.reconstruction import (
     GradientDenoising,
     ReconstructionPrior,
@@ -31,6 +31,7 @@ from anomalib_diffad.reconstruction import (
     unit_variance_step,
 )
 from anomalib_diffad.visualization import ReconstructionPanels, diffad_maps, write_reconstruction_panel
+from diffad_tools.textures import DEFECT_TYPES, make_defect_sample
 from tests.helpers.presets import TINY_MODEL_ARGS
 
 # Integration threshold: mean |reconstruction - input| inside the defect masks over the mean outside, pooled
@@ -211,6 +212,30 @@ def test_fit_reconstruction_prior_pre_processes_and_keeps_the_prior() -> None:
         torch.testing.assert_close(value, getattr(expected.padim.gaussian, name), rtol=0, atol=0)
     assert model.reconstruction_priors == {None: prior}
     assert set(model.state_dict()) == keys
+
+
+def test_fit_reconstruction_prior_per_category_of_an_unnamed_unified_model() -> None:
+    """A unified DiffAD without category names gets one prior per class index, each fitted on its own images
+    only; a category without images and a batch without categories are refused."""
+    torch.manual_seed(0)
+    model = DiffAD(**RANDOM_MODEL_ARGS, num_classes=3, pretrained_weights=None)
+    options = {"layers": ("blocks.1", "blocks.2"), "n_features": 12}
+    raw = torch.rand(6, 3, 32, 32)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    batches = [
+        SimpleNamespace(image=images, category=category) for images, category in zip(raw.split(3), labels.split(3))
+    ]
+    with pytest.raises(ValueError, match="Category '2': no training images"):
+        fit_reconstruction_prior(model, batches, **options)
+    with pytest.raises(ValueError, match="need batches with a category"):
+        fit_reconstruction_prior(model, [raw], categories=[0], **options)
+    priors = fit_reconstruction_prior(model, batches, categories=[1, 0], **options)
+    assert sorted(priors) == [0, 1]
+    for index, prior in priors.items():
+        expected = ReconstructionPrior(**options)
+        expected.copy_backbone(model.model.feature_extractor)
+        expected.fit([model.pre_processor.transform(raw[labels == index])])
+        torch.testing.assert_close(prior.padim.gaussian.mean, expected.padim.gaussian.mean, rtol=1e-5, atol=1e-5)
 
 
 def _tensor_attributes(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
