@@ -43,7 +43,6 @@ from anomalib_diffad.metrics import CategoryEvaluator
 from anomalib_diffad.passes import BoundedPassesMixin
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.pre_processor import DiffADPreProcessor
-from anomalib_diffad.reconstruction import ReconstructionMixin
 from anomalib_diffad.resume import ExactResumeMixin
 from anomalib_diffad.run_folder import FailedRunCleanup
 from anomalib_diffad.threads import fit_threads_to_idle_cores
@@ -65,7 +64,6 @@ class NonFiniteLossError(RuntimeError):
 class DiffAD(
     UnifiedMixin,
     FusionCalibrationMixin,
-    ReconstructionMixin,
     ExactResumeMixin,
     BoundedPassesMixin,
     DiffADExportMixin,

@@ -12,7 +12,8 @@ the Gaussian, receive the largest gradients and are redrawn; normal regions are 
 It is a visualisation tool (paper Fig. 7); DiffAD's anomaly scores do not use it. The official code runs
 100 rounds of 5 gradient steps (``s = 0.02``) and one posterior-mean step at ``t = 8`` of its 250-step
 respaced chain (``t = 32`` of the 1000-step chain, stride 4); those are the defaults of
-:class:`GradientDenoising`.
+:class:`GradientDenoising`. :func:`fit_reconstruction_prior` and :func:`reconstruct` run it on a ``DiffAD``;
+:class:`ReconstructionPrior` and :func:`gradient_denoise` on the torch modules.
 
 Example:
     >>> import torch
@@ -23,11 +24,10 @@ Example:
 """
 
 import copy
-import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from anomalib.models.components import TimmFeatureExtractor
@@ -38,7 +38,8 @@ from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.diffusion import DiffusionSchedule, predict_x0_from_eps
 from anomalib_diffad.torch_model import IMAGENET_MEAN, IMAGENET_STD, DiffADModel
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from anomalib_diffad.lightning_model import DiffAD
 
 
 # --------------------------------------------------------------------------- #
@@ -99,8 +100,9 @@ def strided_posterior_mean(
     """Mean of ``q(x_{t-k} | x_t, x_0)`` for a stride ``k`` (DDPM Eq. 7 between non-adjacent steps).
 
     ``mean = sqrt(abar_s) (1 - abar_t / abar_s) / (1 - abar_t) x_0``
-    ``+ sqrt(abar_t / abar_s) (1 - abar_s) / (1 - abar_t) x_t`` with ``s = t - k``; ``k = 1`` is :func:`~anomalib_diffad.diffusion.q_posterior_mean`, and ``k > t`` (``abar_s = 1``)
-    returns ``x_0``. A stride of 4 is one step of the official code's 250-step respaced chain.
+    ``+ sqrt(abar_t / abar_s) (1 - abar_s) / (1 - abar_t) x_t`` with ``s = t - k``; ``k = 1`` is
+    :func:`~anomalib_diffad.diffusion.q_posterior_mean`, and ``k > t`` (``abar_s = 1``) returns ``x_0``. A stride
+    of 4 is one step of the official code's 250-step respaced chain.
     """
     # float64 from the betas: in float32, 1 - abar_t / abar_s loses most of its digits at small t.
     alphas_cumprod = torch.cumprod(1.0 - schedule.betas.detach().cpu().double(), dim=0)
@@ -342,10 +344,9 @@ def gradient_denoise(
     return Reconstruction(reconstruction=x, steps=torch.stack(steps) if return_steps else None)
 
 
-def _batch_images(batch: Any) -> torch.Tensor:  # noqa: ANN401
-    return batch.image if hasattr(batch, "image") else batch[0] if isinstance(batch, list | tuple) else batch
-
-
+# --------------------------------------------------------------------------- #
+# DiffAD's reconstruction API
+# --------------------------------------------------------------------------- #
 def _new_prior(
     torch_model: DiffADModel,
     backbone: str | None,
@@ -365,37 +366,47 @@ def _new_prior(
 
 
 def _model_batches(
-    model: nn.Module,
+    model: "DiffAD",
     dataloader: Iterable[Any],
     max_batches: int | None,
 ) -> Iterator[tuple[Any, torch.Tensor]]:
     """Each batch with its images on the model's device, through the model's pre-processor if it has one."""
-    torch_model = getattr(model, "model", model)
-    transform = getattr(getattr(model, "pre_processor", None), "transform", None)
-    device = next(torch_model.parameters()).device
+    transform = getattr(model.pre_processor, "transform", None)
+    device = next(model.model.parameters()).device
     for index, batch in enumerate(dataloader):
         if max_batches is not None and index >= max_batches:
             return
-        images = _batch_images(batch).to(device)
+        images = batch.image if hasattr(batch, "image") else batch[0] if isinstance(batch, list | tuple) else batch
+        images = images.to(device)
         yield batch, transform(images) if transform else images
 
 
+@torch.no_grad()
 def fit_reconstruction_prior(
-    model: nn.Module,
+    model: "DiffAD",
     dataloader: Iterable[Any],
+    categories: Sequence[str | int] | None = None,
+    *,
     backbone: str | None = None,
     layers: Iterable[str] = ("blocks.1", "blocks.2", "blocks.4"),
     n_features: int = 100,
     pretrained_weights: str | None = "auto",
     seed: int = 0,
     max_batches: int | None = None,
-) -> ReconstructionPrior:
-    """Fit a :class:`ReconstructionPrior` on the normal images of ``dataloader`` for a DiffAD model.
+) -> ReconstructionPrior | dict[int, ReconstructionPrior]:
+    """Fit the Gaussian prior of normal features that :func:`reconstruct` uses, and keep it on the model.
+
+    A unified model gets one prior per category, each fitted on the images of its category only (the batches'
+    ``category``: a :class:`~anomalib_diffad.data.multi.MultiCategory` train dataloader); the dataloader is read
+    once and every batch embedded once (same backbone and channel subset, one Gaussian each). The priors are not
+    part of the checkpoint or the exported graph: refit them after loading, or save their ``state_dict`` (the
+    ``ReconstructionPanels`` callback does).
 
     Args:
-        model: A ``DiffAD`` Lightning module (its pre-processor is applied to the batches) or a
-            :class:`~anomalib_diffad.torch_model.DiffADModel` (batches must already be in ``[-1, 1]``).
-        dataloader: Batches of training images: anomalib ``Batch`` objects, ``(images, ...)`` tuples or tensors.
+        model: A ``DiffAD``; its pre-processor is applied to the batches.
+        dataloader: Batches of normal training images (e.g. ``datamodule.train_dataloader()``): anomalib
+            ``Batch`` objects, ``(images, ...)`` tuples or tensors.
+        categories: Unified model: the categories to fit, by name or index (default: all).
         backbone: Backbone of the prior; ``None`` uses the model's own (weights copied, no I/O).
         layers: Backbone layers of the embedding, highest resolution first.
         n_features: Channels kept by PaDiM's random subset.
@@ -405,173 +416,115 @@ def fit_reconstruction_prior(
         max_batches: Use at most this many batches (``None``: all).
 
     Returns:
-        The fitted prior, on the model's device.
-    """
-    prior = _new_prior(getattr(model, "model", model), backbone, layers, n_features, pretrained_weights, seed)
-    prior.fit(images for _, images in _model_batches(model, dataloader, max_batches))
-    return prior
-
-
-@torch.no_grad()
-def fit_category_priors(
-    model: nn.Module,
-    dataloader: Iterable[Any],
-    categories: Iterable[int],
-    backbone: str | None = None,
-    layers: Iterable[str] = ("blocks.1", "blocks.2", "blocks.4"),
-    n_features: int = 100,
-    pretrained_weights: str | None = "auto",
-    seed: int = 0,
-    max_batches: int | None = None,
-) -> dict[int, ReconstructionPrior]:
-    """One :class:`ReconstructionPrior` per category of a unified DiffAD, each on its category's images only.
-
-    Reads ``dataloader`` once: every batch is embedded once and its embeddings go to their categories' priors
-    (same backbone and channel subset, one Gaussian each).
-
-    Args:
-        model: As for :func:`fit_reconstruction_prior`.
-        dataloader: Batches with a ``category`` field (a ``MultiCategory`` train dataloader).
-        categories: Category indices to fit.
-        backbone: As for :func:`fit_reconstruction_prior`.
-        layers: As for :func:`fit_reconstruction_prior`.
-        n_features: As for :func:`fit_reconstruction_prior`.
-        pretrained_weights: As for :func:`fit_reconstruction_prior`.
-        seed: As for :func:`fit_reconstruction_prior`.
-        max_batches: Use at most this many batches (``None``: all).
-
-    Returns:
-        The fitted prior of every category that has images in ``dataloader``.
+        The fitted prior, on the model's device; for a unified model, every prior kept so far by category index.
 
     Raises:
-        ValueError: If a batch has no ``category``.
+        ValueError: If there is no image; unified model: if a category is unknown, a batch has no ``category``,
+            or the dataloader has no image of a category.
+
+    Example:
+        >>> import torch
+        >>> from anomalib_diffad import DiffAD
+        >>> from anomalib_diffad.reconstruction import GradientDenoising, fit_reconstruction_prior, reconstruct
+        >>> model = DiffAD(image_size=32, block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8,
+        ...                layers=("blocks.0", "blocks.1"), pretrained_weights=None)
+        >>> prior = fit_reconstruction_prior(model, [torch.rand(4, 3, 32, 32)], layers=("blocks.1",), n_features=8)
+        >>> images = torch.rand(2, 3, 32, 32) * 2 - 1
+        >>> reconstruct(model, images, config=GradientDenoising(num_denoise_steps=1, denoise_every=1)).shape
+        torch.Size([2, 3, 32, 32])
     """
-    prior = _new_prior(getattr(model, "model", model), backbone, layers, n_features, pretrained_weights, seed)
-    embeddings: dict[int, list[torch.Tensor]] = {index: [] for index in categories}
+    unified = model.model.num_classes is not None
+    keys = [model.category_index(key) for key in categories or range(model.model.num_classes)] if unified else [None]
+    prior = _new_prior(model.model, backbone, layers, n_features, pretrained_weights, seed)
+    embeddings: dict[int | None, list[torch.Tensor]] = {key: [] for key in keys}
     for batch, images in _model_batches(model, dataloader, max_batches):
+        embedded = prior.embed(images)
+        if not unified:
+            embeddings[None].append(embedded)
+            continue
         labels = getattr(batch, "category", None)
         if labels is None:
             msg = "Per-category priors need batches with a category (use MultiCategory)."
             raise ValueError(msg)
-        embedded = prior.embed(images)
         labels = labels.to(embedded.device)
-        for index, values in embeddings.items():
-            selected = labels == index
+        for key, values in embeddings.items():
+            selected = labels == key
             if bool(selected.any()):
                 values.append(embedded[selected])
-    priors = {}
-    for index, values in embeddings.items():
-        if values:
-            priors[index] = copy.deepcopy(prior)
-            priors[index].fit_embeddings(values)
-    return priors
-
-
-class ReconstructionMixin:
-    """``DiffAD``'s reconstruction API: fit the prior of normal features once, then reconstruct images.
-
-    Expects ``model`` (a :class:`~anomalib_diffad.torch_model.DiffADModel`) and, for a unified model, the
-    category methods of :class:`~anomalib_diffad.unified.UnifiedMixin` on the Lightning module.
-    """
-
-    def fit_reconstruction_prior(
-        self,
-        dataloader: Iterable[Any],
-        categories: Sequence[str | int] | None = None,
-        **kwargs: Any,  # noqa: ANN401
-    ) -> ReconstructionPrior | dict[int, ReconstructionPrior]:
-        """Fit the Gaussian prior of normal features that :meth:`reconstruct` uses, and keep it on the model.
-
-        A unified model gets one prior per category, each fitted on the images of its category only (the
-        batches' ``category``: a :class:`~anomalib_diffad.data.multi.MultiCategory` train dataloader; see
-        :func:`~anomalib_diffad.reconstruction.fit_category_priors`). The priors are not part of the checkpoint or the exported graph:
-        refit them after loading, or save their ``state_dict`` (the ``ReconstructionPanels`` callback does).
-
-        Args:
-            dataloader: Batches of normal training images (e.g. ``datamodule.train_dataloader()``).
-            categories: Unified model: the categories to fit (default: all).
-            **kwargs: Options of :func:`~anomalib_diffad.reconstruction.fit_reconstruction_prior` (backbone,
-                layers, ``n_features``, ...).
-
-        Returns:
-            The fitted prior; for a unified model, the priors by category index.
-
-        Raises:
-            ValueError: Unified model: a category is unknown, or the dataloader has no image of it.
-        """
-        if self.model.num_classes is None:
-            prior = fit_reconstruction_prior(self, dataloader, **kwargs)
-            object.__setattr__(self, "reconstruction_prior", prior)  # not a submodule: state_dict, export unchanged
-            return prior
-        indices = [self.category_index(category) for category in categories or self.category_names]
-        fitted = fit_category_priors(self, dataloader, indices, **kwargs)
-        for index in indices:
-            if index not in fitted:
-                msg = (
-                    f"Category {self.category_names[index]!r}: no training images of it in the dataloader. "
-                    "Pass categories=[...] to fit only some."
-                )
-                raise ValueError(msg)
-        priors = dict(getattr(self, "reconstruction_priors", {})) | fitted
-        object.__setattr__(self, "reconstruction_priors", priors)
-        return priors
-
-    def reconstruct(
-        self,
-        images: torch.Tensor,
-        return_steps: bool = False,
-        *,
-        prior: ReconstructionPrior | None = None,
-        config: GradientDenoising | None = None,
-        category: str | int | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Gradient-denoising reconstruction (paper Algorithm 1) of pre-processed ``[-1, 1]`` images.
-
-        Runs on the EMA weights, in batches, on the images' device; usable inside ``no_grad`` and predict. A
-        unified model reconstructs images of one category at a time: with that category's class embedding and
-        prior.
-
-        Args:
-            images: Images ``(N, 3, H, W)`` as the model sees them (after the pre-processor).
-            return_steps: Also return the intermediate images ``(S, N, 3, H, W)``.
-            prior: Gaussian of normal features (default: the one :meth:`fit_reconstruction_prior` kept; for a
-                unified model, the category's).
-            config: Step size and counts (default: the official code's).
-            category: Unified model: the images' category (default: the selected one).
-
-        Returns:
-            The reconstructions, or ``(reconstructions, steps)`` when ``return_steps``.
-
-        Raises:
-            ValueError: If no prior is given and none was fitted, a unified model gets no category, or the model
-                diffuses features.
-        """
-        if self.model.space != "pixel":
-            msg = f"Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features (space={self.model.space!r})."
-            raise ValueError(msg)
-        labels = None
-        if self.model.num_classes is None:
-            prior = prior if prior is not None else getattr(self, "reconstruction_prior", None)
-        else:
-            index = self.category if category is None else self.category_index(category)
-            if index is None:
-                msg = "A unified DiffAD reconstructs one category at a time: pass category=... or select_category()."
-                raise ValueError(msg)
-            prior = prior if prior is not None else getattr(self, "reconstruction_priors", {}).get(index)
-            labels = torch.full((images.shape[0],), index, dtype=torch.long, device=images.device)
-        if prior is None:
+    fitted = {}
+    for key, values in embeddings.items():
+        if unified and not values:
             msg = (
-                "No reconstruction prior: call model.fit_reconstruction_prior(datamodule.train_dataloader()) "
-                "once, or pass prior=..."
+                f"Category {model.category_names[key]!r}: no training images of it in the dataloader. "
+                "Pass categories=[...] to fit only some."
             )
             raise ValueError(msg)
-        output = gradient_denoise(
-            images,
-            prior,
-            self.model.ema_denoiser,
-            self.model.schedule,
-            config,
-            class_labels=labels,
-            return_steps=return_steps,
+        fitted[key] = copy.deepcopy(prior)
+        fitted[key].fit_embeddings(values)
+    # A plain dict attribute, not a submodule: the state_dict and the exported graph stay unchanged.
+    model.reconstruction_priors = getattr(model, "reconstruction_priors", {}) | fitted
+    return model.reconstruction_priors if unified else fitted[None]
+
+
+def reconstruct(
+    model: "DiffAD",
+    images: torch.Tensor,
+    return_steps: bool = False,
+    *,
+    prior: ReconstructionPrior | None = None,
+    config: GradientDenoising | None = None,
+    category: str | int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Gradient-denoising reconstruction (paper Algorithm 1) of pre-processed ``[-1, 1]`` images by a DiffAD.
+
+    Runs :func:`gradient_denoise` on the EMA weights, on the images' device; usable inside ``no_grad`` and
+    predict. A unified model reconstructs images of one category at a time: with that category's class
+    embedding and prior. See :func:`fit_reconstruction_prior` for an example.
+
+    Args:
+        model: A pixel-space ``DiffAD``.
+        images: Images ``(N, 3, H, W)`` as the model sees them (after the pre-processor).
+        return_steps: Also return the intermediate images ``(S, N, 3, H, W)``.
+        prior: Gaussian of normal features (default: the one :func:`fit_reconstruction_prior` kept on the model;
+            for a unified model, the category's).
+        config: Step size and counts (default: the official code's).
+        category: Unified model: the images' category (default: the selected one).
+
+    Returns:
+        The reconstructions, or ``(reconstructions, steps)`` when ``return_steps``.
+
+    Raises:
+        ValueError: If no prior is given and none was fitted, a unified model gets no category, or the model
+            diffuses features.
+    """
+    torch_model = model.model
+    if torch_model.space != "pixel":
+        msg = (
+            "Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features "
+            f"(space={torch_model.space!r})."
         )
-        return (output.reconstruction, output.steps) if return_steps else output.reconstruction
+        raise ValueError(msg)
+    index, labels = None, None
+    if torch_model.num_classes is not None:
+        index = model.category if category is None else model.category_index(category)
+        if index is None:
+            msg = "A unified DiffAD reconstructs one category at a time: pass category=... or select_category()."
+            raise ValueError(msg)
+        labels = torch.full((images.shape[0],), index, dtype=torch.long, device=images.device)
+    prior = prior if prior is not None else getattr(model, "reconstruction_priors", {}).get(index)
+    if prior is None:
+        msg = (
+            "No reconstruction prior: call fit_reconstruction_prior(model, datamodule.train_dataloader()) once, "
+            "or pass prior=..."
+        )
+        raise ValueError(msg)
+    output = gradient_denoise(
+        images,
+        prior,
+        torch_model.ema_denoiser,
+        torch_model.schedule,
+        config,
+        class_labels=labels,
+        return_steps=return_steps,
+    )
+    return (output.reconstruction, output.steps) if return_steps else output.reconstruction

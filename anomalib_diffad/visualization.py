@@ -30,6 +30,7 @@ from anomalib_diffad.reconstruction import (  # noqa: E402
     GradientDenoising,
     ReconstructionPrior,
     fit_reconstruction_prior,
+    reconstruct,
 )
 from anomalib_diffad.torch_model import DiffADModel  # noqa: E402
 
@@ -208,12 +209,12 @@ class ReconstructionPanels(Callback):
         """Load or fit the prior.
 
         Raises:
-            ValueError: For a unified model (use its ``fit_reconstruction_prior`` and ``reconstruct(category=...)``).
+            ValueError: For a unified model (use ``fit_reconstruction_prior`` and ``reconstruct(category=...)``).
         """
         if pl_module.model.num_classes is not None:
             msg = (
                 "ReconstructionPanels handles single-category models; for a unified DiffAD call "
-                "model.fit_reconstruction_prior(train_dataloader) and model.reconstruct(images, category=...)."
+                "fit_reconstruction_prior(model, train_dataloader) and reconstruct(model, images, category=...)."
             )
             raise ValueError(msg)
         self.prior = self._load_or_fit_prior(trainer, pl_module)
@@ -237,7 +238,7 @@ class ReconstructionPanels(Callback):
         if self.max_images is not None:
             count = min(count, self.max_images - self._written)
         images = batch.image[:count]
-        reconstruction, steps = pl_module.reconstruct(images, return_steps=True, prior=self.prior, config=self.config)
+        reconstruction, steps = reconstruct(pl_module, images, return_steps=True, prior=self.prior, config=self.config)
         with torch.no_grad():
             kl_maps, feature_maps = pl_module.model.component_scores(images)
         fused = getattr(outputs, "anomaly_map", None)

@@ -5,6 +5,7 @@
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,6 @@ from PIL import Image
 
 from anomalib_diffad import DiffAD, DiffADModel
 from anomalib_diffad.diffusion import DiffusionSchedule, q_posterior_mean
-from diffad_tools.textures import DEFECT_TYPES, make_defect_sample
 from anomalib_diffad.reconstruction import (
     GradientDenoising,
     ReconstructionPrior,
@@ -25,11 +25,13 @@ from anomalib_diffad.reconstruction import (
     mahalanobis_loss,
     normalize_per_image,
     prior_gradient,
+    reconstruct,
     squared_mahalanobis,
     strided_posterior_mean,
     unit_variance_step,
 )
 from anomalib_diffad.visualization import ReconstructionPanels, diffad_maps, write_reconstruction_panel
+from diffad_tools.textures import DEFECT_TYPES, make_defect_sample
 from tests.helpers.presets import TINY_MODEL_ARGS
 
 # Integration threshold: mean |reconstruction - input| inside the defect masks over the mean outside, pooled
@@ -191,6 +193,51 @@ def test_gradient_denoise_steps_batching_and_inference_mode(random_setup: dict) 
     torch.testing.assert_close(single, output.reconstruction[1:], rtol=1e-4, atol=1e-4)
 
 
+def test_fit_reconstruction_prior_pre_processes_and_keeps_the_prior() -> None:
+    """On a DiffAD, the prior is fitted on the pre-processed images with the model's own backbone weights (the
+    same Gaussian as fitting a prior by hand), kept on the model, and an empty dataloader is refused."""
+    torch.manual_seed(0)
+    model = DiffAD(**RANDOM_MODEL_ARGS, pretrained_weights=None)
+    options = {"layers": ("blocks.1", "blocks.2"), "n_features": 12}
+    keys = set(model.state_dict())
+    with pytest.raises(ValueError, match="No images"):
+        fit_reconstruction_prior(model, [], **options)
+    raw = torch.rand(6, 3, 40, 40)
+    prior = fit_reconstruction_prior(model, [(raw[:3], None), raw[3:]], **options)
+    expected = ReconstructionPrior(**options)
+    expected.copy_backbone(model.model.feature_extractor)
+    expected.fit(model.pre_processor.transform(images) for images in raw.split(3))
+    for name in ("mean", "inv_covariance"):
+        value = getattr(prior.padim.gaussian, name)
+        torch.testing.assert_close(value, getattr(expected.padim.gaussian, name), rtol=0, atol=0)
+    assert model.reconstruction_priors == {None: prior}
+    assert set(model.state_dict()) == keys
+
+
+def test_fit_reconstruction_prior_per_category_of_an_unnamed_unified_model() -> None:
+    """A unified DiffAD without category names gets one prior per class index, each fitted on its own images
+    only; a category without images and a batch without categories are refused."""
+    torch.manual_seed(0)
+    model = DiffAD(**RANDOM_MODEL_ARGS, num_classes=3, pretrained_weights=None)
+    options = {"layers": ("blocks.1", "blocks.2"), "n_features": 12}
+    raw = torch.rand(6, 3, 32, 32)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    batches = [
+        SimpleNamespace(image=images, category=category) for images, category in zip(raw.split(3), labels.split(3))
+    ]
+    with pytest.raises(ValueError, match="Category '2': no training images"):
+        fit_reconstruction_prior(model, batches, **options)
+    with pytest.raises(ValueError, match="need batches with a category"):
+        fit_reconstruction_prior(model, [raw], categories=[0], **options)
+    priors = fit_reconstruction_prior(model, batches, categories=[1, 0], **options)
+    assert sorted(priors) == [0, 1]
+    for index, prior in priors.items():
+        expected = ReconstructionPrior(**options)
+        expected.copy_backbone(model.model.feature_extractor)
+        expected.fit([model.pre_processor.transform(raw[labels == index])])
+        torch.testing.assert_close(prior.padim.gaussian.mean, expected.padim.gaussian.mean, rtol=1e-5, atol=1e-5)
+
+
 def _tensor_attributes(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor a module tree holds: parameters, buffers, and plain tensor attributes (which ``.to`` skips)."""
     for name, submodule in module.named_modules():
@@ -281,7 +328,7 @@ def test_reconstruction_changes_defects_more_than_normal_pixels(fitted: dict) ->
     """Algorithm 1 moves the pixels inside synthetic defects much more than the normal pixels."""
     images, masks = _defect_batch()
     model, prior = fitted["model"], fitted["prior"]
-    reconstruction = model.reconstruct(images, prior=prior, config=GradientDenoising(num_denoise_steps=10))
+    reconstruction = reconstruct(model, images, prior=prior, config=GradientDenoising(num_denoise_steps=10))
     change = (reconstruction - images).abs().mean(dim=1)
     ratios = [(change[i][masks[i]].mean() / change[i][~masks[i]].mean()).item() for i in range(len(images))]
     pooled = (change[masks].mean() / change[~masks].mean()).item()
@@ -292,11 +339,11 @@ def test_reconstruction_changes_defects_more_than_normal_pixels(fitted: dict) ->
 
 
 def test_reconstruct_api_and_panel(fitted: dict, tmp_path: Path) -> None:
-    """``DiffAD.reconstruct`` returns steps on request; the panel shows maps, mask and the strip of steps."""
+    """``reconstruct`` returns steps on request; the panel shows maps, mask and the strip of steps."""
     images, masks = _defect_batch()
     model, prior = fitted["model"], fitted["prior"]
     config = GradientDenoising(num_denoise_steps=2, denoise_every=1, capture_every=1)
-    reconstruction, steps = model.reconstruct(images[:1], return_steps=True, prior=prior, config=config)
+    reconstruction, steps = reconstruct(model, images[:1], return_steps=True, prior=prior, config=config)
     assert reconstruction.shape == (1, 3, 64, 64)
     assert steps.shape == (3, 1, 3, 64, 64)
     maps = diffad_maps(model.model, images[:1])
@@ -311,26 +358,26 @@ def test_reconstruct_api_and_panel(fitted: dict, tmp_path: Path) -> None:
 
 
 def test_reconstruct_uses_the_prior_kept_on_the_model(fitted: dict, dataset_root: Path) -> None:
-    """``reconstruct(images)`` needs no prior argument once ``fit_reconstruction_prior`` ran; the kept prior is
-    not part of the checkpoint."""
+    """``reconstruct(model, images)`` needs no prior argument once ``fit_reconstruction_prior`` ran; the kept
+    prior is not part of the checkpoint."""
     images, _ = _defect_batch()
     config = GradientDenoising(num_denoise_steps=1, denoise_every=1)
     fresh = DiffAD(**(TINY_MODEL_ARGS | {"lr": 2e-3}))
     fresh.load_state_dict(fitted["model"].state_dict())
     fresh.eval()
     with pytest.raises(ValueError, match="No reconstruction prior"):
-        fresh.reconstruct(images[:1], config=config)
+        reconstruct(fresh, images[:1], config=config)
     keys = set(fresh.state_dict())
     datamodule = _datamodule(dataset_root)
     datamodule.setup()
-    prior = fresh.fit_reconstruction_prior(datamodule.train_dataloader(), n_features=60)
+    prior = fit_reconstruction_prior(fresh, datamodule.train_dataloader(), n_features=60)
     assert set(fresh.state_dict()) == keys
     torch.manual_seed(0)
-    kept = fresh.reconstruct(images[:1], config=config)
+    kept = reconstruct(fresh, images[:1], config=config)
     torch.manual_seed(0)
-    torch.testing.assert_close(kept, fresh.reconstruct(images[:1], prior=prior, config=config), rtol=0, atol=0)
+    torch.testing.assert_close(kept, reconstruct(fresh, images[:1], prior=prior, config=config), rtol=0, atol=0)
     torch.manual_seed(0)
-    reference = fitted["model"].reconstruct(images[:1], prior=fitted["prior"], config=config)
+    reference = reconstruct(fitted["model"], images[:1], prior=fitted["prior"], config=config)
     torch.testing.assert_close(kept, reference, rtol=0, atol=1e-3)  # same prior up to summation order
 
 

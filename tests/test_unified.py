@@ -18,7 +18,7 @@ from anomalib_diffad import DiffAD, MultiCategory
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator
 from anomalib_diffad.data.multi import CategoryImageBatch, CategoryImageItem, select_images
 from anomalib_diffad.post_processor import DiffADPostProcessor
-from anomalib_diffad.reconstruction import GradientDenoising
+from anomalib_diffad.reconstruction import GradientDenoising, fit_reconstruction_prior, reconstruct
 from anomalib_diffad.unified import evaluate_per_category, export_per_category
 from diffad_tools.textures import generate_texture_dataset
 from tests.helpers.openvino import FP32
@@ -395,8 +395,8 @@ def test_unified_reconstruction_uses_each_categorys_prior_and_embedding(unified:
     category's class embedding and prior, lowers the images' distance to it, and needs a category."""
     model, datamodule = unified["model"], unified["datamodule"]
     with pytest.raises(ValueError, match="one category at a time"):
-        model.reconstruct(torch.zeros(1, 3, 64, 64))
-    priors = model.fit_reconstruction_prior(datamodule.train_dataloader(), n_features=16)
+        reconstruct(model, torch.zeros(1, 3, 64, 64))
+    priors = fit_reconstruction_prior(model, datamodule.train_dataloader(), n_features=16)
     assert sorted(priors) == [0, 1, 2]
     means = [prior.padim.gaussian.mean for prior in priors.values()]
     assert all((means[0] - other).abs().max() > 1e-3 for other in means[1:])
@@ -406,13 +406,13 @@ def test_unified_reconstruction_uses_each_categorys_prior_and_embedding(unified:
     images = model.pre_processor.transform(grass.image)
     config = GradientDenoising(num_denoise_steps=2, denoise_every=3)
     with torch.no_grad():
-        reconstruction = model.reconstruct(images, category="grass", config=config)
+        reconstruction = reconstruct(model, images, category="grass", config=config)
         before, after = priors[1].distance(images).mean(), priors[1].distance(reconstruction).mean()
-        other = model.reconstruct(images, prior=priors[1], category="brick", config=config)
+        other = reconstruct(model, images, prior=priors[1], category="brick", config=config)
     assert after < before, (before, after)
     assert (other - reconstruction).abs().max() > 1e-4  # brick's class embedding denoises differently
     with pytest.raises(ValueError, match="Category 'brick'"):
-        model.fit_reconstruction_prior(only_grass.train_dataloader(), categories=["brick"])
+        fit_reconstruction_prior(model, only_grass.train_dataloader(), categories=["brick"])
 
 
 def test_int8_calibration_of_a_category_graph_uses_its_images(

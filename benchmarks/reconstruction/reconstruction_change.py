@@ -45,7 +45,7 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
-from anomalib_diffad.reconstruction import GradientDenoising, fit_reconstruction_prior
+from anomalib_diffad.reconstruction import GradientDenoising, fit_reconstruction_prior, reconstruct
 from diffad_tools.provenance import recorded_command, relative_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             if not bool(keep.any()):
                 continue
             images01, masks, labels = images01[keep], masks[keep], labels[keep]
-        outputs = {"diffad": (model.reconstruct(images01 * 2 - 1, prior=prior, config=config) + 1) / 2}
+        outputs = {"diffad": (reconstruct(model, images01 * 2 - 1, prior=prior, config=config) + 1) / 2}
         if draem is not None:
             with torch.no_grad():
                 outputs["draem"] = draem(images01)
