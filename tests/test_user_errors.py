@@ -1,7 +1,6 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""A missing dataset folder is named before any download; data errors print without traceback; a run that fails
-before its first step leaves no result folder."""
+"""A missing dataset folder is named before any download; data errors print without traceback."""
 
 import logging
 from pathlib import Path
@@ -11,7 +10,7 @@ from anomalib.data import MVTecAD
 from anomalib.data.datamodules.image import mvtecad
 
 from anomalib_diffad.data.checks import DataCheckError, check_mvtec_root
-from anomalib_diffad_autoload import print_data_errors
+from diffad_tools.anomalib_cli import print_data_errors
 
 URL = "https://www.example.invalid/mvtec.tar.xz"
 CATEGORIES = ("bottle", "cable")
@@ -62,11 +61,10 @@ def test_present_category_is_not_probed(tmp_path: Path) -> None:
     check_mvtec_root(tmp_path, "bottle", URL, CATEGORIES, reachable=_never_probed)
 
 
+@pytest.mark.usefixtures("mvtec_folder_checks")
 def test_mvtec_prepare_data_stops_before_downloading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``MVTecAD.prepare_data`` on a missing folder raises the check's error; anomalib's download never starts
-    and the folder is not created."""
-    import anomalib_diffad  # noqa: F401 - installs the check
-
+    """With the ``anomalib`` CLI's checks, ``MVTecAD.prepare_data`` on a missing folder raises the check's error;
+    anomalib's download never starts and the folder is not created."""
     def download(*args: object) -> None:
         msg = f"download started: {args}"
         raise AssertionError(msg)
