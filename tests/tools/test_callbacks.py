@@ -19,7 +19,6 @@ from diffad_tools.callbacks import (
     CapWorkers,
     FailedRunCleanup,
     IdleCoreThreads,
-    ReleaseFreedMemory,
     cpu_times,
     fit_threads_to_idle_cores,
     idle_between,
