@@ -56,7 +56,8 @@ print(json.dumps({"threads": torch.get_num_threads(), "times": times[1:]}))
 def run_configuration(threads: str, busy: int, precision: str, policy: str, args: argparse.Namespace) -> dict:
     """Step times of one configuration, with ``busy`` busy loops running beside it.
 
-    ``threads`` ``"auto"``: ``OMP_NUM_THREADS`` unset, so the threads are fitted to the idle cores (as ``IdleCoreThreads`` does).
+    ``threads`` ``"auto"``: ``OMP_NUM_THREADS`` unset, so the threads are fitted to the idle cores (as
+    ``diffad_tools.callbacks.IdleCoreThreads`` does).
     """
     env = os.environ | {"OMP_NUM_THREADS": threads, "PYTHONPATH": str(REPO)}
     if threads == "auto":
