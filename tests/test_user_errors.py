@@ -65,6 +65,7 @@ def test_present_category_is_not_probed(tmp_path: Path) -> None:
 def test_mvtec_prepare_data_stops_before_downloading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the ``anomalib`` CLI's checks, ``MVTecAD.prepare_data`` on a missing folder raises the check's error;
     anomalib's download never starts and the folder is not created."""
+
     def download(*args: object) -> None:
         msg = f"download started: {args}"
         raise AssertionError(msg)
