@@ -26,26 +26,21 @@ from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
-from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.calibration import FusionCalibrationMixin
-from anomalib_diffad.callbacks import TextProgress
 from anomalib_diffad.checkpoints import check_checkpoint
 from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
 from anomalib_diffad.export import DiffADExportMixin
 from anomalib_diffad.loss import DiffADLoss
-from anomalib_diffad.memory import cap_workers, release_freed_buffers
 from anomalib_diffad.metrics import CategoryEvaluator
 from anomalib_diffad.passes import BoundedPassesMixin
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.pre_processor import DiffADPreProcessor
 from anomalib_diffad.resume import ExactResumeMixin
-from anomalib_diffad.run_folder import FailedRunCleanup
-from anomalib_diffad.threads import fit_threads_to_idle_cores
 from anomalib_diffad.torch_model import DiffADModel, torch_model_arguments
 from anomalib_diffad.unified import UnifiedMixin, names_by_index, resolve_num_classes
 
@@ -215,25 +210,8 @@ class DiffAD(
             return Evaluator(test_metrics=test_metrics)
         return CategoryEvaluator(categories, test_metrics=test_metrics)
 
-    def configure_callbacks(self) -> list[Callback]:
-        """anomalib's component callbacks, then :class:`~anomalib_diffad.run_folder.FailedRunCleanup` (a fit that
-        fails before its first step leaves no result folder behind) and, unless the Trainer has one,
-        :class:`~anomalib_diffad.callbacks.TextProgress` (plain progress lines when the output is not a terminal,
-        also without a config file)."""
-        callbacks = [*super().configure_callbacks(), FailedRunCleanup()]
-        trainer = self._trainer
-        if trainer is not None and not any(isinstance(callback, TextProgress) for callback in trainer.callbacks):
-            callbacks.append(TextProgress())
-        return callbacks
-
     def setup(self, stage: str) -> None:
-        """Keep memory near the live tensors (:mod:`anomalib_diffad.memory`: freed buffers go back to the system,
-        no more DataLoader workers than CPUs); load the feature branch's pretrained weights once, before the
-        first training step."""
-        release_freed_buffers()
-        trainer = self._trainer
-        if trainer is not None and trainer.datamodule is not None:
-            cap_workers(trainer.datamodule)
+        """Load the feature branch's pretrained weights once, before the first training step."""
         if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
             load_pretrained_weights(self.model.feature_extractor, self.pretrained_weights)
             self._pretrained_loaded = True
@@ -279,8 +257,7 @@ class DiffAD(
 
     def on_fit_start(self) -> None:
         """Check the datamodule's files, validation set and crop size (errors name the file or setting); draw
-        the run's training seed once; fit torch's threads to the idle cores for training
-        (:mod:`anomalib_diffad.threads`).
+        the run's training seed once.
 
         The seed comes from the global RNG, so ``seed_everything`` controls it.
         """
@@ -292,13 +269,6 @@ class DiffAD(
                 check_train_crop(self.model.train_crop_size, datamodule, getattr(self.pre_processor, "transform", None))
             self._check_categories(datamodule)
         self.draw_train_seed()
-        self._threads_before_fit = torch.get_num_threads()
-        fit_threads_to_idle_cores()
-
-    def on_fit_end(self) -> None:
-        """Give torch back the threads it had before training: testing and scoring use them, as in a new process
-        (same float sums, so the same scores as ``anomalib test`` on the checkpoint)."""
-        torch.set_num_threads(getattr(self, "_threads_before_fit", torch.get_num_threads()))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint fits this model and has finite weights; resume with its training seed."""

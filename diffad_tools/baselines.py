@@ -5,9 +5,9 @@
 ``lite0_patchcore`` builds the PatchCore that the benchmarks compare with (same pretrained weights as DiffAD's
 feature branch, offline through the HF cache).
 
-DRAEM: a training budget and image size that a model config can set, for ``anomalib benchmark``. Importing this
-module registers ``BudgetDraem`` in ``anomalib.models``, where the benchmark pipeline looks names up (the
-``anomalib`` CLI imports it through the install's start-up hook).
+DRAEM: a training budget and image size that a model config can set, for ``anomalib benchmark``. The ``anomalib``
+CLI registers ``BudgetDraem`` in ``anomalib.models``, where the benchmark pipeline looks names up
+(:func:`diffad_tools.anomalib_cli.register_names`); importing this module registers nothing.
 
 ``anomalib benchmark`` builds each job's ``Engine`` without trainer arguments, so the only training length a
 config can choose is what the model's ``trainer_arguments`` say; DRAEM says nothing, which means Lightning's
@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import anomalib.models
 from anomalib.metrics import Evaluator
 from anomalib.models import Draem, Padim, Patchcore
 from anomalib.post_processing import PostProcessor
@@ -154,6 +153,3 @@ def lite0_patchcore(
         post_processor=post_processor,
         evaluator=evaluator,
     )
-
-
-anomalib.models.BudgetDraem = BudgetDraem  # ``class_path: BudgetDraem`` in configs/benchmark*.yaml

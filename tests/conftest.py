@@ -58,3 +58,16 @@ def tiny_project(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     engine.fit(model=model, datamodule=datamodule)
     ckpt = root_dir / "DiffAD" / "MVTecAD" / "brick" / "v0" / "weights" / "lightning" / "model.ckpt"
     return {"root_dir": root_dir, "ckpt": ckpt, "model": model}
+
+
+@pytest.fixture
+def mvtec_folder_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """anomalib's ``MVTecAD`` with the folder checks the ``anomalib`` CLI installs, for one test."""
+    from anomalib.data.datamodules.image import mvtecad as datamodule
+    from anomalib.data.datasets.image import mvtecad
+
+    from diffad_tools.anomalib_cli import check_mvtec_folders
+
+    monkeypatch.setattr(datamodule.MVTecAD, "prepare_data", datamodule.MVTecAD.prepare_data)
+    monkeypatch.setattr(mvtecad, "make_mvtec_ad_dataset", mvtecad.make_mvtec_ad_dataset)
+    check_mvtec_folders()

@@ -212,6 +212,7 @@ def _remove(*relative: str) -> Callable[[Path], None]:
     return remove
 
 
+@pytest.mark.usefixtures("mvtec_folder_checks")
 def test_missing_mask_is_named(dataset_root: Path, tmp_path: Path) -> None:
     """anomalib fails with pandas' "Must have equal len keys" and no file name; the error names the image
     and the mask it expected."""
@@ -220,6 +221,7 @@ def test_missing_mask_is_named(dataset_root: Path, tmp_path: Path) -> None:
         _mvtec(root)
 
 
+@pytest.mark.usefixtures("mvtec_folder_checks")
 def test_mask_without_image_is_named(dataset_root: Path, tmp_path: Path) -> None:
     """A mask whose defective image is gone: the error names the mask."""
     root = _copy(dataset_root, tmp_path, _remove("test/stain/000.png"))
@@ -227,6 +229,7 @@ def test_mask_without_image_is_named(dataset_root: Path, tmp_path: Path) -> None
         _mvtec(root)
 
 
+@pytest.mark.usefixtures("mvtec_folder_checks")
 def test_masks_but_no_defective_test_images_is_named(dataset_root: Path, tmp_path: Path) -> None:
     """A test folder with only ``good`` images beside a ``ground_truth`` folder (anomalib: the pandas error)."""
     defects = [path.name for path in (dataset_root / "brick" / "test").iterdir() if path.name != "good"]
@@ -235,6 +238,7 @@ def test_masks_but_no_defective_test_images_is_named(dataset_root: Path, tmp_pat
         _mvtec(root)
 
 
+@pytest.mark.usefixtures("mvtec_folder_checks")
 def test_no_defective_test_images_is_reported(
     dataset_root: Path,
     tmp_path: Path,
@@ -253,6 +257,7 @@ def test_no_defective_test_images_is_reported(
     assert "AUROC, F1 and AUPRO are undefined" in warnings[0]
 
 
+@pytest.mark.usefixtures("mvtec_folder_checks")
 def test_skipped_jpg_images_are_counted(dataset_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """MVTecAD reads only ``.png``: two ``.jpg`` training images are dropped, and a warning says how many, where
     and why (once, for the training split)."""

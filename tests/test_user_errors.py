@@ -1,7 +1,6 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""A missing dataset folder is named before any download; data errors print without traceback; a run that fails
-before its first step leaves no result folder."""
+"""A missing dataset folder is named before any download; data errors print without traceback."""
 
 import logging
 from pathlib import Path
@@ -11,8 +10,7 @@ from anomalib.data import MVTecAD
 from anomalib.data.datamodules.image import mvtecad
 
 from anomalib_diffad.data.checks import DataCheckError, check_mvtec_root
-from anomalib_diffad.run_folder import remove_run_folder
-from anomalib_diffad_autoload import print_data_errors
+from diffad_tools.anomalib_cli import print_data_errors
 
 URL = "https://www.example.invalid/mvtec.tar.xz"
 CATEGORIES = ("bottle", "cable")
@@ -63,10 +61,10 @@ def test_present_category_is_not_probed(tmp_path: Path) -> None:
     check_mvtec_root(tmp_path, "bottle", URL, CATEGORIES, reachable=_never_probed)
 
 
+@pytest.mark.usefixtures("mvtec_folder_checks")
 def test_mvtec_prepare_data_stops_before_downloading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``MVTecAD.prepare_data`` on a missing folder raises the check's error; anomalib's download never starts
-    and the folder is not created."""
-    import anomalib_diffad  # noqa: F401 - installs the check
+    """With the ``anomalib`` CLI's checks, ``MVTecAD.prepare_data`` on a missing folder raises the check's error;
+    anomalib's download never starts and the folder is not created."""
 
     def download(*args: object) -> None:
         msg = f"download started: {args}"
@@ -103,36 +101,3 @@ def test_cli_main_prints_data_errors_without_traceback(
     monkeypatch.setenv("ANOMALIB_DIFFAD_TRACEBACK", "1")
     with pytest.raises(DataCheckError):
         print_data_errors(bad_data)()
-
-
-def _versions(tmp_path: Path, *names: str) -> Path:
-    category = tmp_path / "results" / "DiffAD" / "MVTecAD" / "brick"
-    for name in names:
-        (category / name).mkdir(parents=True)
-    return category
-
-
-def test_remove_run_folder_relinks_latest_and_keeps_checkpoints(tmp_path: Path) -> None:
-    """The failed run's ``v1`` goes, ``latest`` points at ``v0`` again; a version with a checkpoint stays."""
-    category = _versions(tmp_path, "v0/weights/lightning", "v1")
-    (category / "v0" / "weights" / "lightning" / "model.ckpt").write_bytes(b"weights")
-    (category / "v1" / "config.yaml").write_text("model: DiffAD\n")
-    (category / "latest").symlink_to(category / "v1", target_is_directory=True)
-    assert remove_run_folder(category / "latest", "DiffAD")
-    assert sorted(path.name for path in category.iterdir()) == ["latest", "v0"]
-    assert (category / "latest").resolve() == category / "v0"
-    assert not remove_run_folder(category / "v0", "DiffAD")  # holds a checkpoint
-    assert (category / "v0" / "weights" / "lightning" / "model.ckpt").exists()
-
-
-def test_remove_only_run_folder_removes_its_empty_parents_up_to_the_model(tmp_path: Path) -> None:
-    """The only version goes with ``latest`` and the empty category, dataset and model folders; the root stays.
-    A folder outside anomalib's version layout is never removed."""
-    category = _versions(tmp_path, "v0")
-    (category / "latest").symlink_to(category / "v0", target_is_directory=True)
-    assert remove_run_folder(category / "v0", "DiffAD")
-    assert sorted(tmp_path.rglob("*")) == [tmp_path / "results"]
-    mine = tmp_path / "my_output"
-    mine.mkdir()
-    assert not remove_run_folder(mine, "DiffAD")
-    assert mine.is_dir()

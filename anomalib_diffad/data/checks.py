@@ -18,10 +18,11 @@ images, and mixed image sizes, but it is silent or vague about the rest:
 
 :func:`check_datamodule`, :func:`check_validation_set` and :func:`check_train_crop` run before training
 (``DiffAD.on_fit_start``) and raise a :class:`DataCheckError` (a ``ValueError``) naming the file or setting for
-each of these; anomalib's CLI prints its message without a traceback (``anomalib_diffad_autoload``).
+each of these; anomalib's CLI prints its message without a traceback (:mod:`diffad_tools.anomalib_cli`).
 
 anomalib's ``MVTecAD`` parser has its own blind spots, which :func:`check_mvtec_folder` covers when the
-dataset is built (:func:`install_mvtec_folder_check`, installed by importing ``anomalib_diffad``):
+dataset is built (the ``anomalib`` CLI wraps anomalib's parser and ``MVTecAD.prepare_data`` with it and
+:func:`check_mvtec_root`; Python code calls :func:`diffad_tools.anomalib_cli.check_mvtec_folders` for that):
 
 - a defective test image without its mask, a mask without its image, or masks next to a test folder that
   holds only ``good`` images: anomalib fails with pandas' "Must have equal len keys and value when setting
@@ -45,7 +46,6 @@ Example:
     Cannot read image file missing.png
 """
 
-import functools
 import logging
 import socket
 import threading
@@ -395,38 +395,3 @@ def check_mvtec_folder(root: Path | str, split: str | None, extensions: Sequence
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         msg = f"Masks and defective test images of {root} do not match: {'; '.join(problems[:3])}{more}."
         raise DataCheckError(msg)
-
-
-def install_mvtec_folder_check() -> None:
-    """Run :func:`check_mvtec_root` before anomalib's ``MVTecAD`` downloads, and :func:`check_mvtec_folder`
-    whenever it parses a category folder.
-
-    Wraps ``MVTecAD.prepare_data`` and ``anomalib.data.datasets.image.mvtecad.make_mvtec_ad_dataset``; present
-    and valid folders behave as before, and a missing MVTec AD category still downloads where it can.
-    """
-    from anomalib.data.datamodules.image import mvtecad as datamodule  # noqa: PLC0415
-    from anomalib.data.datasets.image import mvtecad  # noqa: PLC0415
-
-    prepare = datamodule.MVTecAD.prepare_data
-    if not getattr(prepare, "checks_root", False):
-
-        @functools.wraps(prepare)
-        def checked_prepare_data(self: datamodule.MVTecAD) -> None:
-            check_mvtec_root(self.root, self.category, datamodule.DOWNLOAD_INFO.url, mvtecad.CATEGORIES)
-            prepare(self)
-
-        checked_prepare_data.checks_root = True
-        datamodule.MVTecAD.prepare_data = checked_prepare_data
-
-    parse = mvtecad.make_mvtec_ad_dataset
-    if getattr(parse, "checks_folder", False):
-        return
-
-    @functools.wraps(parse)
-    def make_checked_dataset(root: Path | str, split: object = None, extensions: Sequence[str] | None = None) -> object:
-        split_name = getattr(split, "value", split)
-        check_mvtec_folder(root, None if split_name is None else str(split_name), extensions or mvtecad.IMG_EXTENSIONS)
-        return parse(root, split, extensions)
-
-    make_checked_dataset.checks_folder = True
-    mvtecad.make_mvtec_ad_dataset = make_checked_dataset

@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from anomalib_diffad import DiffAD
+from diffad_tools.callbacks import ReleaseFreedMemory
 from diffad_tools.provenance import recorded_command
 from diffad_tools.textures import make_normal_image
 
@@ -72,7 +73,9 @@ def main() -> None:
     preset = yaml.safe_load((REPO / "configs" / "diffad.yaml").read_text())["model"]["init_args"]
     model = DiffAD(**(preset | {"image_size": args.image_size, "pretrained_weights": None}))
     recorder = RssRecorder()
-    engine = Engine(logger=False, default_root_dir=folder / "out", callbacks=[recorder], enable_progress_bar=False)
+    # freed buffers go back to the system, as in the presets: RSS then follows the live tensors
+    engine = Engine(logger=False, default_root_dir=folder / "out", callbacks=[recorder, ReleaseFreedMemory()],
+                    enable_progress_bar=False)
     dataset = PredictDataset(folder)
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=dataset.collate_fn)
     engine.predict(model=model, dataloaders=loader, return_predictions=False)

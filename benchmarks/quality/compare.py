@@ -63,6 +63,7 @@ from anomalib_diffad.calibration import calibration_indices
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.precision import hardware_precision
 from diffad_tools.baselines import LITE0_PADIM_LAYERS, LITE0_PATCHCORE_LAYERS, lite0_padim, lite0_patchcore
+from diffad_tools.callbacks import IdleCoreThreads, ReleaseFreedMemory
 from diffad_tools.provenance import recorded_command, relative_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -323,10 +324,13 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
     minutes = args.max_minutes if name == "diffad" else args.draem_minutes or args.max_minutes
     iterative = name in ("diffad", "draem")
     recorder = MapRecorder()
+    # DiffAD runs as its presets do (threads fitted to idle cores, freed buffers returned); the baselines as anomalib
+    # runs them
+    process = [IdleCoreThreads(), ReleaseFreedMemory()] if name == "diffad" else []
     engine = Engine(
         logger=False,
         default_root_dir=work,
-        callbacks=[recorder],
+        callbacks=[recorder, *process],
         accelerator=args.accelerator,
         devices=1,
         precision=precision,

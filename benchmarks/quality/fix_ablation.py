@@ -36,6 +36,7 @@ from anomalib_diffad.diffusion import q_sample
 from anomalib_diffad.spaces.pixel import aligned_crop_offsets, crop_at
 from anomalib_diffad.torch_model import DiffADModel, TrainOutput
 from benchmarks.quality.compare import REPO, build_model, calibration_loader, diffad_component_maps, threshold_free_metrics
+from diffad_tools.callbacks import IdleCoreThreads, ReleaseFreedMemory
 from diffad_tools.provenance import recorded_command
 
 VARIANTS = ("fixed", "crop_targets", "clipped_vb")
@@ -97,7 +98,7 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     )
     engine = Engine(
         logger=False, default_root_dir=work, accelerator="cpu", devices=1, max_steps=args.steps, max_epochs=-1,
-        limit_val_batches=0, enable_progress_bar=False,
+        limit_val_batches=0, enable_progress_bar=False, callbacks=[IdleCoreThreads(), ReleaseFreedMemory()],
     )
     start = time.perf_counter()
     with undone(variant):

@@ -57,6 +57,7 @@ from anomalib_diffad import DiffAD
 from anomalib_diffad.precision import hardware_precision
 from anomalib_diffad.spaces.feature import FEATURE_SPACE_STRIDE
 from diffad_tools.baselines import lite0_patchcore
+from diffad_tools.callbacks import IdleCoreThreads, ReleaseFreedMemory
 from diffad_tools.provenance import cpu_description, recorded_command
 from diffad_tools.textures import TEXTURE_CATEGORIES, generate_texture_dataset
 
@@ -217,8 +218,10 @@ def fit_worker(spec: ModelSpec, args: argparse.Namespace, folder: Path) -> dict:
     torch.manual_seed(args.seed)
     model, settings = build_model(spec, args)
     data = texture_datamodule(args, args.worker_count, settings["batch_size"])
+    # DiffAD runs as its presets do (threads fitted to idle cores, freed buffers returned), PatchCore as anomalib's
+    callbacks = [IdleCoreThreads(), ReleaseFreedMemory()] if spec.coreset_ratio is None else []
     engine = Engine(
-        logger=False, default_root_dir=folder / "engine", accelerator="cpu", devices=1,
+        logger=False, default_root_dir=folder / "engine", accelerator="cpu", devices=1, callbacks=callbacks,
         precision=settings["precision"], enable_progress_bar=False, enable_model_summary=False,
     )
     mark_stage(folder, "fit")

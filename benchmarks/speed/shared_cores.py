@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[2]
 STEP_TIMES = """
 import json, sys, time, torch, yaml
 from anomalib_diffad import DiffAD
-from anomalib_diffad.threads import fit_threads_to_idle_cores
+from diffad_tools.callbacks import fit_threads_to_idle_cores
 size, batch, steps, bf16 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "bf16"
-fit_threads_to_idle_cores()  # what DiffAD.on_fit_start does; no-op when OMP_NUM_THREADS is set
+fit_threads_to_idle_cores()  # what IdleCoreThreads does at a fit's start; no-op when OMP_NUM_THREADS is set
 args = yaml.safe_load(open("configs/diffad_feature.yaml"))["model"]["init_args"]
 model = DiffAD(**(args | {"image_size": size, "pretrained_weights": None}))
 images = torch.rand(batch, 3, size, size) * 2 - 1
@@ -56,7 +56,8 @@ print(json.dumps({"threads": torch.get_num_threads(), "times": times[1:]}))
 def run_configuration(threads: str, busy: int, precision: str, policy: str, args: argparse.Namespace) -> dict:
     """Step times of one configuration, with ``busy`` busy loops running beside it.
 
-    ``threads`` ``"auto"``: ``OMP_NUM_THREADS`` unset, so DiffAD fits the threads to the idle cores.
+    ``threads`` ``"auto"``: ``OMP_NUM_THREADS`` unset, so the threads are fitted to the idle cores (as
+    ``diffad_tools.callbacks.IdleCoreThreads`` does).
     """
     env = os.environ | {"OMP_NUM_THREADS": threads, "PYTHONPATH": str(REPO)}
     if threads == "auto":

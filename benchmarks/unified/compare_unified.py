@@ -100,6 +100,7 @@ def run_job(job: str, args: argparse.Namespace) -> list[dict]:
     from lightning.pytorch import seed_everything  # noqa: PLC0415
 
     from anomalib_diffad.unified import evaluate_per_category  # noqa: PLC0415
+    from diffad_tools.callbacks import IdleCoreThreads  # noqa: PLC0415
 
     seed_everything(args.seed)
     _, mode, names = job.split("_", 2)
@@ -117,6 +118,7 @@ def run_job(job: str, args: argparse.Namespace) -> list[dict]:
         max_steps=steps,
         max_epochs=-1,
         limit_val_batches=0,
+        callbacks=[IdleCoreThreads()],  # torch threads fitted to the idle cores, as in the CPU presets
     )
     start = time.perf_counter()
     engine.fit(model=model, datamodule=data)

@@ -132,17 +132,24 @@ def test_autoload_hook_imports_nothing_heavy() -> None:
 
 
 def test_autoload_hook_loads_plugin_with_the_cli_without_warnings() -> None:
-    """Importing anomalib's CLI (after anomalib.data, as scripts often do) loads the plugin cleanly."""
+    """Importing anomalib's CLI (after anomalib.data, as scripts often do) loads the plugin cleanly and applies
+    ``diffad_tools.anomalib_cli``: the names, the benchmark table fix, the MVTec AD folder checks, the wrapped
+    ``main``."""
     code = (
         "import sys, warnings; warnings.simplefilter('error', UserWarning)\n"
         "from anomalib.data import MVTecAD\n"
         "import anomalib.cli.cli\n"
         "import anomalib.models, anomalib.data\n"
-        "print('anomalib_diffad' in sys.modules, anomalib.models.DiffAD.__name__, anomalib.data.MVTec.__name__)"
+        "from anomalib.pipelines.benchmark.job import BenchmarkJob\n"
+        "print('anomalib_diffad' in sys.modules, anomalib.models.DiffAD.__name__, anomalib.data.MVTec.__name__,\n"
+        "      anomalib.models.BudgetDraem.__name__, anomalib.data.MultiCategory.__name__,\n"
+        "      BenchmarkJob.collect.__name__, MVTecAD.prepare_data.checks_root,\n"
+        "      anomalib.cli.cli.main.prints_data_errors)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split()[-3:] == ["True", "DiffAD", "MVTec"]
+    expected = ["True", "DiffAD", "MVTec", "BudgetDraem", "MultiCategory", "collect_results", "True", "True"]
+    assert result.stdout.split()[-8:] == expected
 
 
 def test_cli_trains_and_exports_a_unified_model(tmp_path: Path) -> None:

@@ -118,8 +118,8 @@ GENERATE_JOBS = """
 import json, sys
 from argparse import Namespace
 from anomalib.pipelines import Benchmark
-import anomalib_diffad
-import diffad_tools.baselines  # registers BudgetDraem
+from diffad_tools.anomalib_cli import install
+install()  # the names the anomalib CLI registers (DiffAD, BudgetDraem, MVTec, MultiCategory)
 
 args = Benchmark()._get_args(Namespace(config=sys.argv[1]))
 runners = Benchmark._setup_runners(args)

@@ -5,7 +5,7 @@
 anomalib's ``MVTecAD`` defaults (batch 32, 8 workers) and DiffAD's class defaults (whole 256 px images) needed
 about 0.73 GiB per training image in one pass; the peak memory of the whole process tree (PSS, workers
 included) is bounded here. A missing dataset folder and a broken image stop with one message naming them, no
-traceback, and leave no result folder.
+traceback, and, with the ``FailedRunCleanup`` callback, leave no result folder.
 """
 
 import os
@@ -24,6 +24,7 @@ from tests.integration.test_cli import METRICS
 ANOMALIB = Path(sys.executable).parent / "anomalib"
 PEAK_GIB = 3.5
 """Bound of the bare command's peak memory (process tree, PSS), as stated in the README."""
+CLEANUP = "diffad_tools.callbacks.FailedRunCleanup"
 
 
 def _tree(pid: int) -> list[int]:
@@ -111,11 +112,11 @@ def test_bare_command_trains_validates_and_tests_in_bounded_memory(tmp_path: Pat
 
 def test_missing_dataset_folder_fails_within_seconds_naming_it(tmp_path: Path) -> None:
     """A ``--data.root`` that does not exist: one message naming it, the layout and how to get data; no
-    traceback, no download, no folder created, no result folder left."""
+    traceback, no download, no folder created, no result folder left (``FailedRunCleanup``)."""
     missing = tmp_path / "datasets" / "textures"
     result, seconds, _ = _run(
         "train", "--model", "DiffAD", "--data", "MVTec", "--data.root", str(missing), "--data.category", "brick",
-        "--trainer.max_steps", "5",
+        "--trainer.max_steps", "5", "--trainer.callbacks+=" + CLEANUP,
         cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1
@@ -130,7 +131,8 @@ def test_missing_dataset_folder_fails_within_seconds_naming_it(tmp_path: Path) -
 
 
 def test_broken_image_prints_its_name_without_traceback_and_leaves_no_results(tmp_path: Path) -> None:
-    """A truncated training PNG: the message names the file, no traceback, no new result folder."""
+    """A truncated training PNG: the message names the file, no traceback, no new result folder
+    (``FailedRunCleanup``)."""
     root = generate_texture_dataset(
         tmp_path / "textures", categories=("brick",), image_size=64, num_train=4, num_test_good=1,
         num_test_per_defect=1, seed=5,
@@ -139,7 +141,7 @@ def test_broken_image_prints_its_name_without_traceback_and_leaves_no_results(tm
     broken.write_bytes(broken.read_bytes()[:200])
     result, _, _ = _run(
         "train", "--model", "DiffAD", "--data", "MVTec", "--data.root", str(root), "--data.category", "brick",
-        "--data.num_workers", "0",
+        "--data.num_workers", "0", "--trainer.callbacks+=" + CLEANUP,
         cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1
