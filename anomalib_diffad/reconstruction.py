@@ -546,8 +546,9 @@ class ReconstructionMixin:
             ValueError: If no prior is given and none was fitted, a unified model gets no category, or the model
                 diffuses features.
         """
-        if self.model.space != "pixel":
-            msg = f"Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features (space={self.model.space!r})."
+        space = self.model.diffusion_space
+        if not space.discrete:  # only the pixel space diffuses the (8-bit) images
+            msg = f"Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features ({type(space).__name__})."
             raise ValueError(msg)
         labels = None
         if self.model.num_classes is None:
