@@ -115,7 +115,8 @@ def class_path(cls: type) -> str:
 
 
 def space_class(path: str) -> type[DiffusionSpace]:
-    """The :class:`DiffusionSpace` subclass at import path ``path`` (``anomalib_diffad.spaces.PatchSpace``).
+    """The :class:`DiffusionSpace` subclass at import path ``path`` (``anomalib_diffad.spaces.PatchSpace``; a bare
+    class name is looked up in :mod:`anomalib_diffad.spaces`, as jsonargparse resolves it).
 
     Raises:
         ValueError: ``path`` cannot be imported.
@@ -123,7 +124,7 @@ def space_class(path: str) -> type[DiffusionSpace]:
     """
     module, _, name = path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name) if module else None
+        cls = getattr(importlib.import_module(module or __package__), name)
     except (ImportError, AttributeError) as error:
         msg = f"Space class_path {path!r} cannot be imported ({error})."
         raise ValueError(msg) from error
