@@ -115,10 +115,10 @@ def test_a_checkpoint_of_the_flat_format_stops_anomalib_test(trained: dict, data
         "--default_root_dir", str(tmp_path), "--ckpt_path", str(flat),
         cwd=tmp_path, fails=True,
     )  # fmt: skip
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"ValueError: Checkpoint {flat}: space='pixel' with flat settings"), last
-    assert "format of anomalib-diffad 0.1" in last
-    assert "init_args: {block_out_channels: [16, 32, 32]" in last
+    error = " ".join(result.stderr.rpartition("ValueError: ")[2].split())  # the last lines, unwrapped
+    assert error.startswith(f"Checkpoint {flat}: space='pixel' with flat settings"), error
+    assert "is the format of anomalib-diffad 0.1" in error
+    assert "init_args: {block_out_channels: [16, 32, 32], layers_per_block: 1" in error
 
 
 def test_print_config_lists_the_space_of_a_yaml_class_path(dataset_root: Path, tmp_path: Path) -> None:
