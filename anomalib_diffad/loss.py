@@ -22,9 +22,10 @@ class DiffADLoss(nn.Module):
             continuous features.
 
     Example:
+        >>> from anomalib_diffad.spaces import PixelSpace
         >>> from anomalib_diffad.torch_model import DiffADModel
-        >>> model = DiffADModel(image_size=(32, 32), block_out_channels=(16, 32), attention_levels=(),
-        ...                     norm_num_groups=8, layers=("blocks.0", "blocks.1"))
+        >>> space = PixelSpace(block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8)
+        >>> model = DiffADModel(space, image_size=(32, 32), layers=("blocks.0", "blocks.1"))
         >>> losses = DiffADLoss(model.schedule)(model.train()(torch.zeros(2, 3, 32, 32)))
         >>> sorted(losses)
         ['feature', 'loss', 'simple', 'vb']

@@ -40,7 +40,7 @@ class BoundedPassesMixin:
         space = self.model.diffusion_space
         height, width = (image_shape or self.model.image_size)[-2:]
         height, width = height // space.stride, width // space.stride
-        side = getattr(space, "train_crop_size" if training else "score_tile_size", None)
+        side = space.train_crop_size if training else space.score_tile_size
         if side is not None:
             height, width = min(height, side), min(width, side)
         pixels = height * width * (1 if training else len(self.model.score_timesteps))

@@ -25,6 +25,9 @@ from typing import Any
 
 import torch
 
+from anomalib_diffad.spaces import FeatureSpace, PatchSpace
+from anomalib_diffad.spaces.base import space_class
+
 logger = logging.getLogger(__name__)
 
 ONEDNN_BF16_ISAS = frozenset({
@@ -35,7 +38,7 @@ ONEDNN_BF16_ISAS = frozenset({
 ``AVX2`` or ``AVX512_CORE``, makes oneDNN emulate bfloat16 even on a CPU that has the instructions)."""
 DIFFAD_CLASS_PATHS = frozenset({"DiffAD", "anomalib_diffad.DiffAD", "anomalib_diffad.lightning_model.DiffAD"})
 SUBCOMMANDS = frozenset({"fit", "train", "validate", "test", "predict"})
-AUTOCAST_SPACES = frozenset({"feature", "patch"})
+AUTOCAST_SPACES = (FeatureSpace, PatchSpace)
 """Spaces whose presets are measured under bfloat16 autocast; the pixel space (the paper's: its KL compares
 8-bit images at small noise levels) keeps Lightning's float32 unless a precision is given."""
 
@@ -79,8 +82,11 @@ def resolve_cli_precision(config: Any, native_bf16: bool | None = None) -> str |
         return None
     class_path = model if isinstance(model, str) else _get(model, "class_path")
     init_args = None if isinstance(model, str) else _get(model, "init_args")
-    space = (_get(init_args, "space") if init_args is not None else None) or "pixel"
-    if class_path not in DIFFAD_CLASS_PATHS or space not in AUTOCAST_SPACES:
+    space = _get(init_args, "space") if init_args is not None else None  # None: the pixel space
+    space_path = None if space is None or isinstance(space, str) else _get(space, "class_path")
+    if class_path not in DIFFAD_CLASS_PATHS or space_path is None:
+        return None
+    if not issubclass(space_class(space_path), AUTOCAST_SPACES):
         return None
     native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
     accelerator = _get(trainer, "accelerator") or "auto"

@@ -498,11 +498,9 @@ def reconstruct(
             diffuses features.
     """
     torch_model = model.model
-    if torch_model.space != "pixel":
-        msg = (
-            "Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features "
-            f"(space={torch_model.space!r})."
-        )
+    space = torch_model.diffusion_space
+    if not space.discrete:  # only the pixel space diffuses the (8-bit) images
+        msg = f"Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features ({type(space).__name__})."
         raise ValueError(msg)
     index, labels = None, None
     if torch_model.num_classes is not None:

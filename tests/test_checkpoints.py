@@ -12,6 +12,7 @@ from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.checkpoints import check_compatible
+from anomalib_diffad.spaces import PatchSpace
 
 DENOISER_WEIGHT = "model.denoiser.unet.conv_in.weight"
 EMA_BIAS = "model.ema_denoiser.unet.conv_in.bias"
@@ -45,8 +46,10 @@ def test_checkpoint_of_another_preset_names_its_arguments(
     message = str(error.value)
     assert str(tiny_project["ckpt"]) in message
     assert "image_size=64 (this model: 256)" in message
-    assert "block_out_channels=[16, 32, 32] (this model: [32, 64, 128, 128])" in message
+    assert "'block_out_channels': [16, 32, 32]" in message and "'block_out_channels': [32, 64, 128, 128]" in message
     assert "--model.image_size '64'" in message
+    space = '{"class_path": "anomalib_diffad.spaces.PixelSpace", "init_args": {"block_out_channels": [16, 32, 32]'
+    assert f"--model.space '{space}" in message  # JSON, which the CLI parses
     assert "top_k=" not in message  # only arguments that differ
     assert "Missing key" not in message
 
@@ -101,20 +104,65 @@ def test_checkpoint_with_extra_tensors_names_the_argument(tiny_model_args: dict)
         with_map.on_load_checkpoint(reverse)
 
 
-def test_model_arguments_reach_the_torch_model_and_are_saved_with_their_defaults() -> None:
-    """``DiffAD`` forwards the torch model's arguments; its hyperparameters (what a checkpoint stores and
-    reloads) hold the given ones and the defaults of the others."""
-    model = DiffAD(image_size=64, space="patch", mlp_width=48, layers=("blocks.2",), pretrained_weights=None)
+def test_model_arguments_reach_the_torch_model_and_are_saved_with_their_defaults(tmp_path: Path) -> None:
+    """``DiffAD`` builds the torch model from its space and arguments; its hyperparameters (what a checkpoint
+    stores and reloads) hold the space as plain data and the defaults of the other arguments; the dict form
+    builds the same model."""
+    model = DiffAD(PatchSpace(mlp_width=48), image_size=64, layers=("blocks.2",), pretrained_weights=None)
     denoiser = model.model.denoiser
     assert denoiser.input.out_features == 48
     assert len(denoiser.blocks) == 3
-    assert model.hparams["mlp_width"] == 48
-    assert model.hparams["mlp_blocks"] == 3
+    space = {"class_path": "anomalib_diffad.spaces.PatchSpace", "init_args": {"mlp_width": 48, "mlp_blocks": 3,
+             "feature_pool": 3}}  # fmt: skip
+    assert model.hparams["space"] == space
     assert list(model.hparams["score_timesteps"]) == [20, 201, 401]
     assert model.hparams["calibration_images"] == 32
+    torch.save(dict(model.hparams), tmp_path / "hparams.pt")
+    assert torch.load(tmp_path / "hparams.pt", weights_only=True)["space"] == space
+    rebuilt = DiffAD(space, image_size=64, layers=("blocks.2",), pretrained_weights=None)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    assert rebuilt.hparams["space"] == space
+    assert DiffAD(image_size=64, pretrained_weights=None).hparams["space"]["class_path"] == (
+        "anomalib_diffad.spaces.PixelSpace"
+    )
 
 
-def test_unknown_model_argument_is_named_with_those_taken() -> None:
-    """A misspelt model argument from Python names itself and lists the model's arguments."""
-    with pytest.raises(TypeError, match=r"unknown arguments \['blocks_out_channels'\].*'block_out_channels'"):
+def test_unknown_model_argument_is_named() -> None:
+    """A misspelt argument, or a space setting given beside the space, names itself."""
+    with pytest.raises(TypeError, match="blocks_out_channels"):
         DiffAD(blocks_out_channels=(16, 32))
+    with pytest.raises(TypeError, match="mlp_width"):
+        DiffAD(mlp_width=48)
+
+
+def _flat_copy(ckpt: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny preset's checkpoint with its hyperparameters in the flat format of anomalib-diffad 0.1."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    hyper_parameters = checkpoint["hyper_parameters"]
+    hyper_parameters |= hyper_parameters.pop("space")["init_args"] | {"space": "pixel"}
+    path = tmp_path / "flat.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_a_checkpoint_of_the_flat_format_stops_with_one_error(
+    tiny_project: dict,
+    dataset_root: Path,
+    tiny_model_args: dict,
+    tmp_path: Path,
+) -> None:
+    """A 0.1 checkpoint (``space: pixel`` and the UNet settings beside the other hyperparameters) stops
+    ``load_from_checkpoint`` (Lightning passes ``space="pixel"`` alone) and ``Engine.test`` (``anomalib test
+    --ckpt_path``) with the format's name and the space dict to use: its own settings where the file has them."""
+    flat = _flat_copy(tiny_project["ckpt"], tmp_path)
+    with pytest.raises(ValueError, match="space='pixel' with flat settings .* format of anomalib-diffad 0.1") as error:
+        DiffAD.load_from_checkpoint(flat)
+    space = "space: {class_path: anomalib_diffad.spaces.PixelSpace, init_args: {block_out_channels: ..."
+    assert space in str(error.value)
+    assert "Retrain" in str(error.value)
+    with pytest.raises(ValueError, match=r"Checkpoint .*flat\.ckpt: space='pixel' with flat settings") as error:
+        _test(DiffAD(**tiny_model_args), flat, dataset_root, tmp_path)
+    settings = "init_args: {block_out_channels: [16, 32, 32], layers_per_block: 1, attention_levels: [2]"
+    assert settings in str(error.value)
+    with pytest.raises(ValueError, match=r"space='patch' .*init_args: \{mlp_width: \.\.\., mlp_blocks"):
+        DiffAD(space="patch")

@@ -9,6 +9,7 @@ import torch
 
 from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.loss import DiffADLoss
+from anomalib_diffad.spaces import PixelSpace
 from anomalib_diffad.torch_model import DiffADModel
 
 SIZE = 32
@@ -29,10 +30,8 @@ def trained() -> DiffADModel:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     model = DiffADModel(
+        PixelSpace(block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8),
         image_size=(SIZE, SIZE),
-        block_out_channels=(16, 32),
-        attention_levels=(),
-        norm_num_groups=8,
         layers=("blocks.0", "blocks.1", "blocks.2"),
         score_timesteps=(20, 201),
     )

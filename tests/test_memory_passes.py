@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from anomalib_diffad import DiffAD, passes
-from anomalib_diffad.spaces import build_space
+from anomalib_diffad.checkpoints import resolve_space
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -78,12 +78,7 @@ def _preset_passes(config: str) -> tuple[int, int]:
     """``(training, scoring)`` images per pass of a preset (``""``: the class defaults)."""
     args = yaml.safe_load((CONFIGS / config).read_text())["model"]["init_args"] if config else {}
     size = args.get("image_size", 256)
-    space = build_space(
-        args.get("space", "pixel"),
-        len(args.get("block_out_channels", (32, 64, 128, 128))),
-        args.get("train_crop_size"),
-        args.get("score_tile_size"),
-    )
+    space = resolve_space(args.get("space"))
     stub = SimpleNamespace(
         model=SimpleNamespace(
             image_size=(size, size),

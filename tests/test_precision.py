@@ -13,6 +13,8 @@ from anomalib_diffad import precision
 from anomalib_diffad.precision import cpu_has_native_bf16, hardware_precision, install_cli_precision
 
 REPO = Path(__file__).resolve().parents[1]
+PIXEL, FEATURE, PATCH = (f"anomalib_diffad.spaces.{name}Space" for name in ("Pixel", "Feature", "Patch"))
+PATCH_MODULE = "anomalib_diffad.spaces.patch"
 
 
 @pytest.fixture
@@ -94,9 +96,11 @@ def test_explicit_precision_wins(monkeypatch: pytest.MonkeyPatch, native: bool, 
     [
         ({"class_path": "anomalib.models.Patchcore"}, None),
         ({"class_path": "DiffAD"}, None),  # the pixel space, DiffAD's default
-        ({"class_path": "anomalib_diffad.DiffAD", "init_args": {"space": "pixel"}}, None),
-        ({"class_path": "anomalib_diffad.DiffAD", "init_args": {"space": "feature"}}, "bf16-mixed"),
-        ({"class_path": "DiffAD", "init_args": {"space": "patch"}}, "bf16-mixed"),
+        ({"class_path": "DiffAD", "init_args": {"space": None}}, None),
+        ({"class_path": "anomalib_diffad.DiffAD", "init_args": {"space": {"class_path": PIXEL}}}, None),
+        ({"class_path": "anomalib_diffad.DiffAD", "init_args": {"space": {"class_path": FEATURE}}}, "bf16-mixed"),
+        ({"class_path": "DiffAD", "init_args": {"space": {"class_path": PATCH, "init_args": {}}}}, "bf16-mixed"),
+        ({"class_path": "DiffAD", "init_args": {"space": {"class_path": f"{PATCH_MODULE}.PatchSpace"}}}, "bf16-mixed"),
     ],
 )
 def test_only_diffad_feature_and_patch_spaces_pick_their_precision(model: dict, expected: str | None) -> None:

@@ -30,6 +30,7 @@ from anomalib_diffad.reconstruction import (
     strided_posterior_mean,
     unit_variance_step,
 )
+from anomalib_diffad.spaces import PixelSpace
 from anomalib_diffad.visualization import ReconstructionPanels, diffad_maps, write_reconstruction_panel
 from diffad_tools.textures import DEFECT_TYPES, make_defect_sample
 from tests.helpers.presets import TINY_MODEL_ARGS
@@ -40,10 +41,8 @@ from tests.helpers.presets import TINY_MODEL_ARGS
 POOLED_CHANGE_RATIO = 1.5
 PER_DEFECT_CHANGE_RATIO = 1.2
 RANDOM_MODEL_ARGS = {
+    "space": PixelSpace(block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8),
     "image_size": (32, 32),
-    "block_out_channels": (16, 32),
-    "attention_levels": (),
-    "norm_num_groups": 8,
     "layers": ("blocks.0", "blocks.1", "blocks.2"),
     "score_timesteps": (20,),
 }

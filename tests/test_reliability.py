@@ -22,6 +22,7 @@ from PIL import Image
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
+from tests.helpers.presets import with_space_settings
 
 FIRST = Path("train") / "good" / "000.png"
 
@@ -307,15 +308,15 @@ def test_training_images_smaller_than_the_crop(dataset_root: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    ("arguments", "datamodule_arguments", "message"),
+    ("space_settings", "datamodule_arguments", "message"),
     [
-        ({"train_crop_size": 96}, {}, "train_crop_size=96 is larger"),
+        ({"train_crop_size": 96}, {}, r"train_crop_size=96 is larger .* --model.space.init_args.train_crop_size"),
         ({}, {"val_split_mode": "none"}, "validation set of MVTecAD is empty"),
     ],
     ids=["crop", "validation"],
 )
 def test_fit_runs_the_setting_checks(
-    arguments: dict,
+    space_settings: dict,
     datamodule_arguments: dict,
     message: str,
     dataset_root: Path,
@@ -324,7 +325,7 @@ def test_fit_runs_the_setting_checks(
 ) -> None:
     """``Engine.fit`` stops before the first step on a crop larger than the images or an empty validation set."""
     engine = Engine(logger=False, default_root_dir=tmp_path, max_steps=1, accelerator="cpu", devices=1)
-    model = DiffAD(**(tiny_model_args | {"pretrained_weights": None} | arguments))
+    model = DiffAD(**with_space_settings(tiny_model_args | {"pretrained_weights": None}, **space_settings))
     datamodule = MVTecAD(
         root=dataset_root, category="brick", train_batch_size=4, eval_batch_size=4, num_workers=0,
         **datamodule_arguments,

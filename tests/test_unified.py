@@ -22,12 +22,16 @@ from anomalib_diffad.reconstruction import GradientDenoising, fit_reconstruction
 from anomalib_diffad.unified import evaluate_per_category, export_per_category
 from diffad_tools.textures import generate_texture_dataset
 from tests.helpers.openvino import FP32
-from tests.helpers.presets import TINY_MODEL_ARGS
+from tests.helpers.presets import TINY_MODEL_ARGS, with_space_settings
 
 NAMES = ("brick", "grass", "gravel")
 PARITY_TOLERANCE = 1e-4
 # the tiny preset, trained on 32 px crops of the 64 px images (4x cheaper steps; scoring sees whole images)
-UNIFIED_ARGS = TINY_MODEL_ARGS | {"categories": NAMES, "train_crop_size": 32, "lr": 2e-3, "ema_decay": 0.95}
+UNIFIED_ARGS = with_space_settings(TINY_MODEL_ARGS, train_crop_size=32) | {
+    "categories": NAMES,
+    "lr": 2e-3,
+    "ema_decay": 0.95,
+}
 EPOCHS = 60  # 3 steps per epoch: 180 steps
 
 

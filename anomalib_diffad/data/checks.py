@@ -307,7 +307,7 @@ def check_train_crop(crop_size: int, datamodule: object, transform: Callable | N
             msg = (
                 f"train_crop_size={crop_size} is larger than the training images, which the pre-processor resizes "
                 f"to a shortest side of {side} px (image_size): the random crops would be whole images. Set "
-                f"--model.train_crop_size to at most {side}, or None to train on whole images."
+                f"--model.space.init_args.train_crop_size to at most {side}, or None to train on whole images."
             )
             raise DataCheckError(msg)
         return
@@ -318,7 +318,7 @@ def check_train_crop(crop_size: int, datamodule: object, transform: Callable | N
         if min(width, height) < crop_size:
             msg = (
                 f"Training image {path} is {width}x{height}, smaller than train_crop_size={crop_size} (the "
-                "pre-processor does not resize): resize the images, or lower --model.train_crop_size."
+                "pre-processor does not resize): resize the images, or lower --model.space.init_args.train_crop_size."
             )
             raise DataCheckError(msg)
 

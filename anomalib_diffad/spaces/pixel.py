@@ -3,18 +3,14 @@
 """The paper's pixel space: the DDPM diffuses RGB images; a head predicts the frozen CNN's features."""
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from anomalib_diffad.anomaly_map import feature_error_map
-from anomalib_diffad.diffusion import posterior_kl_map, standardize_per_image
-from anomalib_diffad.spaces.base import DiffusionSpace
-from anomalib_diffad.spaces.denoisers import TARGET_STRIDE, Denoiser, DenoiserOutput
-
-if TYPE_CHECKING:
-    from anomalib_diffad.torch_model import DiffADModel
+from anomalib_diffad.diffusion import DenoiserOutput, DiffusionSchedule, posterior_kl_map, standardize_per_image
+from anomalib_diffad.spaces.unet import TARGET_STRIDE, UNetSpace
 
 
 def aligned_crop_offsets(
@@ -48,54 +44,74 @@ def tile_offsets(length: int, tile: int) -> list[int]:
     return offsets if offsets[-1] == length - tile else [*offsets, length - tile]
 
 
-class PixelSpace(DiffusionSpace):
+class PixelSpace(UNetSpace):
     """The DDPM diffuses ``[-1, 1]`` RGB images with a UNet; a 1x1 head predicts the frozen CNN's features at 1/4.
 
     Cues: the posterior KL, with the model's ``x_0`` estimate clipped to [-1, 1] and z-scored per image (the
     paper's code), and the feature-prediction squared error.
 
     Args:
-        levels: Resolution levels of the UNet (it downsamples ``2 ** (levels - 1)`` times).
+        block_out_channels: UNet channels per resolution level (it downsamples ``2 ** (levels - 1)`` times).
+        layers_per_block: Residual blocks per level.
+        attention_levels: Levels with self-attention (0 = full resolution).
+        attention_head_dim: Channels per attention head.
+        norm_num_groups: GroupNorm groups of the UNet and the feature head.
         train_crop_size: Side of the random training crops (``None``: whole images). Their feature targets are
             cut from the whole image's target map (crops lie on its grid), so training predicts exactly the
             targets that scoring compares against.
         score_tile_size: Score overlapping tiles of this side (stride half a tile), so that the UNet's
             GroupNorm and attention see inputs of the training crops' size; overlaps are averaged.
+
+    Raises:
+        ValueError: A setting out of range or off the UNet's grid, naming it.
+
+    Example:
+        >>> PixelSpace(block_out_channels=(16, 32), attention_levels=(), train_crop_size=32).crop_grid
+        4
     """
 
-    name = "pixel"
     stride = 1
     feature_stride = TARGET_STRIDE
     discrete = True
 
-    def __init__(self, levels: int, train_crop_size: int | None = None, score_tile_size: int | None = None) -> None:
-        self.crop_grid = max(TARGET_STRIDE, 2 ** (levels - 1))
+    def __init__(
+        self,
+        block_out_channels: Sequence[int] = (32, 64, 128, 128),
+        layers_per_block: int = 1,
+        attention_levels: Sequence[int] = (3,),
+        attention_head_dim: int = 32,
+        norm_num_groups: int = 16,
+        train_crop_size: int | None = None,
+        score_tile_size: int | None = None,
+    ) -> None:
+        super().__init__(block_out_channels, layers_per_block, attention_levels, attention_head_dim, norm_num_groups)
+        self.crop_grid = max(TARGET_STRIDE, 2 ** (len(self.block_out_channels) - 1))
+        if train_crop_size is not None and (train_crop_size < 1 or train_crop_size % self.crop_grid):
+            msg = (
+                f"train_crop_size={train_crop_size} must be a positive multiple of {self.crop_grid} (the feature "
+                "targets' stride and the UNet's downsampling)."
+            )
+            raise ValueError(msg)
+        if score_tile_size is not None and (score_tile_size < 1 or score_tile_size % (2 * self.crop_grid)):
+            msg = (
+                f"score_tile_size={score_tile_size} must be a positive multiple of {2 * self.crop_grid} (twice the "
+                "UNet grid)."
+            )
+            raise ValueError(msg)
         self.train_crop_size = train_crop_size
         self.score_tile_size = score_tile_size
 
-    def check(
-        self,
-        image_size: tuple[int, int],
-        train_crop_size: int | None,
-        score_tile_size: int | None,
-        normalize_passes: bool = False,
-    ) -> None:
-        """Crops and tiles must lie on the UNet's and the targets' grid, tiles within the image; no pass
-        normalization (the KL is z-scored per image, mean 0)."""
+    def init_args(self) -> dict[str, Any]:
+        """The UNet settings, ``train_crop_size`` and ``score_tile_size``."""
+        return self.unet_args() | {"train_crop_size": self.train_crop_size, "score_tile_size": self.score_tile_size}
+
+    def check(self, image_size: tuple[int, int], normalize_passes: bool) -> None:
+        """Tiles must lie within the image; no pass normalization (the KL is z-scored per image, mean 0)."""
         if normalize_passes:
             msg = "normalize_passes needs positive cues: the pixel space's KL is z-scored per image (mean 0)."
             raise ValueError(msg)
-        if train_crop_size is not None and train_crop_size % self.crop_grid:
-            msg = (
-                f"train_crop_size={train_crop_size} must be a multiple of {self.crop_grid} (the feature targets' "
-                "stride and the UNet's downsampling)."
-            )
-            raise ValueError(msg)
-        if score_tile_size is not None and score_tile_size > min(image_size):
-            msg = f"score_tile_size={score_tile_size} needs at most the image size {image_size}."
-            raise ValueError(msg)
-        if score_tile_size is not None and score_tile_size % (2 * self.crop_grid):
-            msg = f"score_tile_size={score_tile_size} must be a multiple of {2 * self.crop_grid} (twice the UNet grid)."
+        if self.score_tile_size is not None and self.score_tile_size > min(image_size):
+            msg = f"score_tile_size={self.score_tile_size} needs at most the image size {image_size}."
             raise ValueError(msg)
 
     def data_shape(self, feature_channels: int, image_size: tuple[int, int]) -> tuple[int, int, int]:
@@ -103,35 +119,33 @@ class PixelSpace(DiffusionSpace):
         del feature_channels
         return (3, *image_size)
 
-    def build_denoiser(self, feature_channels: int, num_classes: int | None, settings: dict[str, Any]) -> nn.Module:
+    def build_denoiser(self, feature_channels: int, num_classes: int | None) -> nn.Module:
         """A UNet on RGB with a feature head of ``feature_channels``."""
-        return Denoiser(**settings["unet"], num_classes=num_classes, feature_channels=feature_channels, data_channels=3)
-
-    def diffused_data(self, model: "DiffADModel", images: torch.Tensor) -> torch.Tensor:
-        """The images themselves."""
-        del model
-        return images
+        return self.build_unet(num_classes, feature_channels=feature_channels, data_channels=3)
 
     def training_data(
-        self, model: "DiffADModel", images: torch.Tensor, class_labels: torch.Tensor | None,
+        self, images: torch.Tensor, features: torch.Tensor, class_labels: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Images (or random crops of them) and their feature targets, computed on the whole images as in scoring."""
-        with torch.no_grad():
-            target = model.target_features(images)
         size = self.train_crop_size
         if size is None or (size >= images.shape[-2] and size >= images.shape[-1]):
-            return images, target, class_labels
+            return images, features, class_labels
         tops, lefts = aligned_crop_offsets(images.shape[0], images.shape[-2:], size, self.crop_grid)
-        crops = crop_at(images, tops, lefts, size), crop_at(target, tops, lefts, size, scale=TARGET_STRIDE)
+        crops = crop_at(images, tops, lefts, size), crop_at(features, tops, lefts, size, scale=TARGET_STRIDE)
         return *crops, class_labels
 
+    def diffused_data(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The images themselves."""
+        del features
+        return images
+
     def denoise(
-        self, model: "DiffADModel", xt: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None,
+        self, denoiser: nn.Module, xt: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None,
     ) -> DenoiserOutput:
-        """The EMA denoiser on the whole images, or on overlapping tiles when ``score_tile_size`` is set."""
+        """``denoiser`` on the whole images, or on overlapping tiles when ``score_tile_size`` is set."""
         if self.score_tile_size is None:
-            return model.ema_denoiser(xt, t, class_labels)
-        return self.tiled_denoise(model.ema_denoiser, xt, t, class_labels)
+            return denoiser(xt, t, class_labels)
+        return self.tiled_denoise(denoiser, xt, t, class_labels)
 
     def tiled_denoise(
         self, denoiser: nn.Module, xt: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None,
@@ -154,14 +168,14 @@ class PixelSpace(DiffusionSpace):
 
     def cues(
         self,
-        model: "DiffADModel",
-        images: torch.Tensor,
+        schedule: DiffusionSchedule,
         x0: torch.Tensor,
         xt: torch.Tensor,
         t: torch.Tensor,
         prediction: DenoiserOutput,
+        target_features: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image z-scored KL (``x_0`` clipped) and the feature-prediction error upsampled to the image."""
-        kl = standardize_per_image(posterior_kl_map(model.schedule, x0, xt, t, prediction.eps, prediction.v, clip_x0=True))
-        target = model.target_features(images).repeat(x0.shape[0] // images.shape[0], 1, 1, 1)
+        kl = standardize_per_image(posterior_kl_map(schedule, x0, xt, t, prediction.eps, prediction.v, clip_x0=True))
+        target = target_features.repeat(x0.shape[0] // target_features.shape[0], 1, 1, 1)
         return kl.mean(dim=1, keepdim=True), feature_error_map(prediction.features, target, tuple(x0.shape[-2:]))

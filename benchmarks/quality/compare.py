@@ -256,8 +256,7 @@ def build_model(name: str, args: argparse.Namespace, work: Path) -> tuple[torch.
         preset = yaml.safe_load(args.config.read_text())["model"]["init_args"]
         preset |= {"image_size": args.image_size} | ({"lr_anneal_steps": args.max_steps} if args.max_steps else {})
         model = DiffAD(**preset, post_processor=DiffADPostProcessor(enable_normalization=False))
-        settings = {"preset": relative_path(args.config, REPO), "space": preset.get("space", "pixel")}
-        return model, settings | {"train_crop_size": preset.get("train_crop_size")}
+        return model, {"preset": relative_path(args.config, REPO), "space": model.hparams["space"]}
     if name == "patchcore":
         model = lite0_patchcore(
             size, args.coreset_ratio, evaluator=DiffAD.configure_evaluator(), post_processor=RAW_POST_PROCESSOR(),
@@ -281,8 +280,10 @@ def build_model(name: str, args: argparse.Namespace, work: Path) -> tuple[torch.
 
 
 def diffad_space(config: Path) -> str:
-    """The space (``pixel``, ``feature`` or ``patch``) of a DiffAD preset file."""
-    return yaml.safe_load(config.read_text())["model"]["init_args"].get("space", "pixel")
+    """The space of a DiffAD preset file as result files name it: ``pixel`` (``PixelSpace``, also when the
+    preset gives none), ``feature`` or ``patch``."""
+    space = yaml.safe_load(config.read_text())["model"]["init_args"].get("space") or {"class_path": "PixelSpace"}
+    return space["class_path"].rpartition(".")[2].removesuffix("Space").lower()
 
 
 def run_name(name: str, args: argparse.Namespace) -> str:

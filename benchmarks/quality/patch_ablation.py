@@ -36,6 +36,7 @@ from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.diffusion import q_sample
 from anomalib_diffad.loss import DiffADLoss
 from anomalib_diffad.precision import hardware_precision
+from anomalib_diffad.spaces import PatchSpace
 from anomalib_diffad.torch_model import DiffADModel, TrainOutput
 from benchmarks.quality.compare import REPO, image_auroc, threshold_free_metrics
 from diffad_tools.provenance import recorded_command
@@ -82,8 +83,9 @@ FEATURE_KEYS = ("layers", "feature_pool")
 
 def model_for(settings: dict, image_size: int) -> DiffADModel:
     """DiffAD's torch model in the patch space with the variant's settings."""
-    keys = ("mlp_width", "mlp_blocks", "feature_pool", "layers", "score_timesteps", "alpha", "smoothing_sigma", "top_k")
-    return DiffADModel(space="patch", image_size=(image_size, image_size), **{key: settings[key] for key in keys})
+    space = PatchSpace(settings["mlp_width"], settings["mlp_blocks"], settings["feature_pool"])
+    keys = ("layers", "score_timesteps", "alpha", "smoothing_sigma", "top_k")
+    return DiffADModel(space, image_size=(image_size, image_size), **{key: settings[key] for key in keys})
 
 
 @torch.no_grad()
@@ -130,7 +132,7 @@ def pass_maps(model: DiffADModel, x0: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-pass maps ``(S, N, 1, h, w)`` of feature maps ``x0`` at the features' resolution: the patch space's
     KL cue (``component_scores`` one pass at a time) and the squared noise-prediction error of the same pass."""
     model.eval()
-    model.diffusion_space.diffused_data = lambda _model, features: features
+    model.target_features = lambda features: features  # the inputs are the features already
     kl, eps_error = [], []
     for index, timestep in enumerate(model.score_timesteps):
         kl.append(torch.cat([model.component_scores(chunk, step_indices=[index]).kl for chunk in x0.split(32)]))

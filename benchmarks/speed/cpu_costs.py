@@ -56,7 +56,8 @@ def main() -> None:
     results: dict[str, float] = {"matmul_gflops": round(matmul_gflops(), 1)}
 
     for crop in (None, 128, 64):
-        model = DiffAD(**(preset | {"image_size": 256, "train_crop_size": crop, "pretrained_weights": None}))
+        space = preset["space"] | {"init_args": preset["space"]["init_args"] | {"train_crop_size": crop}}
+        model = DiffAD(**(preset | {"space": space, "image_size": 256, "pretrained_weights": None}))
         optimizer = torch.optim.AdamW(model.model.denoiser.parameters(), lr=1e-3)
         images = torch.rand(8, 3, 256, 256) * 2 - 1
         model.model.train()

@@ -20,8 +20,10 @@ def _tiny_benchmark_config(shipped: dict, dataset_root: Path, anomaly_source: Pa
     """The shipped config with the tiny DiffAD preset, one DRAEM epoch and the test dataset."""
     diffad, feature, patch, patchcore, draem = shipped["benchmark"]["model"]["grid"]
     diffad["init_args"] = TINY | {"max_steps": 2}
-    feature["init_args"] |= {"image_size": 64, "block_out_channels": [32, 64], "norm_num_groups": 8, "max_steps": 2}
-    patch["init_args"] |= {"image_size": 64, "mlp_width": 32, "max_steps": 2}
+    feature["init_args"] |= {"image_size": 64, "max_steps": 2}
+    feature["init_args"]["space"]["init_args"] |= {"block_out_channels": [32, 64], "norm_num_groups": 8}
+    patch["init_args"] |= {"image_size": 64, "max_steps": 2}
+    patch["init_args"]["space"]["init_args"] = {"mlp_width": 32}
     draem["init_args"] |= {"dtd_dir": str(anomaly_source), "max_epochs": 1, "image_size": 64}
     shipped["benchmark"]["data"]["init_args"] |= {"root": str(dataset_root), "category": "brick"}
     return shipped
@@ -73,8 +75,8 @@ def test_anomalib_benchmark_writes_one_row_per_model(dataset_root: Path, hf_home
     (tmp_path / "source").mkdir()
     rows = _run_benchmark(_tiny_benchmark_config(shipped, dataset_root, tmp_path / "source"), hf_home, tmp_path)
     assert [row["model.class_path"] for row in rows] == grid
-    assert rows[1]["model.init_args.space"] == "feature"
-    assert rows[2]["model.init_args.space"] == "patch"
+    assert rows[1]["model.init_args.space.class_path"] == "anomalib_diffad.spaces.FeatureSpace"
+    assert rows[2]["model.init_args.space.class_path"] == "anomalib_diffad.spaces.PatchSpace"
     for row in rows:
         assert row["data.init_args.category"] == "brick"
         for metric in ("image_AUROC", "pixel_AUROC"):  # DiffAD and DRAEM are barely trained: any value

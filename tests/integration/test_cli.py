@@ -16,7 +16,7 @@ ANOMALIB = Path(sys.executable).parent / "anomalib"
 TINY = REPO / "configs" / "diffad_tiny.yaml"
 
 
-def _anomalib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _anomalib(*args: str, cwd: Path, fails: bool = False) -> subprocess.CompletedProcess:
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "1048576"}
     result = subprocess.run(
         [str(ANOMALIB), *args],
@@ -27,16 +27,17 @@ def _anomalib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         timeout=900,
         check=False,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (result.returncode != 0) == fails, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
 TINY_OVERRIDES = (
     "--model.image_size", "64",
-    "--model.block_out_channels", "[16, 32, 32]",
-    "--model.attention_levels", "[2]",
-    "--model.attention_head_dim", "16",
-    "--model.norm_num_groups", "8",
+    "--model.space", "PixelSpace",
+    "--model.space.block_out_channels", "[16, 32, 32]",
+    "--model.space.attention_levels", "[2]",
+    "--model.space.attention_head_dim", "16",
+    "--model.space.norm_num_groups", "8",
 )  # fmt: skip
 """The tiny preset's architecture as command-line overrides of the default DiffAD."""
 
@@ -74,7 +75,8 @@ def test_train_with_short_names_writes_checkpoint_and_prints_metrics(trained: di
     assert sorted(trained["metrics"]) == sorted(METRICS), trained["metrics"]
     model = DiffAD.load_from_checkpoint(trained["ckpt"])
     assert model.hparams.image_size == 64
-    assert list(model.hparams.block_out_channels) == [16, 32, 32]
+    assert model.hparams.space["class_path"] == "anomalib_diffad.spaces.PixelSpace"
+    assert model.hparams.space["init_args"]["block_out_channels"] == [16, 32, 32]
     assert model.model.ema_updates.item() == 4
 
 
@@ -97,6 +99,45 @@ def test_test_with_dotted_model_name_reports_the_checkpoints_metrics(trained: di
     assert printed_metrics(result.stdout + result.stderr) == pytest.approx(trained["metrics"], abs=1e-6)
 
 
+def test_a_checkpoint_of_the_flat_format_stops_anomalib_test(trained: dict, dataset_root: Path, tmp_path: Path) -> None:
+    """``anomalib test --ckpt_path`` on a checkpoint of anomalib-diffad 0.1 (``space: pixel`` and the UNet settings
+    beside the other hyperparameters) ends in the error that names the format and the space dict to use."""
+    import torch
+
+    checkpoint = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)
+    hyper_parameters = checkpoint["hyper_parameters"]
+    hyper_parameters |= hyper_parameters.pop("space")["init_args"] | {"space": "pixel"}
+    flat = tmp_path / "flat.ckpt"
+    torch.save(checkpoint, flat)
+    result = _anomalib(
+        "test", "--model", "DiffAD", *TINY_OVERRIDES,
+        "--data", "MVTecAD", "--data.root", str(dataset_root), "--data.category", "brick",
+        "--default_root_dir", str(tmp_path), "--ckpt_path", str(flat),
+        cwd=tmp_path, fails=True,
+    )  # fmt: skip
+    error = " ".join(result.stderr.rpartition("ValueError: ")[2].split())  # the last lines, unwrapped
+    assert error.startswith(f"Checkpoint {flat}: space='pixel' with flat settings"), error
+    assert "is the format of anomalib-diffad 0.1" in error
+    assert "init_args: {block_out_channels: [16, 32, 32], layers_per_block: 1" in error
+
+
+def test_print_config_lists_the_space_of_a_yaml_class_path(dataset_root: Path, tmp_path: Path) -> None:
+    """A preset's ``space: {class_path: ..., init_args: ...}`` resolves; ``--print_config`` lists every init
+    argument of the space, an override of one of them included."""
+    import yaml
+
+    data = ("--data", "MVTec", "--data.root", str(dataset_root), "--data.category", "brick")
+    result = _anomalib(
+        "train", "--config", str(REPO / "configs" / "diffad_patch.yaml"), "--model.space.init_args.mlp_width", "64",
+        *data, "--print_config", cwd=tmp_path,
+    )  # fmt: skip
+    space = yaml.safe_load(result.stdout)["model"]["init_args"]["space"]
+    assert space == {
+        "class_path": "anomalib_diffad.spaces.PatchSpace",
+        "init_args": {"mlp_width": 64, "mlp_blocks": 3, "feature_pool": 3},
+    }
+
+
 def test_export_openvino_with_short_name(trained: dict) -> None:
     """``anomalib export --model DiffAD --export_type openvino`` writes an IR with the four named outputs that
     takes images of any size (no ``--input_size``)."""
@@ -106,11 +147,7 @@ def test_export_openvino_with_short_name(trained: dict) -> None:
     _anomalib(
         "export",
         "--model", "DiffAD",
-        "--model.image_size", "64",
-        "--model.block_out_channels", "[16, 32, 32]",
-        "--model.attention_levels", "[2]",
-        "--model.attention_head_dim", "16",
-        "--model.norm_num_groups", "8",
+        *TINY_OVERRIDES,
         "--export_type", "openvino",
         "--ckpt_path", str(trained["ckpt"]),
         "--default_root_dir", str(fitted / "export"),

@@ -33,19 +33,20 @@ ONE_STEP = (
 BRICK = ("--data", "MVTecAD", "--data.root", "datasets/textures", "--data.category", "brick")
 PAPER_SMALL = {  # the paper preset at a test-sized width and resolution, offline
     "image_size": 64,
-    "block_out_channels": [16, 16, 32, 32, 32, 32],
-    "attention_head_dim": 8,
-    "norm_num_groups": 8,
+    "space": {"init_args": {"block_out_channels": [16, 16, 32, 32, 32, 32], "attention_head_dim": 8,
+                            "norm_num_groups": 8}},
     "pretrained_weights": None,
-}
+}  # fmt: skip
+SMALL_UNET = {"space": {"init_args": {"block_out_channels": [32, 64], "norm_num_groups": 8}}}
 MODEL_RUNS = {  # config -> (configs layered under it, command-line model overrides, further arguments)
     "diffad.yaml": ((), {"image_size": 64}, BRICK),
     "diffad_feature.yaml": (  # its data: validation from train, 20% is no image of the tiny set
-        (), {"image_size": 64, "block_out_channels": [32, 64], "norm_num_groups": 8},
-        (*BRICK, "--data.val_split_ratio", "0.5"),
+        (), {"image_size": 64} | SMALL_UNET, (*BRICK, "--data.val_split_ratio", "0.5"),
     ),
     "diffad_paper.yaml": ((), PAPER_SMALL, BRICK),
-    "diffad_patch.yaml": ((), {"image_size": 64, "mlp_width": 32}, (*BRICK, "--data.val_split_ratio", "0.5")),
+    "diffad_patch.yaml": (
+        (), {"image_size": 64, "space": {"init_args": {"mlp_width": 32}}}, (*BRICK, "--data.val_split_ratio", "0.5"),
+    ),
     "diffad_tiny.yaml": ((), {}, BRICK),
     "diffad_unified.yaml": (("diffad_tiny.yaml",), {}, ()),  # its data: MultiCategory of ./datasets/textures
 }
@@ -55,6 +56,34 @@ BENCHMARKS = ("benchmark.yaml", "benchmark_unified.yaml")
 def _plain(value: object) -> object:
     """Sequences as lists, to compare YAML, checkpoint and JSON values."""
     return list(value) if isinstance(value, list | tuple) else value
+
+
+def _merged(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` merged in, nested dicts (the space's ``init_args``) key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merged(merged.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def _options(overrides: dict, prefix: str = "--model") -> list[str]:
+    """Command-line options of ``overrides`` (``{"space": {"init_args": {"a": 1}}}``: ``--model.space.init_args.a``)."""
+    options = []
+    for key, value in overrides.items():
+        name = f"{prefix}.{key}"
+        options += _options(value, name) if isinstance(value, dict) else [name, json.dumps(value)]
+    return options
+
+
+def assert_saved(saved: dict, expected: dict) -> None:
+    """Every expected argument has its value in the saved hyperparameters (a space: its class_path and the
+    init_args the configs give; the space's other settings are saved with their defaults)."""
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            assert isinstance(saved[key], dict), key
+            assert_saved(saved[key], value)
+        else:
+            assert _plain(saved[key]) == _plain(value), key
 
 
 def _env(workdir: Path) -> dict[str, str]:
@@ -75,7 +104,7 @@ def _model_args(names: tuple[str, ...]) -> dict:
     """The model ``init_args`` that layering the YAMLs ``names`` gives."""
     args: dict = {}
     for name in names:
-        args |= yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"]
+        args = _merged(args, yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"])
     return args
 
 
@@ -90,7 +119,7 @@ def test_model_config_trains_and_scores_with_the_console_script(name: str, workd
     checkpoint holds the preset's arguments (except the overridden ones)."""
     layered, overrides, extra = MODEL_RUNS[name]
     out = workdir / "runs" / name
-    overriding = [arg for key, value in overrides.items() for arg in (f"--model.{key}", json.dumps(value))]
+    overriding = _options(overrides)
     configs = [arg for config in (*layered, name) for arg in ("--config", str(CONFIGS / config))]
     result = subprocess.run(
         [str(ANOMALIB), "fit", *configs, *overriding, *extra, *ONE_STEP, "--default_root_dir", str(out)],
@@ -104,10 +133,7 @@ def test_model_config_trains_and_scores_with_the_console_script(name: str, workd
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (ckpt,) = out.rglob("model.ckpt")
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    expected = _model_args((*layered, name)) | overrides
-    saved = checkpoint["hyper_parameters"]
-    for key, value in expected.items():
-        assert _plain(saved[key]) == _plain(value), key
+    assert_saved(checkpoint["hyper_parameters"], _merged(_model_args((*layered, name)), overrides))
     state = checkpoint["state_dict"]
     assert int(state["model.ema_updates"]) == 1
     assert torch.isfinite(state["post_processor.image_min"]), "validation did not score a batch"
@@ -164,5 +190,4 @@ def test_benchmark_config_builds_every_job(name: str, workdir: Path) -> None:
         (model["class_path"], category) for category in categories for model in grid
     )
     diffad = next(job["hparams"] for job in jobs if job["model"] == "DiffAD")
-    for key, value in grid[0]["init_args"].items():
-        assert _plain(diffad[key]) == _plain(value), key
+    assert_saved(diffad, grid[0]["init_args"])

@@ -16,16 +16,13 @@ from anomalib_diffad import DiffAD
 from anomalib_diffad.diffusion import q_sample
 from tests.helpers.engine import brick_datamodule, fit_test_predict, tiny_engine
 from tests.helpers.openvino import FP32
-from tests.helpers.presets import TINY_MODEL_ARGS
+from tests.helpers.presets import TINY_MODEL_ARGS, with_space_settings
 from tests.integration.test_engine import _assert_parity
 
 CONFIG = Path(__file__).parents[2] / "configs" / "diffad_feature.yaml"
-FEATURE_ARGS = yaml.safe_load(CONFIG.read_text())["model"]["init_args"] | {
-    "image_size": 64,
-    "block_out_channels": [32, 64],
-    "norm_num_groups": 8,
-    "pretrained_weights": TINY_MODEL_ARGS["pretrained_weights"],
-}
+FEATURE_ARGS = with_space_settings(
+    yaml.safe_load(CONFIG.read_text())["model"]["init_args"], block_out_channels=[32, 64], norm_num_groups=8
+) | {"image_size": 64, "pretrained_weights": TINY_MODEL_ARGS["pretrained_weights"]}
 
 
 def _engine(root_dir: Path) -> Engine:

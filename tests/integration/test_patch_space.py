@@ -19,16 +19,13 @@ from anomalib_diffad import DiffAD
 from anomalib_diffad.diffusion import q_sample
 from tests.helpers.engine import brick_datamodule, fit_test_predict
 from tests.helpers.openvino import FP32
-from tests.helpers.presets import TINY_MODEL_ARGS
+from tests.helpers.presets import TINY_MODEL_ARGS, with_space_settings
 from tests.integration.test_engine import _assert_parity
 
 CONFIG = Path(__file__).parents[2] / "configs" / "diffad_patch.yaml"
-PATCH_ARGS = yaml.safe_load(CONFIG.read_text())["model"]["init_args"] | {
-    "image_size": 64,
-    "mlp_width": 64,
-    "mlp_blocks": 2,
-    "pretrained_weights": TINY_MODEL_ARGS["pretrained_weights"],
-}
+PATCH_ARGS = with_space_settings(
+    yaml.safe_load(CONFIG.read_text())["model"]["init_args"], mlp_width=64, mlp_blocks=2
+) | {"image_size": 64, "pretrained_weights": TINY_MODEL_ARGS["pretrained_weights"]}
 STEPS = 200
 
 

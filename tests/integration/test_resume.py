@@ -20,6 +20,7 @@ from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from anomalib_diffad import DiffAD
+from tests.helpers.presets import with_space_settings
 
 STEPS = 4  # 8 train images, batch 4: two steps per epoch, two epochs
 SEED = 7
@@ -63,7 +64,7 @@ def _engine(root_dir: Path, callbacks: list[Callback]) -> Engine:
 
 def _model(args: dict) -> DiffAD:
     seed_everything(SEED)
-    return DiffAD(**(args | {"train_crop_size": 48}))  # random crops draw from the RNG as well
+    return DiffAD(**with_space_settings(args, train_crop_size=48))  # random crops draw from the RNG as well
 
 
 def _training_state(model: DiffAD) -> dict:
@@ -113,7 +114,7 @@ def crashed(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 def _resume(ckpt: Path, root: Path, dataset_root: Path, model_args: dict) -> dict:
     seed_everything(SEED + 1)  # a different process state: nothing may depend on it
-    model = DiffAD(**(model_args | {"train_crop_size": 48}))
+    model = DiffAD(**with_space_settings(model_args, train_crop_size=48))
     _engine(root, []).fit(model=model, datamodule=_datamodule(dataset_root), ckpt_path=ckpt)
     return _training_state(model)
 

@@ -1,34 +1,26 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""The denoisers of DiffAD's spaces: a diffusers UNet (pixel, feature) and a per-position MLP (patch).
+"""The UNet of the pixel and feature spaces: the diffusers UNet denoiser and the settings both spaces share.
 
-Both take noisy data ``x_t`` ``(N, C, H, W)`` and integer timesteps ``t`` ``(N,)`` and return a
-:class:`DenoiserOutput`: the predicted noise, the raw variance interpolation (improved DDPM) and, for the pixel
-space's UNet, the predicted CNN features.
+The denoiser takes noisy data ``x_t`` ``(N, C, H, W)`` and integer timesteps ``t`` ``(N,)`` and returns a
+:class:`~anomalib_diffad.diffusion.DenoiserOutput`: the predicted noise, the raw variance interpolation (improved
+DDPM) and, for the pixel space's UNet, the predicted CNN features.
 """
 
+from abc import ABC
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from diffusers import UNet2DModel
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
+
+from anomalib_diffad.diffusion import DenoiserOutput
+from anomalib_diffad.spaces.base import DiffusionSpace
 
 TARGET_STRIDE = 4
 """The pixel space's feature targets (and the feature head's predictions) are at 1/4 of the image resolution."""
-
-
-class DenoiserOutput(NamedTuple):
-    """Outputs of one denoiser pass."""
-
-    eps: torch.Tensor
-    """Predicted noise, shaped like ``x_t``."""
-    v: torch.Tensor
-    """Raw variance interpolation output in [-1, 1], shaped like ``x_t``."""
-    features: torch.Tensor | None
-    """Predicted pretrained-CNN features at 1/4 resolution ``(N, C_f, H/4, W/4)``; ``None`` without a head."""
 
 
 class Denoiser(nn.Module):
@@ -111,73 +103,73 @@ class Denoiser(nn.Module):
         return DenoiserOutput(eps=eps, v=v, features=self.feature_head(decoder_features))
 
 
-class ResidualMLPBlock(nn.Module):
-    """``x + Linear(SiLU(Linear(SiLU(FiLM(LayerNorm(x))))))``, the FiLM scale and shift from the conditioning.
-
-    The last linear layer starts at zero, so every block starts as the identity.
+class UNetSpace(DiffusionSpace, ABC):
+    """A space whose denoiser is a :class:`Denoiser` UNet: its settings, validated.
 
     Args:
-        width: Channels of the residual stream and of the conditioning embedding.
+        block_out_channels: UNet channels per resolution level.
+        layers_per_block: Residual blocks per level.
+        attention_levels: Levels with self-attention (0 = full resolution).
+        attention_head_dim: Channels per attention head.
+        norm_num_groups: GroupNorm groups of the UNet (and of the pixel space's feature head).
+
+    Raises:
+        ValueError: A setting out of range, naming it.
     """
 
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False)
-        self.film = nn.Linear(width, 2 * width)
-        self.hidden = nn.Linear(width, width)
-        self.out = nn.Linear(width, width)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+    def __init__(
+        self,
+        block_out_channels: Sequence[int],
+        layers_per_block: int,
+        attention_levels: Sequence[int],
+        attention_head_dim: int,
+        norm_num_groups: int,
+    ) -> None:
+        self.block_out_channels = tuple(int(channels) for channels in block_out_channels)
+        self.layers_per_block = layers_per_block
+        self.attention_levels = tuple(int(level) for level in attention_levels)
+        self.attention_head_dim = attention_head_dim
+        self.norm_num_groups = norm_num_groups
+        if not self.block_out_channels or min(self.block_out_channels) < 1:
+            msg = f"block_out_channels must be one or more positive channel counts, got {list(block_out_channels)}."
+            raise ValueError(msg)
+        if layers_per_block < 1:
+            msg = f"layers_per_block must be at least 1, got {layers_per_block}."
+            raise ValueError(msg)
+        if norm_num_groups < 1 or any(channels % norm_num_groups for channels in self.block_out_channels):
+            msg = (
+                f"norm_num_groups={norm_num_groups} must divide every level's channels "
+                f"(block_out_channels={list(self.block_out_channels)})."
+            )
+            raise ValueError(msg)
+        levels = len(self.block_out_channels)
+        if any(not 0 <= level < levels for level in self.attention_levels):
+            msg = f"attention_levels {list(self.attention_levels)} must lie in [0, {levels}) (the UNet's levels)."
+            raise ValueError(msg)
+        attended = [self.block_out_channels[level] for level in self.attention_levels]
+        if attention_head_dim < 1 or any(channels % attention_head_dim for channels in attended):
+            msg = f"attention_head_dim={attention_head_dim} must divide the channels {attended} of the attention levels."
+            raise ValueError(msg)
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(..., width)`` conditioned on ``embedding`` (broadcastable to ``x``)."""
-        scale, shift = self.film(F.silu(embedding)).chunk(2, dim=-1)
-        h = self.norm(x) * (1.0 + scale) + shift
-        return x + self.out(F.silu(self.hidden(F.silu(h))))
+    def unet_args(self) -> dict[str, Any]:
+        """The UNet settings as plain data."""
+        return {
+            "block_out_channels": list(self.block_out_channels),
+            "layers_per_block": self.layers_per_block,
+            "attention_levels": list(self.attention_levels),
+            "attention_head_dim": self.attention_head_dim,
+            "norm_num_groups": self.norm_num_groups,
+        }
 
-
-class PatchDenoiser(nn.Module):
-    """Per-position MLP denoiser: each position's vector is denoised on its own, with no spatial mixing.
-
-    The network is a stack of :class:`ResidualMLPBlock` on one ``C``-vector, conditioned on the timestep
-    (diffusers' sinusoidal ``Timesteps`` + ``TimestepEmbedding``) and, for a unified model, a class embedding.
-    Every layer acts on the channel axis only, so changing one position's input changes no other position's
-    output: the model has to learn the density of normal patch vectors rather than denoise from context.
-
-    Args:
-        data_channels: Channels ``C`` of each position's vector.
-        width: Channels of the residual stream.
-        num_blocks: Residual blocks.
-        num_classes: Number of class embeddings (``None`` for an unconditional denoiser).
-
-    Example:
-        >>> denoiser = PatchDenoiser(data_channels=8, width=32, num_blocks=2)
-        >>> denoiser(torch.zeros(2, 8, 4, 4), torch.tensor([1, 500])).eps.shape
-        torch.Size([2, 8, 4, 4])
-    """
-
-    def __init__(self, data_channels: int, width: int = 256, num_blocks: int = 3, num_classes: int | None = None) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embedding = TimestepEmbedding(width, width)
-        self.class_embedding = None if num_classes is None else nn.Embedding(num_classes, width)
-        self.input = nn.Linear(data_channels, width)
-        self.blocks = nn.ModuleList(ResidualMLPBlock(width) for _ in range(num_blocks))
-        self.output_norm = nn.LayerNorm(width)
-        self.output = nn.Linear(width, 2 * data_channels)
-        nn.init.zeros_(self.output.weight)
-        nn.init.zeros_(self.output.bias)
-
-    def forward(self, xt: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> DenoiserOutput:
-        """Predict noise and variance interpolation ``(N, C, H, W)`` for each position of ``xt``."""
-        embedding = self.time_embedding(self.time_proj(t).to(xt.dtype))
-        if self.class_embedding is not None:
-            labels = torch.zeros_like(t) if class_labels is None else class_labels
-            embedding = embedding + self.class_embedding(labels)
-        embedding = embedding[:, None, None, :]
-        h = self.input(xt.permute(0, 2, 3, 1))
-        for block in self.blocks:
-            h = block(h, embedding)
-        eps, v = self.output(F.silu(self.output_norm(h))).permute(0, 3, 1, 2).chunk(2, dim=1)
-        return DenoiserOutput(eps=eps, v=v, features=None)
+    def build_unet(self, num_classes: int | None, feature_channels: int, data_channels: int) -> Denoiser:
+        """A :class:`Denoiser` with these settings."""
+        return Denoiser(
+            self.block_out_channels,
+            self.layers_per_block,
+            self.attention_levels,
+            self.attention_head_dim,
+            self.norm_num_groups,
+            num_classes=num_classes,
+            feature_channels=feature_channels,
+            data_channels=data_channels,
+        )

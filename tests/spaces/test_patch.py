@@ -1,24 +1,23 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""The patch space: a per-position denoiser, the paper's posterior KL in closed form, determinism."""
+"""The patch space: its settings, a per-position denoiser, the paper's posterior KL in closed form, determinism."""
 
 import math
 
 import pytest
 import torch
+import yaml
 
 from anomalib_diffad.diffusion import DiffusionSchedule, posterior_kl_map, q_sample
-from anomalib_diffad.spaces import DenoiserOutput, PatchDenoiser
+from anomalib_diffad.spaces import DenoiserOutput, PatchDenoiser, PatchSpace, space_from_config
 from anomalib_diffad.torch_model import DiffADModel
 
-PATCH = {
-    "space": "patch",
-    "image_size": (64, 64),
-    "layers": ("blocks.2", "blocks.4"),
-    "mlp_width": 32,
-    "mlp_blocks": 2,
-    "score_timesteps": (25, 100, 25),
-}
+PATCH = {"image_size": (64, 64), "layers": ("blocks.2", "blocks.4"), "score_timesteps": (25, 100, 25)}
+
+
+def _model(**arguments: object) -> DiffADModel:
+    """A patch-space model with a small MLP (32 wide, 2 blocks)."""
+    return DiffADModel(PatchSpace(mlp_width=32, mlp_blocks=2), **(PATCH | arguments))
 
 
 def _images(count: int, seed: int = 0) -> torch.Tensor:
@@ -85,14 +84,14 @@ def _closed_form_kl_bits(x0: torch.Tensor, xt: torch.Tensor, t: int, eps: torch.
 def test_the_kl_cue_is_the_closed_form_posterior_kl_of_each_position() -> None:
     """The patch space's KL cue is the channel mean of the Gaussian posterior KL, computed here from the betas,
     and the same tensors give the same KL through the pixel path's function (which only adds clipping)."""
-    model = DiffADModel(**PATCH).eval()
+    model = _model().eval()
     generator = torch.Generator().manual_seed(2)
     x0 = torch.randn(2, 152, 4, 4, generator=generator)
     eps = torch.randn(x0.shape, generator=generator)
     v = torch.rand(x0.shape, generator=generator) * 2 - 1
     t = torch.full((2,), 25)
     xt = q_sample(model.schedule, x0, t, torch.randn(x0.shape, generator=generator))
-    kl, _ = model.diffusion_space.cues(model, _images(2), x0, xt, t, DenoiserOutput(eps, v, None))
+    kl, _ = model.diffusion_space.cues(model.schedule, x0, xt, t, DenoiserOutput(eps, v, None), x0)
     expected = _closed_form_kl_bits(x0, xt, 25, eps, v).mean(dim=1, keepdim=True)
     torch.testing.assert_close(kl.double(), expected, rtol=2e-3, atol=1e-5)
     pixel_path = posterior_kl_map(DiffusionSchedule(1000), x0, xt, t, eps, v, clip_x0=False).mean(dim=1, keepdim=True)
@@ -102,7 +101,7 @@ def test_the_kl_cue_is_the_closed_form_posterior_kl_of_each_position() -> None:
 def test_training_noises_every_position_with_its_own_timestep() -> None:
     """A training batch is every position's feature vector as its own sample, with the image's class label."""
     torch.manual_seed(0)
-    model = DiffADModel(**PATCH, num_classes=3).train()
+    model = _model(num_classes=3).train()
     images, labels = _images(2), torch.tensor([2, 0])
     outputs = model(images, labels)
     features = model.target_features(images)
@@ -115,7 +114,7 @@ def test_training_noises_every_position_with_its_own_timestep() -> None:
 
 def test_features_are_pooled_like_patchcore_before_resizing() -> None:
     """Each layer is averaged over 3 x 3 neighbourhoods at its own resolution, then resized and concatenated."""
-    model = DiffADModel(**PATCH).eval()
+    model = _model().eval()
     model.standardize_features = False
     images = _images(1)
     normalized = ((images + 1) / 2 - model.imagenet_mean) / model.imagenet_std
@@ -129,9 +128,9 @@ def test_scoring_is_deterministic_and_depends_on_the_image() -> None:
     """The fixed noise draws make scoring a function: twice the same map, a model rebuilt from the same state
     the same map; a changed image region raises the map there."""
     torch.manual_seed(0)
-    model = DiffADModel(**PATCH).eval()
+    model = _model().eval()
     _randomize(model.ema_denoiser)
-    rebuilt = DiffADModel(**PATCH).eval()
+    rebuilt = _model().eval()
     rebuilt.load_state_dict(model.state_dict())
     images = _images(2)
     with torch.no_grad():
@@ -149,23 +148,50 @@ def test_scoring_is_deterministic_and_depends_on_the_image() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"train_crop_size": 32}, "whole images"),
-        ({"score_tile_size": 32}, "pixel space"),
-        ({"feature_pool": 2}, "odd"),
-        ({"space": "voxel"}, "space must be one of"),
+        ({"mlp_width": 0}, "mlp_width must be at least 1, got 0"),
+        ({"mlp_blocks": -1}, "mlp_blocks must be at least 0, got -1"),
+        ({"feature_pool": 2}, "feature_pool must be an odd positive side, got 2"),
+        ({"feature_pool": 0}, "feature_pool must be an odd positive side, got 0"),
     ],
 )
-def test_unsupported_settings_are_refused(settings: dict, message: str) -> None:
-    """Crops, tiles, an even pooling side and an unknown space each stop with a message naming the setting."""
+def test_settings_out_of_range_are_refused(settings: dict, message: str) -> None:
+    """A too narrow MLP, a negative block count and an even or empty pooling side each stop with a message
+    naming the setting and its value."""
     with pytest.raises(ValueError, match=message):
-        DiffADModel(**PATCH | settings)
+        PatchSpace(**settings)
+
+
+def test_settings_round_trip_through_plain_data() -> None:
+    """``to_config()`` is plain data (YAML-safe) that rebuilds the same space; the defaults are the preset's."""
+    space = PatchSpace(mlp_width=48, mlp_blocks=1, feature_pool=5)
+    config = space.to_config()
+    assert config == {
+        "class_path": "anomalib_diffad.spaces.PatchSpace",
+        "init_args": {"mlp_width": 48, "mlp_blocks": 1, "feature_pool": 5},
+    }
+    assert yaml.safe_load(yaml.safe_dump(config)) == config
+    rebuilt = space_from_config(config)
+    assert type(rebuilt) is PatchSpace
+    assert (rebuilt.mlp_width, rebuilt.mlp_blocks, rebuilt.feature_pool) == (48, 1, 5)
+    assert PatchSpace().init_args() == {"mlp_width": 256, "mlp_blocks": 3, "feature_pool": 3}
+    assert (PatchSpace().train_crop_size, PatchSpace().score_tile_size) == (None, None)
+
+
+def test_the_space_builds_its_denoiser_from_its_settings() -> None:
+    """The denoiser has the space's width and blocks, and a class embedding only for a unified model."""
+    denoiser = PatchSpace(mlp_width=24, mlp_blocks=4).build_denoiser(feature_channels=10, num_classes=2)
+    assert isinstance(denoiser, PatchDenoiser)
+    assert len(denoiser.blocks) == 4
+    assert denoiser.input.weight.shape == (24, 10)
+    assert denoiser.class_embedding.weight.shape == (2, 24)
+    assert PatchSpace().build_denoiser(feature_channels=10, num_classes=None).class_embedding is None
 
 
 def test_normalized_passes_weigh_every_timestep_the_same() -> None:
     """With ``normalize_passes`` each pass's cue is divided by its mean over the calibration images before the
     passes are averaged; the calibration sums of two batches add up to those of both at once."""
     torch.manual_seed(0)
-    model = DiffADModel(**PATCH, normalize_passes=True).eval()
+    model = _model(normalize_passes=True).eval()
     _randomize(model.ema_denoiser, seed=3)
     first, second = _images(2, seed=1), _images(3, seed=2)
     with torch.no_grad():
@@ -186,7 +212,7 @@ def test_normalized_passes_weigh_every_timestep_the_same() -> None:
 
 def test_each_class_gets_its_own_pass_scales() -> None:
     """A unified model sums and scales each class's passes apart; a class without images keeps its scales."""
-    model = DiffADModel(**PATCH, normalize_passes=True, num_classes=3).eval()
+    model = _model(normalize_passes=True, num_classes=3).eval()
     _randomize(model.ema_denoiser, seed=5)
     images, labels = _images(3, seed=6), torch.tensor([0, 2, 2])
     with torch.no_grad():
@@ -197,25 +223,18 @@ def test_each_class_gets_its_own_pass_scales() -> None:
     assert torch.equal(model.pass_scale[1], torch.ones(2, 3))
 
 
-def test_normalized_passes_need_positive_cues() -> None:
-    """The pixel space's per-image z-scored KL has mean 0: normalizing its passes is refused."""
-    with pytest.raises(ValueError, match="z-scored"):
-        DiffADModel(space="pixel", image_size=(32, 32), block_out_channels=(16, 32), attention_levels=(),
-                    norm_num_groups=8, layers=("blocks.0", "blocks.1"), normalize_passes=True)  # fmt: skip
-
-
 def test_training_timesteps_are_drawn_below_train_timesteps() -> None:
     """``train_timesteps`` bounds the timesteps training draws (every vector its own); by default they span all
     ``T``; scoring timesteps outside the trained range are refused."""
     torch.manual_seed(0)
-    bounded = DiffADModel(**(PATCH | {"train_timesteps": 120})).train()
+    bounded = _model(train_timesteps=120).train()
     t = bounded.training_outputs(_images(2)).t
     assert t.numel() == 2 * 8 * 8  # one timestep per position of each image
     assert 100 <= int(t.max()) < 120  # 128 draws below 120: the largest is below 100 with probability 1e-10
-    default = DiffADModel(**PATCH).train().training_outputs(_images(2)).t
+    default = _model().train().training_outputs(_images(2)).t
     assert int(default.max()) >= 900  # below 900 with probability 1.4e-6
     with pytest.raises(ValueError, match=r"score_timesteps \(25, 100, 25\) must lie in \[0, 100\)"):
-        DiffADModel(**(PATCH | {"train_timesteps": 100}))
+        _model(train_timesteps=100)
     for bad in (0, 1001):
         with pytest.raises(ValueError, match="train_timesteps must lie in"):
-            DiffADModel(**(PATCH | {"train_timesteps": bad}))
+            _model(train_timesteps=bad)
