@@ -97,19 +97,3 @@ def resolve_cli_precision(config: Any, native_bf16: bool | None = None) -> str |
         reason = "the GPU's bfloat16 support"
     logger.info("DiffAD precision: %s (%s); --trainer.precision overrides it.", precision, reason)
     return precision
-
-
-def install_cli_precision(cli_class: type) -> None:
-    """Make ``cli_class`` (anomalib's ``AnomalibCLI``) resolve DiffAD's precision before it instantiates classes."""
-    before = cli_class.before_instantiate_classes
-    if getattr(before, "resolves_diffad_precision", False):
-        return
-
-    def before_instantiate_classes(self: Any) -> None:  # noqa: ANN401
-        subcommand = self.config.get("subcommand")
-        if subcommand in SUBCOMMANDS:
-            resolve_cli_precision(self.config[subcommand])
-        before(self)
-
-    before_instantiate_classes.resolves_diffad_precision = True  # type: ignore[attr-defined]
-    cli_class.before_instantiate_classes = before_instantiate_classes

@@ -10,7 +10,8 @@ from anomalib.cli.cli import AnomalibCLI
 
 import anomalib_diffad  # noqa: F401 - registers DiffAD and MVTec for the CLI parser
 from anomalib_diffad import precision
-from anomalib_diffad.precision import cpu_has_native_bf16, hardware_precision, install_cli_precision
+from anomalib_diffad.precision import cpu_has_native_bf16, hardware_precision
+from diffad_tools.anomalib_cli import install_cli_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 PIXEL, FEATURE, PATCH = (f"anomalib_diffad.spaces.{name}Space" for name in ("Pixel", "Feature", "Patch"))
@@ -63,7 +64,7 @@ def _cli_precision(monkeypatch: pytest.MonkeyPatch, native: bool, *args: str) ->
     """The precision the Engine of ``anomalib fit --config configs/diffad_patch.yaml <args>`` would train with."""
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     monkeypatch.setattr(AnomalibCLI, "before_instantiate_classes", AnomalibCLI.before_instantiate_classes)
-    install_cli_precision(AnomalibCLI)
+    install_cli_defaults(AnomalibCLI)
     cli = AnomalibCLI(
         [
             "fit", "--config", str(REPO / "configs" / "diffad_patch.yaml"), "--model.pretrained_weights", "null",

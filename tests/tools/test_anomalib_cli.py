@@ -118,3 +118,26 @@ def test_cli_main_prints_data_errors_only_once_wrapped() -> None:
     """Wrapping an already wrapped ``main`` returns it unchanged (the hook may run twice)."""
     wrapped = anomalib_cli.print_data_errors(lambda: None)
     assert anomalib_cli.print_data_errors(wrapped) is wrapped
+
+
+def _cli_callbacks(monkeypatch: pytest.MonkeyPatch, *args: str) -> list[str]:
+    """Class names of the callbacks the Trainer of ``anomalib fit <args>`` would get."""
+    from anomalib.cli import AnomalibCLI  # noqa: PLC0415
+
+    monkeypatch.setattr(AnomalibCLI, "before_instantiate_classes", AnomalibCLI.before_instantiate_classes)
+    anomalib_cli.install_cli_defaults(AnomalibCLI)
+    data = ("--data", "MVTecAD", "--data.root", "datasets/textures", "--data.category", "brick")
+    cli = AnomalibCLI(["fit", *args, *data], run=False)
+    return [type(callback).__name__ for callback in cli.engine._cache.args.get("callbacks") or []]  # noqa: SLF001
+
+
+def test_bare_diffad_command_gets_the_memory_callbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    callbacks = _cli_callbacks(monkeypatch, "--model", "DiffAD", "--model.pretrained_weights", "null")
+    assert callbacks.count("ReleaseFreedMemory") == 1
+    assert callbacks.count("CapWorkers") == 1
+
+
+def test_listed_memory_callbacks_are_the_users_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    listed = "--trainer.callbacks+=diffad_tools.callbacks.ReleaseFreedMemory"
+    assert "CapWorkers" not in _cli_callbacks(monkeypatch, "--model", "DiffAD", "--model.pretrained_weights", "null", listed)
+    assert "ReleaseFreedMemory" not in _cli_callbacks(monkeypatch, "--model", "Padim", "--model.pre_trained", "false")
