@@ -52,8 +52,10 @@ engine = Engine(logger=False, default_root_dir=out, max_steps=2, accelerator="cp
 engine.fit(model=model, datamodule=MVTecAD(root=root, category="brick", train_batch_size=2, eval_batch_size=2,
                                            num_workers=0))
 stats = model.model
+generator = stats.anomaly_map_generator
 torch.save({
     "mean": stats.feature_channel_mean, "std": stats.feature_channel_std,
+    "fusion": torch.stack([generator.kl_mean, generator.kl_std, generator.feature_mean, generator.feature_std]),
     "loss": float(engine.trainer.callback_metrics["train_loss_epoch"]),
     "ema_updates": int(stats.ema_updates), "world_size": engine.trainer.world_size,
     "denoiser": torch.nn.utils.parameters_to_vector(stats.denoiser.parameters()),
@@ -97,14 +99,15 @@ def _run_two_ranks(script: str, dataset_root: Path, model_args: dict, tmp_path: 
 
 
 def test_ddp_two_cpu_processes(dataset_root: Path, tiny_model_args: dict, tmp_path: Path) -> None:
-    """Two gloo ranks finish, hold identical feature statistics and weights, and match the single process:
-    the statistics of the same eight images within float32 rounding, the loss within its sampling noise
-    (``LOSS_TOLERANCE``)."""
+    """Two gloo ranks finish, hold identical feature statistics, weights and fusion statistics (each rank
+    calibrates on its half of the eight training images: only the sums over both ranks agree), and match the
+    single process: the feature statistics of the same eight images within float32 rounding, the loss within
+    its sampling noise (``LOSS_TOLERANCE``)."""
     out = _run_two_ranks(DDP_SCRIPT, dataset_root, tiny_model_args, tmp_path)
     ranks = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     assert [rank["world_size"] for rank in ranks] == [2, 2]
     assert [rank["ema_updates"] for rank in ranks] == [2, 2]
-    for key in ("mean", "std", "denoiser"):
+    for key in ("mean", "std", "denoiser", "fusion"):
         torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=0, atol=0, msg=key)
 
     single = _single_process(dataset_root, tiny_model_args, tmp_path / "single")
