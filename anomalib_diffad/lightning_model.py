@@ -303,7 +303,8 @@ class DiffAD(ReconstructionMixin, DiffADExportMixin, AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One denoising-score-matching step on normal images."""
         del args, kwargs
-        losses = self.training_losses(batch.image, self.categories.labels(batch))
+        labels = None if self.categories.num_classes is None else self.categories.labels(batch)
+        losses = self.training_losses(batch.image, labels)
         if not torch.isfinite(losses["loss"]):
             terms = {name: float(value) for name, value in losses.items()}
             msg = (
@@ -438,7 +439,8 @@ class DiffAD(ReconstructionMixin, DiffADExportMixin, AnomalibModule):
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score validation images with the EMA weights."""
         del args, kwargs
-        predictions = self.score_images(batch.image, self.categories.labels(batch))
+        labels = None if self.categories.num_classes is None else self.categories.labels(batch)
+        predictions = self.score_images(batch.image, labels)
         return batch.update(**predictions._asdict())
 
     def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
