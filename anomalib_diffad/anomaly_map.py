@@ -2,10 +2,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """Fusion of DiffAD's pixel-level (KL) and feature-level maps into one anomaly map and an image score."""
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 from kornia.filters import gaussian_blur2d
 from torch import nn
+
+from anomalib_diffad.metrics import GroupedMoments
 
 MIN_STD = 1e-6
 """Floor of the calibrated standard deviations, so a constant calibration map cannot blow up the fusion."""
@@ -32,14 +36,15 @@ class AnomalyMapGenerator(nn.Module):
     """Put the KL and feature maps on one scale, fuse them with ``alpha``, optionally smooth and remove the normal map.
 
     ``A = alpha * (kl - mu_kl) / sd_kl + (1 - alpha) * (feat - mu_feat) / sd_feat``. The four statistics are
-    buffers calibrated on normal training images by :class:`~anomalib_diffad.post_processor.DiffADPostProcessor`,
-    so ``alpha`` weighs the two cues the same way on every dataset; they start at (0, 1) which reduces to the
-    paper's unnormalized sum ``alpha * kl + (1 - alpha) * feat``.
+    buffers calibrated on normal training images (:meth:`calibrate_batches`, fed by
+    :meth:`~anomalib_diffad.torch_model.DiffADModel.calibrate`), so ``alpha`` weighs the two cues the same way on
+    every dataset; they start at (0, 1) which reduces to the paper's unnormalized sum
+    ``alpha * kl + (1 - alpha) * feat``.
 
     With ``normal_map_size`` the generator also subtracts a *normal map*: the mean fused (and smoothed) map of
     the calibration normals, a ``(H, W)`` buffer resized to each map, so that places every normal image scores
     high (image borders, an object's fixed parts) stop dominating the map and the top-k image score. It is
-    calibrated with the statistics, from per-pixel sums (:meth:`pixel_sums`, :meth:`set_normal_map`).
+    calibrated with the statistics, from per-pixel sums.
 
     A unified (class-conditional) model has one set of statistics per category: the buffers then have shape
     ``(num_classes,)`` (normal map ``(num_classes, 1, H, W)``) and :meth:`forward` picks each image's row by
@@ -81,77 +86,7 @@ class AnomalyMapGenerator(nn.Module):
         if normal_map_size is not None:
             self.register_buffer("normal_map", torch.zeros(num_classes or 1, 1, *normal_map_size))
 
-    def _group_labels(self, count: int, class_labels: torch.Tensor | None) -> torch.Tensor:
-        """Each map's calibration group on the CPU: its class label, or 0 without classes."""
-        if self.num_classes is not None and class_labels is None:
-            msg = f"A generator with num_classes={self.num_classes} calibrates per class: pass class_labels."
-            raise ValueError(msg)
-        return torch.zeros(count, dtype=torch.long) if class_labels is None else class_labels.long().cpu()
-
-    def moments(
-        self,
-        kl_maps: torch.Tensor,
-        feature_maps: torch.Tensor,
-        class_labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Pixel count, sum and sum of squares of each map, per class: ``(G, 2, 3)`` float64, ``G`` = classes or 1.
-
-        Moments of several batches (or ranks) add up; :meth:`set_moments` turns their sum into the statistics.
-        """
-        labels = self._group_labels(len(kl_maps), class_labels)
-        result = torch.zeros(self.num_classes or 1, 2, 3, dtype=torch.float64)
-        for component, maps in enumerate((kl_maps, feature_maps)):
-            per_image = maps.detach().double().flatten(1).cpu()
-            for group in labels.unique().tolist():
-                values = per_image[labels == group]
-                result[group, component] += torch.stack([values.new_tensor(values.numel()), values.sum(), (values**2).sum()])
-        return result
-
     @torch.no_grad()
-    def set_moments(self, moments: torch.Tensor) -> None:
-        """Set the fusion statistics from summed :meth:`moments`; a class without pixels keeps its statistics."""
-        count, total, total_sq = moments.unbind(-1)
-        mean = total / count.clamp(min=1)
-        std = (total_sq / count.clamp(min=1) - mean**2).clamp(min=0).sqrt().clamp(min=MIN_STD)
-        seen = count[:, 0] > 0
-        for name, values in (("kl_mean", mean[:, 0]), ("kl_std", std[:, 0]), ("feature_mean", mean[:, 1]), ("feature_std", std[:, 1])):
-            buffer = getattr(self, name)
-            if self.num_classes is None:
-                if bool(seen[0]):
-                    buffer.fill_(float(values[0]))
-            else:
-                buffer[seen.to(buffer.device)] = values[seen].to(buffer)
-
-    def pixel_sums(
-        self,
-        kl_maps: torch.Tensor,
-        feature_maps: torch.Tensor,
-        class_labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Image count, per-pixel sum of the KL maps and of the feature maps, per class: ``(G, 3, H, W)`` float64.
-
-        Sums of several batches (or ranks) add up; :meth:`set_normal_map` turns them into the normal map.
-        """
-        labels = self._group_labels(len(kl_maps), class_labels)
-        maps = torch.cat([torch.ones_like(kl_maps), kl_maps, feature_maps], dim=1).detach().double().cpu()
-        result = torch.zeros(self.num_classes or 1, 3, *maps.shape[-2:], dtype=torch.float64)
-        return result.index_add_(0, labels, maps)
-
-    @torch.no_grad()
-    def set_normal_map(self, sums: torch.Tensor) -> None:
-        """Set the normal map to the fused map of the mean KL and feature maps in summed :meth:`pixel_sums`.
-
-        The fusion and the smoothing are linear, so this equals the mean fused map of the summed images; call
-        it after :meth:`set_moments`. A class without images keeps its normal map.
-        """
-        count, kl, feature = (sums[:, index : index + 1] for index in range(3))
-        seen = count[:, 0, 0, 0] > 0
-        labels = None if self.num_classes is None else torch.arange(len(sums), device=self.normal_map.device)
-        kl_mean, feature_mean = (values / count.clamp(min=1) for values in (kl, feature))
-        fused = self.fuse(kl_mean.to(self.normal_map), feature_mean.to(self.normal_map), labels)
-        resized = F.interpolate(fused, size=self.normal_map.shape[-2:], mode="bilinear", align_corners=False)
-        self.normal_map[seen.to(self.normal_map.device)] = resized[seen.to(resized.device)]
-
     def calibrate(
         self,
         kl_maps: torch.Tensor,
@@ -159,9 +94,48 @@ class AnomalyMapGenerator(nn.Module):
         class_labels: torch.Tensor | None = None,
     ) -> None:
         """Set the fusion statistics (and the normal map) from anomaly-free images' maps (per class)."""
-        self.set_moments(self.moments(kl_maps, feature_maps, class_labels))
-        if self.subtracts_normal_map:
-            self.set_normal_map(self.pixel_sums(kl_maps, feature_maps, class_labels))
+        self.calibrate_batches([(kl_maps, feature_maps, class_labels)])
+
+    @torch.no_grad()
+    def calibrate_batches(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> None:
+        """Set the fusion statistics (and the normal map) from batches of anomaly-free images' maps.
+
+        Each batch is ``(kl_maps, feature_maps, class_labels)``, maps ``(N, 1, H, W)`` (at the normal map's size
+        when one is subtracted). The moments are float64 sums on the CPU (:class:`GroupedMoments`, summed over
+        DDP ranks); a class without maps keeps its statistics and normal map. The normal map is the fused map of
+        the mean KL and feature maps: the fusion and the smoothing are linear, so it equals the mean fused map.
+
+        Raises:
+            ValueError: If a per-class generator gets no class labels.
+        """
+        groups, device = self.num_classes or 1, self.kl_mean.device
+        cues = (GroupedMoments(groups), GroupedMoments(groups))
+        pixels = GroupedMoments(groups, (2, *self.normal_map.shape[-2:])) if self.subtracts_normal_map else None
+        for kl_maps, feature_maps, class_labels in batches:
+            if self.num_classes is not None and class_labels is None:
+                msg = f"A generator with num_classes={self.num_classes} calibrates per class: pass class_labels."
+                raise ValueError(msg)
+            for moments, maps in zip(cues, (kl_maps, feature_maps), strict=True):
+                moments.update(maps, class_labels)
+            if pixels is not None:
+                pixels.update(torch.cat([kl_maps, feature_maps], dim=1), class_labels)
+        for cue, moments in zip(("kl", "feature"), cues, strict=True):
+            count, mean, variance = moments.to(device).compute().unbind(1)
+            seen = count > 0
+            for name, values in ((f"{cue}_mean", mean), (f"{cue}_std", variance.sqrt().clamp(min=MIN_STD))):
+                buffer = getattr(self, name)
+                if self.num_classes is None:
+                    if bool(seen[0]):
+                        buffer.fill_(float(values[0]))
+                else:
+                    buffer[seen] = values[seen].to(buffer)
+        if pixels is not None:
+            moments = pixels.to(device).compute()
+            seen, mean = moments[:, 0, 0, 0, 0] > 0, moments[:, 1].to(self.normal_map)
+            labels = None if self.num_classes is None else torch.arange(len(mean), device=device)
+            fused = self.fuse(mean[:, :1], mean[:, 1:], labels)
+            resized = F.interpolate(fused, size=self.normal_map.shape[-2:], mode="bilinear", align_corners=False)
+            self.normal_map[seen] = resized[seen]
 
     def statistics(self, class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """``(kl_mean, kl_std, feature_mean, feature_std)``; per image ``(N, 1, 1, 1)`` for a per-class generator."""

@@ -82,11 +82,77 @@ def keep_resize_products_in_float(model: "openvino.Model") -> None:
                 node.input(index).replace_source_output(ov_op.Constant(matrix).output(0))
 
 
+def rename_openvino_outputs(path: Path, compression_type: "CompressionType | None" = None) -> None:
+    """Leave each output tensor of the OpenVINO IR at ``path`` with exactly its ``InferenceBatch`` name (after
+    FP16 compression, also give the input resize its float32 matrices back: :func:`keep_resize_products_in_float`).
+
+    OpenVINO's constant folding of the post-processor's ``where`` guards merges internal tensor names into the
+    outputs; ``OpenVINOInferencer`` takes an arbitrary name of each set, so it could return ``where_12`` instead
+    of ``anomaly_map``.
+    """
+    import openvino as ov  # noqa: PLC0415
+    from anomalib.deploy import CompressionType  # noqa: PLC0415
+
+    model = ov.Core().read_model(path)
+    if compression_type == CompressionType.FP16:
+        keep_resize_products_in_float(model)
+    for output in model.outputs:
+        names = output.get_names() & set(InferenceBatch._fields)
+        if len(names) == 1:
+            output.get_tensor().set_names(names)
+    with TemporaryDirectory(dir=path.parent) as tmp:
+        renamed = Path(tmp) / path.name
+        ov.save_model(model, renamed, compress_to_fp16=False)  # weights keep the precision they were given
+        del model
+        renamed.replace(path)
+        renamed.with_suffix(".bin").replace(path.with_suffix(".bin"))
+
+
+def quantize_products(model: "openvino.Model", datamodule: AnomalibDataModule | None) -> "openvino.Model":
+    """NNCF INT8 post-training quantization of the convolutions and matrix products only.
+
+    anomalib's version lets NNCF quantize every operation it supports, including the elementwise arithmetic of
+    the reverse-posterior KL (log-variances, squared differences) and of the post-processor's normalization.
+    Here everything but ``Convolution``, ``GroupConvolution`` and ``MatMul`` (nearly all of the compute) stays in
+    floating point, and so do the input resize's products (:func:`image_resize_products`). Calibrates on the
+    validation images, as anomalib does.
+
+    Args:
+        model: OpenVINO model of the whole pipeline (pre-processor, model, post-processor).
+        datamodule: Datamodule whose validation images calibrate the activation ranges.
+
+    Returns:
+        The quantized model.
+
+    Raises:
+        ValueError: If ``datamodule`` is missing or has no validation images.
+    """
+    import nncf  # noqa: PLC0415
+
+    if datamodule is None:
+        msg = "INT8_PTQ needs calibration images: pass a datamodule (--data in the CLI)."
+        raise ValueError(msg)
+    datamodule.setup("fit")
+    dataloader = datamodule.val_dataloader()
+    if len(dataloader.dataset) == 0:
+        msg = "INT8_PTQ calibrates on the validation images, and the datamodule has none."
+        raise ValueError(msg)
+    if len(dataloader.dataset) < 300:
+        logger.warning("INT8_PTQ calibrates on %d images; 300 or more are recommended.", len(dataloader.dataset))
+    ignored = sorted({op.get_type_name() for op in model.get_ops()} - QUANTIZED_OP_TYPES)
+    return nncf.quantize(
+        model,
+        nncf.Dataset(dataloader, lambda batch: batch["image"]),
+        subset_size=len(dataloader),
+        ignored_scope=nncf.IgnoredScope(types=ignored, names=image_resize_products(model), validate=False),
+    )
+
+
 class DiffADExportMixin:
     """Export overrides of :class:`~anomalib_diffad.DiffAD`; list it before ``AnomalibModule`` in the bases.
 
-    Uses the module's ``model`` (``DiffADModel``), ``post_processor`` and category selection
-    (``category``, ``category_names``, ``selected_category``).
+    Uses the module's ``model`` (``DiffADModel``), ``post_processor`` and ``categories``
+    (:class:`~anomalib_diffad.unified.Categories`).
     """
 
     def _export_every_category(self, export_root: Path | str, export: Callable[[Path], Path]) -> Path:
@@ -95,15 +161,15 @@ class DiffADExportMixin:
         Returns:
             ``export_root``.
         """
-        for index, name in enumerate(self.category_names):
-            with self.selected_category(index):
+        for index, name in enumerate(self.categories.all_names):
+            with self.categories.selection(index):
                 export(Path(export_root) / name)
         return Path(export_root)
 
     @property
     def _exports_every_category(self) -> bool:
         """A unified model without a selected category exports one graph per category."""
-        return self.model.num_classes is not None and self.category is None
+        return self.categories.num_classes is not None and self.categories.selected is None
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
         """anomalib's torch export; a unified model without a selected category writes one file per category.
@@ -160,22 +226,18 @@ class DiffADExportMixin:
         input_size: tuple[int, int] | None = None,
         **kwargs: Any,  # noqa: ANN401
     ) -> Path:
-        """Export to OpenVINO IR, then leave each output tensor with exactly its ``InferenceBatch`` name.
+        """Export to OpenVINO IR, then leave each output tensor with exactly its ``InferenceBatch`` name
+        (:func:`rename_openvino_outputs`).
 
         INT8 post-training quantization requires a calibrated model: OpenVINO's low-precision passes fail to
-        compile a graph whose normalization constants are still NaN.
-
-        OpenVINO's constant folding of the post-processor's ``where`` guards merges internal tensor names
-        into the outputs; ``OpenVINOInferencer`` takes an arbitrary name of each set, so it could return
-        ``where_12`` instead of ``anomaly_map``. A unified model without a selected category writes one graph
-        per category (see :meth:`to_torch`).
+        compile a graph whose normalization constants are still NaN. A unified model without a selected
+        category writes one graph per category (see :meth:`to_torch`).
         """
         if self._exports_every_category:
             return self._export_every_category(
                 export_root,
                 lambda root: self.to_openvino(root, model_file_name, input_size, **kwargs),
             )
-        import openvino as ov  # noqa: PLC0415
         from anomalib.deploy import CompressionType  # noqa: PLC0415
 
         quantized = kwargs.get("compression_type") in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}
@@ -187,19 +249,7 @@ class DiffADExportMixin:
             )
             raise ValueError(msg)
         path = super().to_openvino(export_root, model_file_name, input_size, **kwargs)
-        model = ov.Core().read_model(path)
-        if kwargs.get("compression_type") == CompressionType.FP16:
-            keep_resize_products_in_float(model)
-        for output in model.outputs:
-            names = output.get_names() & set(InferenceBatch._fields)
-            if len(names) == 1:
-                output.get_tensor().set_names(names)
-        with TemporaryDirectory(dir=path.parent) as tmp:
-            renamed = Path(tmp) / path.name
-            ov.save_model(model, renamed, compress_to_fp16=False)  # weights keep the precision they were given
-            del model
-            renamed.replace(path)
-            renamed.with_suffix(".bin").replace(path.with_suffix(".bin"))
+        rename_openvino_outputs(path, kwargs.get("compression_type"))
         return path
 
     def _compress_ov_model(
@@ -224,45 +274,8 @@ class DiffADExportMixin:
         model: "openvino.Model",
         datamodule: AnomalibDataModule | None = None,
     ) -> "openvino.Model":
-        """NNCF INT8 post-training quantization of the convolutions and matrix products only.
-
-        anomalib's version lets NNCF quantize every operation it supports, including the elementwise
-        arithmetic of the reverse-posterior KL (log-variances, squared differences) and of the
-        post-processor's normalization. Here everything but ``Convolution``, ``GroupConvolution`` and
-        ``MatMul`` (nearly all of the compute) stays in floating point, and so do the input resize's products
-        (:func:`image_resize_products`). Calibrates on the validation images,
-        as anomalib does; a unified model's graph on those of its selected category when the datamodule is a
-        ``MultiCategory``.
-
-        Args:
-            model: OpenVINO model of the whole pipeline (pre-processor, model, post-processor).
-            datamodule: Datamodule whose validation images calibrate the activation ranges.
-
-        Returns:
-            The quantized model.
-
-        Raises:
-            ValueError: If ``datamodule`` is missing or has no validation images.
-        """
-        import nncf  # noqa: PLC0415
-
-        if datamodule is None:
-            msg = "INT8_PTQ needs calibration images: pass a datamodule (--data in the CLI)."
-            raise ValueError(msg)
-        if isinstance(datamodule, MultiCategory) and self.category is not None:
-            datamodule = datamodule.for_category(self.category_names[self.category])
-        datamodule.setup("fit")
-        dataloader = datamodule.val_dataloader()
-        if len(dataloader.dataset) == 0:
-            msg = "INT8_PTQ calibrates on the validation images, and the datamodule has none."
-            raise ValueError(msg)
-        if len(dataloader.dataset) < 300:
-            logger.warning("INT8_PTQ calibrates on %d images; 300 or more are recommended.", len(dataloader.dataset))
-        ignored = sorted({op.get_type_name() for op in model.get_ops()} - QUANTIZED_OP_TYPES)
-        return nncf.quantize(
-            model,
-            nncf.Dataset(dataloader, lambda batch: batch["image"]),
-            subset_size=len(dataloader),
-            ignored_scope=nncf.IgnoredScope(types=ignored, names=image_resize_products(model), validate=False),
-        )
-
+        """INT8 quantization of the convolutions and matrix products only (:func:`quantize_products`); a unified
+        model's graph calibrates on its selected category's images when the datamodule is a ``MultiCategory``."""
+        if isinstance(datamodule, MultiCategory) and self.categories.selected is not None:
+            datamodule = datamodule.for_category(self.categories.all_names[self.categories.selected])
+        return quantize_products(model, datamodule)

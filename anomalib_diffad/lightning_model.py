@@ -16,34 +16,69 @@ Example:
     >>> engine.fit(DiffAD(), datamodule=datamodule)  # doctest: +SKIP
 """
 
+import logging
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torch.utils.data import DataLoader, Subset
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_diffad.backbone import load_pretrained_weights
-from anomalib_diffad.calibration import FusionCalibrationMixin
 from anomalib_diffad.checkpoints import check_checkpoint, resolve_space
 from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
 from anomalib_diffad.export import DiffADExportMixin
 from anomalib_diffad.loss import DiffADLoss
 from anomalib_diffad.metrics import CategoryEvaluator
-from anomalib_diffad.passes import BoundedPassesMixin
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.pre_processor import DiffADPreProcessor
-from anomalib_diffad.resume import ExactResumeMixin
+from anomalib_diffad.resume import TRAIN_SEED_KEY, draw_train_seed, epoch_seed
 from anomalib_diffad.spaces import DiffusionSpace
 from anomalib_diffad.torch_model import DiffADModel
-from anomalib_diffad.unified import UnifiedMixin, names_by_index, resolve_num_classes
+from anomalib_diffad.unified import Categories, calibration_indices
+
+logger = logging.getLogger(__name__)
+
+TRAIN_PIXELS_PER_CHUNK = 2 * 256 * 256
+"""Diffused pixels (images x pixels each) of one training chunk: two whole 256 px images, 32 64 px crops.
+
+With the default UNet a 256 px image costs about 0.73 GiB of activations in a training step."""
+SCORE_PIXELS_PER_CHUNK = 2 * 3 * 256 * 256
+"""Diffused pixels of one scoring chunk (images x scoring timesteps x pixels each): two 256 px images at three
+timesteps (about 0.47 GiB per image with the default UNet)."""
+
+
+def images_per_chunk(model: DiffADModel, image_shape: Sequence[int], training: bool) -> int:
+    """Most images of one denoiser call: :data:`TRAIN_PIXELS_PER_CHUNK` or :data:`SCORE_PIXELS_PER_CHUNK` divided
+    by the positions the denoiser sees per image (at least one image).
+
+    The datamodule sets the batch (anomalib's ``MVTecAD`` defaults to 32 whole images: about 23 GiB of
+    activations in one training step of the default UNet at 256 px), so ``DiffAD`` trains and scores a larger
+    batch in chunks. Every preset's batch fits one chunk.
+
+    Args:
+        model: The torch model.
+        image_shape: ``(..., H, W)`` of the pre-processed images.
+        training: A training chunk (the crop, or the whole image, once) or a scoring one (the whole image, or a
+            tile, at every scoring timestep).
+    """
+    space = model.diffusion_space
+    height, width = image_shape[-2] // space.stride, image_shape[-1] // space.stride
+    side = space.train_crop_size if training else space.score_tile_size
+    if side is not None:
+        height, width = min(height, side), min(width, side)
+    pixels = height * width * (1 if training else len(model.score_timesteps))
+    return max(1, (TRAIN_PIXELS_PER_CHUNK if training else SCORE_PIXELS_PER_CHUNK) // pixels)
 
 
 def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -57,22 +92,14 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the training loss stops being finite."""
 
 
-class DiffAD(
-    UnifiedMixin,
-    FusionCalibrationMixin,
-    ExactResumeMixin,
-    BoundedPassesMixin,
-    DiffADExportMixin,
-    AnomalibModule,
-):
+class DiffAD(DiffADExportMixin, AnomalibModule):
     """DiffAD anomaly detector (anomalib Lightning module).
 
-    This class is the Lightning adapter (steps, optimizer, component defaults, checks before training). The
-    unified model's category handling is :class:`~anomalib_diffad.unified.UnifiedMixin`, the fusion calibration
-    :class:`~anomalib_diffad.calibration.FusionCalibrationMixin`, the reconstruction API
-    :class:`~anomalib_diffad.reconstruction.ReconstructionMixin`, exact resume
-    :class:`~anomalib_diffad.resume.ExactResumeMixin`, memory-bounded passes
-    :class:`~anomalib_diffad.passes.BoundedPassesMixin` and export :class:`~anomalib_diffad.export.DiffADExportMixin`.
+    This class is the Lightning adapter (steps, optimizer, component defaults, checks before training, the
+    calibration of the scoring on training normals, exact resume, batches in memory-bounded chunks). Its
+    categories are a :class:`~anomalib_diffad.unified.Categories` (``categories``) and its export
+    :class:`~anomalib_diffad.export.DiffADExportMixin`; the reconstruction (paper Algorithm 1) is
+    :func:`~anomalib_diffad.reconstruction.reconstruct`.
 
     Args:
         space: What the DDPM diffuses, with its denoiser's settings: a
@@ -119,7 +146,7 @@ class DiffAD(
         vb_weight: Weight of the variational-bound term.
         feature_weight: Weight of the feature MSE.
         calibration_images: Normal training images (per category) that calibrate the map fusion at every
-            validation (:class:`~anomalib_diffad.calibration.FusionCalibrationMixin`).
+            validation (:meth:`on_validation_epoch_start`).
         pre_processor: Pre-processor, or ``True`` for the default (resize, scale to [-1, 1]).
         post_processor: Post-processor, or ``True`` for :class:`DiffADPostProcessor`.
         evaluator: Evaluator, or ``True`` for anomalib's default (plus AUPRO; a unified model also reports
@@ -179,13 +206,14 @@ class DiffAD(
             raise ValueError(msg)
         size = _as_size(image_size)
         categories = None if categories is None else tuple(categories)
-        num_classes = resolve_num_classes(categories, num_classes)
+        category_set = Categories(categories, num_classes, category)
+        num_classes = category_set.num_classes
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(size)
         if post_processor is True:
             post_processor = DiffADPostProcessor(num_classes=num_classes)
         if evaluator is True and num_classes is not None:
-            evaluator = self.configure_evaluator(names_by_index(categories, num_classes))
+            evaluator = self.configure_evaluator(category_set.all_names)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -218,9 +246,33 @@ class DiffAD(
         self.ema_decay = ema_decay
         self.max_steps = max_steps
         self.calibration_images = calibration_images
-        self.categories = categories
-        self.category: int | None = None
-        self.select_category(category)
+        self.categories = category_set
+
+    _train_seed: int | None = None
+    """The run's training seed (:mod:`anomalib_diffad.resume`), kept in the checkpoint."""
+
+    @property
+    def category(self) -> int | None:
+        """Index of the selected category (see :meth:`select_category`)."""
+        return self.categories.selected
+
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        """Name of every category index of a unified model (``categories``, then indices as text); ``()`` if single."""
+        return self.categories.all_names
+
+    def category_index(self, category: str | int) -> int:
+        """Index of a category given by name or index (:meth:`~anomalib_diffad.unified.Categories.index`)."""
+        return self.categories.index(category)
+
+    def select_category(self, category: str | int | None) -> None:
+        """Fix the category of a unified model for images whose batch carries none (export, plain datamodules);
+        the exported graph bakes it in. ``None`` clears it (see :meth:`~anomalib_diffad.unified.Categories.select`)."""
+        self.categories.select(category)
+
+    def selected_category(self, category: str | int | None) -> AbstractContextManager[None]:
+        """Select ``category`` (as :meth:`select_category`) inside a ``with`` block, then restore the selection."""
+        return self.categories.selection(category)
 
     @classmethod
     def configure_pre_processor(cls, image_size: int | Sequence[int] | None = None) -> DiffADPreProcessor:
@@ -269,7 +321,8 @@ class DiffAD(
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One denoising-score-matching step on normal images."""
         del args, kwargs
-        losses = self.training_losses(batch.image, self.class_labels(batch))
+        labels = None if self.categories.num_classes is None else self.categories.labels(batch)
+        losses = self.training_losses(batch.image, labels)
         if not torch.isfinite(losses["loss"]):
             terms = {name: float(value) for name, value in losses.items()}
             msg = (
@@ -309,8 +362,9 @@ class DiffAD(
             check_validation_set(datamodule)
             if self.model.train_crop_size:
                 check_train_crop(self.model.train_crop_size, datamodule, getattr(self.pre_processor, "transform", None))
-            self._check_categories(datamodule)
-        self.draw_train_seed()
+            self.categories.check(datamodule)
+        if self._train_seed is None:
+            self._train_seed = draw_train_seed()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint fits this model and has finite weights; resume with its training seed."""
@@ -318,11 +372,85 @@ class DiffAD(
             path = getattr(self._trainer, "ckpt_path", None)
             check_checkpoint(checkpoint, self.state_dict(), self.hparams, path)
         super().on_load_checkpoint(checkpoint)
+        if TRAIN_SEED_KEY in checkpoint:
+            self._train_seed = int(checkpoint[TRAIN_SEED_KEY])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the training seed with the checkpoint."""
+        super().on_save_checkpoint(checkpoint)
+        if self._train_seed is not None:
+            checkpoint[TRAIN_SEED_KEY] = self._train_seed
+
+    def on_train_epoch_start(self) -> None:
+        """Reseed torch's global RNG from (training seed, global step, rank): a run resumed from an epoch-end
+        checkpoint ends bit-identical to an uninterrupted one (:mod:`anomalib_diffad.resume`)."""
+        torch.manual_seed(epoch_seed(self._train_seed, self.global_step, self.global_rank))
+
+    def training_losses(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Loss terms of a batch in chunks of at most :func:`images_per_chunk` images: the batch means.
+
+        Each chunk's forward is recomputed during backward (activation checkpointing, the same random draws), so
+        memory is one chunk's whatever the batch, at the cost of a second forward; one optimizer step takes the
+        whole batch's gradient.
+        """
+        size = images_per_chunk(self.model, images.shape, training=True)
+        if images.shape[0] <= size:
+            return self.loss(self.model(images, labels))
+        totals: dict[str, torch.Tensor] = {}
+        for start in range(0, images.shape[0], size):
+            chunk, part = images[start : start + size], None if labels is None else labels[start : start + size]
+            losses = checkpoint(lambda x, y: self.loss(self.model(x, y)), chunk, part, use_reentrant=False)
+            for name, value in losses.items():  # chunk means weighted by the chunks' sizes
+                weighted = chunk.shape[0] / images.shape[0] * value
+                totals[name] = totals[name] + weighted if name in totals else weighted
+        return totals
+
+    def score_images(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> InferenceBatch:
+        """Scores and maps of pre-processed images in chunks of at most :func:`images_per_chunk` images (each
+        image is scored on its own: the chunks change no value)."""
+        size = images_per_chunk(self.model, images.shape, training=False)
+        chunks = [
+            self.model(images[i : i + size], None if labels is None else labels[i : i + size])
+            for i in range(0, images.shape[0], size)
+        ]
+        return InferenceBatch(*(None if part[0] is None else torch.cat(part) for part in zip(*chunks, strict=True)))
+
+    def forward(self, batch: torch.Tensor, *args, **kwargs) -> InferenceBatch:
+        """Export/inference path: pre-process, score, post-process; a unified model uses the selected category."""
+        if self.categories.num_classes is None:
+            return super().forward(batch, *args, **kwargs)
+        images = self.pre_processor(batch) if self.pre_processor else batch
+        labels = self.categories.selected_labels(images)
+        predictions = self.model(images, labels)
+        return self.post_processor(predictions, labels) if self.post_processor else predictions
+
+    def on_validation_epoch_start(self) -> None:
+        """Calibrate the scoring (:meth:`~anomalib_diffad.torch_model.DiffADModel.calibrate`) on the first
+        ``calibration_images`` training images per category (each rank its share) before any validation image:
+        no validation or test image fits any part of the model."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "train_data", None)
+        if dataset is None or len(dataset) == 0:
+            logger.warning("No training images to calibrate the map fusion on: it keeps its stored statistics.")
+            return
+        indices = calibration_indices(dataset, self.calibration_images, self.global_rank, self.trainer.world_size)
+        transform = getattr(self.pre_processor, "transform", None)
+
+        def collate(items: list) -> tuple[torch.Tensor, torch.Tensor | None]:  # the model's inputs, re-iterable
+            batch = dataset.collate_fn(items)
+            images, labels = batch.image.to(self.device), self.categories.labels(batch)
+            return (transform(images) if transform else images), None if labels is None else labels.to(self.device)
+
+        chunk = images_per_chunk(self.model, self.model.image_size, training=False)
+        size = min(getattr(datamodule, "eval_batch_size", 8), chunk)
+        self.model.calibrate(DataLoader(Subset(dataset, indices), size, collate_fn=collate))
+        logger.info("Map fusion calibrated on %d normal training images (this rank's share).", len(indices))
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score validation images with the EMA weights."""
         del args, kwargs
-        predictions = self.score_images(batch.image, self.class_labels(batch))
+        labels = None if self.categories.num_classes is None else self.categories.labels(batch)
+        predictions = self.score_images(batch.image, labels)
         return batch.update(**predictions._asdict())
 
     def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:

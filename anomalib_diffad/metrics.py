@@ -1,6 +1,7 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""anomalib's Evaluator that also reports every test metric per category of a unified model.
+"""Metrics: anomalib's Evaluator that also reports every test metric per category of a unified model, and the
+grouped moments that DiffAD's calibrations are fitted from.
 
 Example:
     >>> import torch
@@ -20,6 +21,7 @@ Example:
 """
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +30,7 @@ from anomalib.metrics import AnomalibMetric, Evaluator
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.nn import ModuleList
+from torchmetrics import Metric
 
 from anomalib_diffad.data.multi import select_images
 
@@ -148,3 +151,61 @@ class CategoryEvaluator(Evaluator):
                 value = metric.compute()
                 trainer.callback_metrics[metric.name] = value
                 trainer.logged_metrics[metric.name] = value
+
+
+class GroupedMoments(Metric):
+    """Count, sum and sum of squares of values per group (a category, or a single group), in float64.
+
+    DiffAD's calibrations (fusion statistics, normal map, scoring-pass scales, feature standardization) are
+    fitted from such sums. Their states are summed over DDP ranks by torchmetrics (``dist_reduce_fx="sum"``), so
+    :meth:`compute` gives every rank the moments of all ranks' values.
+
+    Args:
+        num_groups: Groups with moments of their own.
+        shape: Shape of a group's moments (``()``: one value per group).
+
+    Example:
+        >>> moments = GroupedMoments(2)
+        >>> moments.update(torch.tensor([[1.0, 3.0], [5.0, 7.0]]), torch.tensor([0, 0]))
+        >>> moments.compute()  # count, mean and variance of each group
+        tensor([[4., 4., 5.],
+                [0., 0., 0.]], dtype=torch.float64)
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_groups: int = 1, shape: Sequence[int] = (), **kwargs: Any) -> None:  # noqa: ANN401
+        super().__init__(**kwargs)
+        self.shape = tuple(shape)
+        self.add_state("count", torch.zeros(num_groups, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(num_groups, *self.shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total_sq", torch.zeros(num_groups, *self.shape, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> None:
+        """Add the values ``(N, *shape, *pooled)`` of ``N`` samples with their groups ``(N,)`` (default: group 0).
+
+        Trailing ``pooled`` dimensions (e.g. pixels) count as further values: a group's samples and their pooled
+        values are summed in one reduction. Without them a group's samples are added one after another. The
+        sums are computed on the metric's device.
+        """
+        values = values.detach().to(self.total.device, torch.float64).contiguous()
+        labels = torch.zeros(len(values), dtype=torch.long) if groups is None else groups.long()
+        labels = labels.to(values.device)
+        pooled = values.shape[1 + len(self.shape) :]
+        self.count += torch.bincount(labels, minlength=len(self.count)) * math.prod(pooled)
+        if not pooled:
+            self.total += torch.zeros_like(self.total).index_add_(0, labels, values)
+            self.total_sq += torch.zeros_like(self.total_sq).index_add_(0, labels, values**2)
+            return
+        dims = (0, *range(1 + len(self.shape), values.ndim))
+        for group in labels.unique().tolist():
+            selected = values if groups is None else values[labels == group]
+            self.total[group] += selected.sum(dim=dims)
+            self.total_sq[group] += (selected**2).sum(dim=dims)
+
+    def compute(self) -> torch.Tensor:
+        """Each group's count, mean and (population) variance, ``(G, 3, *shape)``; zeros for a group without values."""
+        count = self.count.view(-1, *(1,) * len(self.shape))
+        mean = self.total / count.clamp(min=1)
+        variance = (self.total_sq / count.clamp(min=1) - mean**2).clamp(min=0)
+        return torch.stack([count.expand_as(mean), mean, variance], dim=1)

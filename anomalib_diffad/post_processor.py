@@ -32,7 +32,7 @@ class DiffADPostProcessor(PostProcessor):
     """anomalib ``PostProcessor`` whose thresholds work from normal validation images and that never cuts maps.
 
     (The map fusion itself is calibrated on training normals by the model:
-    :class:`~anomalib_diffad.calibration.FusionCalibrationMixin`.)
+    :meth:`~anomalib_diffad.torch_model.DiffADModel.calibrate`.)
 
     - **Thresholds** come from validation, as in every anomalib model: anomalib's F1-adaptive thresholds when
       the validation images include anomalies; with normals only (a split taken from train) the F1 threshold
@@ -115,7 +115,7 @@ class DiffADPostProcessor(PostProcessor):
     ) -> None:
         """Feed anomalib's threshold and min/max metrics, and keep the batch for the normals-only thresholds."""
         super().on_validation_batch_end(trainer, pl_module, outputs, *args, **kwargs)
-        categories = pl_module.class_labels(outputs) if self.num_classes is not None else None
+        categories = pl_module.categories.labels(outputs) if self.num_classes is not None else None
         gt_mask = getattr(outputs, "gt_mask", None)
         self._cache.append(
             SimpleNamespace(
@@ -238,7 +238,7 @@ class DiffADPostProcessor(PostProcessor):
     def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, *args, **kwargs) -> None:
         """Normalize and threshold the batch (with each image's category calibration when unified)."""
         del trainer, args, kwargs
-        self.post_process_batch(outputs, pl_module.class_labels(outputs) if self.num_classes is not None else None)
+        self.post_process_batch(outputs, pl_module.categories.labels(outputs) if self.num_classes is not None else None)
 
     on_predict_batch_end = on_test_batch_end
 

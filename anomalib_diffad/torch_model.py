@@ -17,6 +17,7 @@ from torch import nn
 
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.diffusion import DenoiserOutput, DiffusionSchedule, q_sample
+from anomalib_diffad.metrics import GroupedMoments
 from anomalib_diffad.spaces import DiffusionSpace, PixelSpace
 
 # ImageNet statistics, not timm's 0.5 / 0.5 config of Lite0: the same pixel AUROC (see backbone.py)
@@ -79,7 +80,7 @@ class DiffADModel(nn.Module):
         subtract_normal_map: Subtract the calibration normals' mean fused map (see
             :class:`~anomalib_diffad.anomaly_map.AnomalyMapGenerator`).
         normalize_passes: Divide each scoring pass's cues by their mean over the calibration normals before
-            averaging the passes (see :meth:`set_pass_scale`), so that every timestep weighs the same; without it
+            averaging the passes (see :meth:`calibrate`), so that every timestep weighs the same; without it
             the KL's own scale (larger at small ``t``) weighs the passes.
         standardize_features: Use per-channel standardized features (statistics of the training images, see
             :meth:`fit_feature_statistics`) instead of the raw ones.
@@ -184,32 +185,20 @@ class DiffADModel(nn.Module):
     def fit_feature_statistics(self, batches: Iterable[torch.Tensor]) -> None:
         """Per-channel mean and standard deviation of the target features over ``[-1, 1]`` image batches.
 
-        Under ``torch.distributed`` the sums are all-reduced: every rank gets the statistics of all ranks' images.
+        Under ``torch.distributed`` the moments are summed over the ranks (:class:`GroupedMoments`): every rank
+        gets the statistics of all ranks' images.
         """
         standardize, self.standardize_features = self.standardize_features, False
-        total, total_sq, count = 0.0, 0.0, 0
+        moments = GroupedMoments(shape=self.feature_channel_mean.shape[1:2]).to(self.feature_channel_mean.device)
         for images in batches:
-            features = self.target_features(images).double()
-            total = total + features.sum(dim=(0, 2, 3))
-            total_sq = total_sq + (features**2).sum(dim=(0, 2, 3))
-            count += features.numel() // features.shape[1]
+            moments.update(self.target_features(images))
         self.standardize_features = standardize
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # each rank saw its shard of the training set: sum over all ranks so every rank gets the same statistics
-            channels = self.feature_channel_mean.shape[1]
-            sums = torch.zeros(2 * channels + 1, dtype=torch.float64, device=self.feature_channel_mean.device)
-            if count:
-                sums[:channels], sums[channels:-1] = total, total_sq
-            sums[-1] = count
-            torch.distributed.all_reduce(sums)
-            total, total_sq, count = sums[:channels], sums[channels:-1], int(sums[-1].item())
-        if count == 0:
+        count, mean, variance = moments.compute()[0]
+        if count[0] == 0:
             msg = "Cannot fit feature statistics: no training images."
             raise ValueError(msg)
-        mean = total / count
-        std = (total_sq / count - mean**2).clamp(min=0).sqrt().clamp(min=1e-3)
         self.feature_channel_mean.copy_(mean.view_as(self.feature_channel_mean))
-        self.feature_channel_std.copy_(std.view_as(self.feature_channel_std))
+        self.feature_channel_std.copy_(variance.sqrt().clamp(min=1e-3).view_as(self.feature_channel_std))
         self.feature_statistics_fitted.fill_(True)
 
     @torch.no_grad()
@@ -295,24 +284,6 @@ class DiffADModel(nn.Module):
             )
         return ComponentMaps(kl=kl_map, feature=feature_map)
 
-    def pass_sums(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Image count and the sum of each pass's mean cue, per class: ``(G, 2, S + 1)`` float64 (``[..., 0]``:
-        the count). Sums of several batches (or ranks) add up; :meth:`set_pass_scale` turns them into scales."""
-        maps = self.pass_maps(images, class_labels)
-        means = torch.stack([maps.kl.mean(dim=(2, 3, 4)), maps.feature.mean(dim=(2, 3, 4))], dim=1)  # (S, 2, N)
-        values = torch.cat([torch.ones_like(means[:1]), means]).permute(2, 1, 0).double().cpu()  # (N, 2, S + 1)
-        groups = torch.zeros(len(images), dtype=torch.long) if class_labels is None else class_labels.long().cpu()
-        return torch.zeros(self.num_classes or 1, 2, values.shape[-1], dtype=torch.float64).index_add_(0, groups, values)
-
-    @torch.no_grad()
-    def set_pass_scale(self, sums: torch.Tensor) -> None:
-        """Each pass's scale: the mean of its cues over the summed calibration images (:meth:`pass_sums`); a
-        class without images keeps its scales."""
-        count, totals = sums[..., :1], sums[..., 1:]
-        seen = count[:, 0, 0] > 0
-        scale = (totals / count.clamp(min=1)).abs().clamp(min=1e-12)
-        self.pass_scale[seen.to(self.pass_scale.device)] = scale[seen].to(self.pass_scale)
-
     def score(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> InferenceBatch:
         """Anomaly maps and top-k image scores.
 
@@ -328,4 +299,29 @@ class DiffADModel(nn.Module):
         maps = self.component_scores(images, class_labels)
         anomaly_map = self.anomaly_map_generator(maps.kl, maps.feature, class_labels)
         return InferenceBatch(pred_score=top_k_mean(anomaly_map, self.top_k), anomaly_map=anomaly_map)
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        """Calibrate the scoring on normal images: the pass scales (with ``normalize_passes``), then the map
+        fusion's statistics and normal map (:meth:`AnomalyMapGenerator.calibrate_batches`).
+
+        A pass's scale is the mean of its cues over the images; a class without images keeps its scales. Under
+        ``torch.distributed`` the sums of all ranks' images count (:class:`GroupedMoments`).
+
+        Args:
+            batches: ``[-1, 1]`` images and their class labels (``None`` unless class-conditional); iterated
+                twice with ``normalize_passes`` (e.g. a list or a DataLoader).
+        """
+        if self.normalize_passes:
+            passes = GroupedMoments(self.num_classes or 1, self.pass_scale.shape[1:])
+            for images, labels in batches:
+                maps = self.pass_maps(images, labels)
+                means = torch.stack([maps.kl.mean(dim=(2, 3, 4)), maps.feature.mean(dim=(2, 3, 4))])  # (2, S, N)
+                passes.update(means.permute(2, 0, 1), labels)
+            count, mean, _ = passes.to(self.pass_scale.device).compute().unbind(1)
+            seen = count[:, 0, 0] > 0
+            self.pass_scale[seen] = mean[seen].abs().clamp(min=1e-12).to(self.pass_scale)
+        self.anomaly_map_generator.calibrate_batches(
+            (*self.component_scores(images, labels), labels) for images, labels in batches
+        )
 

@@ -2,10 +2,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """The unified model: one class-conditional DiffAD for several categories.
 
-:class:`UnifiedMixin` gives ``DiffAD`` its category handling (names, selection, each batch's class labels, the
-check against a :class:`~anomalib_diffad.data.multi.MultiCategory` datamodule, the exported graph's baked-in
-category); :func:`evaluate_per_category` and :func:`export_per_category` test and export such a model per
-category.
+:class:`Categories` is ``DiffAD``'s category handling (names, selection, each batch's class labels, the check
+against a :class:`~anomalib_diffad.data.multi.MultiCategory` datamodule, the exported graph's baked-in
+category); :func:`calibration_indices` picks each category's calibration images; :func:`evaluate_per_category`
+and :func:`export_per_category` test and export such a model per category.
 
 Example:
     >>> from anomalib.data import MVTecAD
@@ -28,103 +28,103 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from anomalib.data import Batch, InferenceBatch
+from anomalib.data import Batch
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
 
-from anomalib_diffad.data.multi import MultiCategory
-from anomalib_diffad.torch_model import DiffADModel
+from anomalib_diffad.data.multi import CATEGORY_COLUMN, MultiCategory
 
 if TYPE_CHECKING:
     from anomalib_diffad.lightning_model import DiffAD
 
 
-def resolve_num_classes(categories: Sequence[str] | None, num_classes: int | None) -> int | None:
-    """``num_classes`` of a model given its ``categories`` (their number when ``num_classes`` is ``None``).
+class Categories:
+    """The categories of a DiffAD: a single-category model has ``num_classes=None``; a unified
+    (class-conditional) one has an index per category, and may have one selected.
+
+    Args:
+        names: Category names in index order (sets ``num_classes`` when that is ``None``).
+        num_classes: Class embeddings of the denoiser (``None``: single-category, unless ``names`` are given).
+        selected: Category (name or index) for images whose batch carries none (see :meth:`select`).
 
     Raises:
-        ValueError: If ``num_classes`` is below 1 or below the number of categories.
+        ValueError: If ``num_classes`` is below 1 or below the number of names, or ``selected`` is invalid.
+
+    Example:
+        >>> categories = Categories(("brick", "grass"), num_classes=3, selected="grass")
+        >>> categories.num_classes, categories.selected, categories.all_names
+        (3, 1, ('brick', 'grass', '2'))
     """
-    if categories is not None:
-        if num_classes is None:
-            num_classes = len(categories)
-        if num_classes < len(categories):
-            msg = f"num_classes={num_classes} is smaller than the number of categories {len(categories)}: {categories}."
+
+    def __init__(
+        self,
+        names: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        selected: str | int | None = None,
+    ) -> None:
+        self.names = None if names is None else tuple(names)
+        if self.names is not None:
+            num_classes = len(self.names) if num_classes is None else num_classes
+            if num_classes < len(self.names):
+                msg = (
+                    f"num_classes={num_classes} is smaller than the number of categories {len(self.names)}: "
+                    f"{self.names}."
+                )
+                raise ValueError(msg)
+        if num_classes is not None and num_classes < 1:
+            msg = f"num_classes must be at least 1 (or None for a single-category model), got {num_classes}."
             raise ValueError(msg)
-    if num_classes is not None and num_classes < 1:
-        msg = f"num_classes must be at least 1 (or None for a single-category model), got {num_classes}."
-        raise ValueError(msg)
-    return num_classes
+        self.num_classes = num_classes
+        self.selected: int | None = None
+        self.select(selected)
 
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        """A name for every class index (``names``, then the other indices as text); ``()`` if single-category."""
+        names = self.names or ()
+        return () if self.num_classes is None else names + tuple(map(str, range(len(names), self.num_classes)))
 
-def names_by_index(categories: Sequence[str] | None, num_classes: int) -> tuple[str, ...]:
-    """A name for every class index: the given categories, then the remaining indices as text."""
-    names = tuple(categories or ())
-    return names + tuple(map(str, range(len(names), num_classes)))
-
-
-class UnifiedMixin:
-    """Category handling of a unified (class-conditional) DiffAD; a single-category model has ``num_classes=None``.
-
-    Expects ``model`` (a :class:`~anomalib_diffad.torch_model.DiffADModel`), ``categories`` (names in index
-    order, or ``None``) and ``category`` (the selected index, or ``None``) on the Lightning module.
-    """
-
-    model: DiffADModel
-    categories: tuple[str, ...] | None
-    category: int | None
-
-    def select_category(self, category: str | int | None) -> None:
-        """Fix the category of a unified model for images whose batch carries none (export, plain datamodules).
-
-        The exported graph bakes the selected category in (its class embedding and calibration).
-
-        Args:
-            category: Category name (needs ``categories``) or index; ``None`` clears the selection.
+    def index(self, category: str | int) -> int:
+        """Index of a category given by name (needs ``names``) or index.
 
         Raises:
             ValueError: If the model is not class-conditional, or the category is unknown or out of range.
         """
-        self.category = None if category is None else self.category_index(category)
-
-    def category_index(self, category: str | int) -> int:
-        """Index of a category given by name (needs ``categories``) or index.
-
-        Raises:
-            ValueError: If the model is not class-conditional, or the category is unknown or out of range.
-        """
-        num_classes = self.model.num_classes
-        if num_classes is None:
+        if self.num_classes is None:
             msg = "This DiffAD is a single-category model (num_classes=None): there is no category to select."
             raise ValueError(msg)
         if isinstance(category, str):
-            if self.categories is None or category not in self.categories:
-                msg = f"Unknown category {category!r}; this model's categories are {self.categories}."
+            if self.names is None or category not in self.names:
+                msg = f"Unknown category {category!r}; this model's categories are {self.names}."
                 raise ValueError(msg)
-            category = self.categories.index(category)
-        if not 0 <= int(category) < num_classes:
-            msg = f"Category index {category} is out of range for num_classes={num_classes}."
+            category = self.names.index(category)
+        if not 0 <= int(category) < self.num_classes:
+            msg = f"Category index {category} is out of range for num_classes={self.num_classes}."
             raise ValueError(msg)
         return int(category)
 
-    @property
-    def category_names(self) -> tuple[str, ...]:
-        """Name of every category index of a unified model (``categories``, then indices as text); ``()`` if single."""
-        num_classes = self.model.num_classes
-        return () if num_classes is None else names_by_index(self.categories, num_classes)
+    def select(self, category: str | int | None) -> None:
+        """Fix the category for images whose batch carries none (export, plain datamodules); ``None`` clears it.
+
+        The exported graph bakes the selected category in (its class embedding and calibration).
+
+        Raises:
+            ValueError: As :meth:`index`.
+        """
+        self.selected = None if category is None else self.index(category)
 
     @contextmanager
-    def selected_category(self, category: str | int | None) -> Iterator[None]:
-        """Select ``category`` (as :meth:`select_category`) inside a ``with`` block, then restore the selection."""
-        previous = self.category
-        self.select_category(category)
+    def selection(self, category: str | int | None) -> Iterator[None]:
+        """Select ``category`` (as :meth:`select`) inside a ``with`` block, then restore the selection."""
+        previous = self.selected
+        self.select(category)
         try:
             yield
         finally:
-            self.category = previous
+            self.selected = previous
 
-    def class_labels(self, batch: Batch) -> torch.Tensor | None:
+    def labels(self, batch: Batch) -> torch.Tensor | None:
         """Each image's category index: the batch's ``category`` field, else the selected category.
 
         ``None`` for a single-category model.
@@ -133,60 +133,73 @@ class UnifiedMixin:
             ValueError: For a unified model, if the batch has no category and none is selected, or an index is
                 out of range.
         """
-        num_classes = self.model.num_classes
-        if num_classes is None:
+        if self.num_classes is None:
             return None
         labels = getattr(batch, "category", None)
         if labels is None:
-            if self.category is None:
+            if self.selected is None:
                 msg = (
-                    f"This DiffAD is unified (num_classes={num_classes}) and the batch carries no category: use "
+                    f"This DiffAD is unified (num_classes={self.num_classes}) and the batch carries no category: use "
                     "anomalib_diffad.MultiCategory, or call select_category(...) first."
                 )
                 raise ValueError(msg)
-            return torch.full((batch.image.shape[0],), self.category, dtype=torch.long, device=batch.image.device)
+            return torch.full((batch.image.shape[0],), self.selected, dtype=torch.long, device=batch.image.device)
         labels = labels.to(batch.image.device)
-        if bool((labels >= num_classes).any()):
-            msg = f"Category index {int(labels.max())} is out of range for num_classes={num_classes}."
+        if bool((labels >= self.num_classes).any()):
+            msg = f"Category index {int(labels.max())} is out of range for num_classes={self.num_classes}."
             raise ValueError(msg)
         return labels
 
-    def _check_categories(self, datamodule: object) -> None:
-        """A unified model must have room for (and the names of) a ``MultiCategory`` datamodule's categories.
+    def selected_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """The selected category's index for each of ``images`` (the batch stays dynamic in an exported graph).
 
-        A single-category model may train on a ``MultiCategory`` too: one unconditional model for all of them.
+        Raises:
+            ValueError: If no category is selected.
         """
-        num_classes = self.model.num_classes
-        if not isinstance(datamodule, MultiCategory) or num_classes is None:
-            return
-        categories = datamodule.categories
-        if num_classes < len(categories):
+        if self.selected is None:
             msg = (
-                f"num_classes={num_classes} is smaller than the datamodule's {len(categories)} categories "
-                f"{categories}."
-            )
-            raise ValueError(msg)
-        if self.categories is not None and tuple(self.categories[: len(categories)]) != tuple(categories):
-            msg = f"The model's categories {self.categories} do not match the datamodule's {categories}."
-            raise ValueError(msg)
-
-    def forward(self, batch: torch.Tensor, *args, **kwargs) -> InferenceBatch:
-        """Export/inference path: pre-process, score, post-process; a unified model uses the selected category."""
-        if self.model.num_classes is None:
-            return super().forward(batch, *args, **kwargs)
-        if self.category is None:
-            msg = (
-                f"This DiffAD is unified (num_classes={self.model.num_classes}) and no category is selected: call "
+                f"This DiffAD is unified (num_classes={self.num_classes}) and no category is selected: call "
                 "select_category(...) (CLI: --model.category <name>) before exporting or calling it on raw images "
                 "(one exported graph per category)."
             )
             raise ValueError(msg)
-        images = self.pre_processor(batch) if self.pre_processor else batch
-        labels = torch.full_like(images[:, 0, 0, 0], self.category, dtype=torch.long)
-        predictions = self.model(images, labels)
-        return self.post_processor(predictions, labels) if self.post_processor else predictions
+        return torch.full_like(images[:, 0, 0, 0], self.selected, dtype=torch.long)
+
+    def check(self, datamodule: object) -> None:
+        """A unified model must have room for (and the names of) a ``MultiCategory`` datamodule's categories.
+
+        A single-category model may train on a ``MultiCategory`` too: one unconditional model for all of them.
+
+        Raises:
+            ValueError: If ``num_classes`` is too small or the names differ from the datamodule's.
+        """
+        if not isinstance(datamodule, MultiCategory) or self.num_classes is None:
+            return
+        categories = datamodule.categories
+        if self.num_classes < len(categories):
+            msg = (
+                f"num_classes={self.num_classes} is smaller than the datamodule's {len(categories)} categories "
+                f"{categories}."
+            )
+            raise ValueError(msg)
+        if self.names is not None and tuple(self.names[: len(categories)]) != tuple(categories):
+            msg = f"The model's categories {self.names} do not match the datamodule's {categories}."
+            raise ValueError(msg)
 
 
+def calibration_indices(dataset: object, count: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The first ``count`` images of a training set (per category of a unified set), this rank's share of them.
+
+    Deterministic (dataset order, no shuffling), so every validation calibrates on the same images; rank ``r``
+    of ``world_size`` takes every ``world_size``-th of them, and the ranks' moments are summed.
+    """
+    samples = getattr(dataset, "samples", None)
+    if samples is not None and CATEGORY_COLUMN in samples:
+        categories = samples[CATEGORY_COLUMN].to_numpy()
+        chosen = [i for c in sorted(set(categories.tolist())) for i in (categories == c).nonzero()[0][:count].tolist()]
+    else:
+        chosen = list(range(min(count, len(dataset))))
+    return chosen[rank::world_size]
 
 
 def evaluate_per_category(
@@ -237,7 +250,7 @@ def export_per_category(
         model: Unified DiffAD (``num_classes`` set).
         export_type: ``torch``, ``onnx`` or ``openvino``.
         export_root: Folder of the per-category exports.
-        categories: Names or indices to export (default: every category, see ``DiffAD.category_names``).
+        categories: Names or indices to export (default: every category, see ``Categories.all_names``).
         **kwargs: Further ``Engine.export`` arguments (``compression_type``, ``datamodule``, ...).
 
     Returns:
@@ -246,12 +259,12 @@ def export_per_category(
     Raises:
         ValueError: If the model is single-category or a category is unknown.
     """
-    if model.model.num_classes is None:
+    if model.categories.num_classes is None:
         msg = "export_per_category needs a unified DiffAD (num_classes set); export a single-category model as usual."
         raise ValueError(msg)
     paths = {}
-    for name in categories or model.category_names:
-        with model.selected_category(name):
+    for name in categories or model.categories.all_names:
+        with model.categories.selection(name):
             paths[name] = engine.export(
                 model=model,
                 export_type=export_type,

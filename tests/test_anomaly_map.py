@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, feature_error_map, top_k_mean
+from anomalib_diffad.metrics import GroupedMoments
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,16 +295,33 @@ def test_normal_map_is_the_mean_fused_map_of_the_calibration_images(sigma: float
     assert abs(out[..., :3].mean() - out[..., 6:].mean()) < 1e-5
 
 
-def test_normal_map_pixel_sums_of_batches_add_up() -> None:
-    """Calibrating from summed per-batch (or per-rank) pixel sums equals calibrating on all images at once."""
+def test_calibration_sums_of_batches_add_up() -> None:
+    """Calibrating on batches (or ranks) equals calibrating on all images at once: statistics and normal map."""
     kl, feature = _maps(7, (6, 1, 8, 8))
     at_once = AnomalyMapGenerator(alpha=0.5, sigma=1.0, normal_map_size=(8, 8))
     at_once.calibrate(kl, feature)
     batched = AnomalyMapGenerator(alpha=0.5, sigma=1.0, normal_map_size=(8, 8))
-    batched.set_moments(batched.moments(kl[:2], feature[:2]) + batched.moments(kl[2:], feature[2:]))
-    batched.set_normal_map(batched.pixel_sums(kl[:2], feature[:2]) + batched.pixel_sums(kl[2:], feature[2:]))
-    torch.testing.assert_close(batched.normal_map, at_once.normal_map, rtol=1e-6, atol=1e-6)
+    batched.calibrate_batches([(kl[:2], feature[:2], None), (kl[2:], feature[2:], None)])
+    for name, buffer in at_once.state_dict().items():
+        torch.testing.assert_close(batched.state_dict()[name], buffer, rtol=1e-6, atol=1e-6, msg=name)
     assert at_once.normal_map.abs().max() > 0.1
+    torch.testing.assert_close(at_once.kl_mean.double(), kl.double().mean())
+
+
+def test_grouped_moments_count_mean_and_variance_per_group() -> None:
+    """Each group's count, mean and population variance, over samples and pooled pixels; per-sample values
+    (no pooled dimensions) are moments per element; an empty group stays zero; a class label picks the group."""
+    values = torch.tensor([[1.0, 3.0], [10.0, 14.0], [5.0, 7.0]])
+    moments = GroupedMoments(3)
+    moments.update(values[:2].view(2, 1, 2), torch.tensor([0, 2]))
+    moments.update(values[2:], torch.tensor([0]))
+    expected = torch.tensor([[4.0, 4.0, 5.0], [0.0, 0.0, 0.0], [2.0, 12.0, 4.0]], dtype=torch.float64)
+    assert torch.equal(moments.compute(), expected)
+    per_element = GroupedMoments(1, (2,))
+    per_element.update(values)
+    assert torch.equal(per_element.compute()[0, 0], torch.tensor([3.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(per_element.compute()[0, 1], values.double().mean(0))
+    torch.testing.assert_close(per_element.compute()[0, 2], values.double().var(0, unbiased=False))
 
 
 def test_normal_map_is_resized_to_the_map() -> None:

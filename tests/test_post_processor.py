@@ -29,7 +29,7 @@ def _batch(scores: list[float], labels: list[int], categories: list[int], offset
 
 
 def _validate(post: DiffADPostProcessor, batches: list[CategoryImageBatch]) -> None:
-    module = SimpleNamespace(class_labels=lambda batch: batch.category)
+    module = SimpleNamespace(categories=SimpleNamespace(labels=lambda batch: batch.category))
     for batch in batches:
         post.on_validation_batch_end(None, module, batch)
     post.on_validation_epoch_end(None, module)

@@ -19,7 +19,7 @@ from anomalib_diffad.anomaly_map import AnomalyMapGenerator
 from anomalib_diffad.data.multi import CategoryImageBatch, CategoryImageItem, select_images
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.reconstruction import GradientDenoising, fit_reconstruction_prior, reconstruct
-from anomalib_diffad.unified import evaluate_per_category, export_per_category
+from anomalib_diffad.unified import Categories, evaluate_per_category, export_per_category
 from diffad_tools.textures import generate_texture_dataset
 from tests.helpers.openvino import FP32
 from tests.helpers.presets import TINY_MODEL_ARGS, with_space_settings
@@ -155,7 +155,7 @@ def test_model_argument_errors_are_clear() -> None:
         unified.select_category(3)
     batch = CategoryImageBatch(image=torch.zeros(2, 3, 64, 64), gt_label=torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="carries no category"):
-        unified.class_labels(batch)
+        unified.categories.labels(batch)
     with pytest.raises(ValueError, match="call select_category"):
         unified.eval()(torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match="single-category"):
@@ -170,14 +170,29 @@ def test_model_argument_errors_are_clear() -> None:
     )
 
 
+def test_categories_select_by_name_or_index_and_restore() -> None:
+    """Names and indices select a category; a ``with`` block restores the previous selection, also when the
+    selection fails; the selected labels follow the batch; every index has a name."""
+    categories = Categories(NAMES[:2], num_classes=3, selected=2)
+    assert categories.all_names == ("brick", "grass", "2")
+    with categories.selection("grass"):
+        assert categories.selected == 1
+        assert categories.selected_labels(torch.zeros(3, 3, 4, 4)).tolist() == [1, 1, 1]
+    assert categories.selected == 2
+    with pytest.raises(ValueError, match="Unknown category 'tile'"), categories.selection("tile"):
+        pass
+    assert categories.selected == 2
+    assert Categories().all_names == ()
+
+
 def test_datamodule_must_fit_the_unified_model(texture_root: Path) -> None:
     """Too few classes or differently named categories stop training before the first step."""
     datamodule = _multi(texture_root)
     with pytest.raises(ValueError, match="num_classes=2 is smaller than the datamodule's 3 categories"):
-        DiffAD(**(TINY_MODEL_ARGS | {"num_classes": 2}))._check_categories(datamodule)  # noqa: SLF001
+        DiffAD(**(TINY_MODEL_ARGS | {"num_classes": 2})).categories.check(datamodule)
     with pytest.raises(ValueError, match="do not match the datamodule's"):
-        DiffAD(**(TINY_MODEL_ARGS | {"categories": ("a", "b", "c")}))._check_categories(datamodule)  # noqa: SLF001
-    DiffAD(**TINY_MODEL_ARGS)._check_categories(datamodule)  # noqa: SLF001  # one unconditional model: allowed
+        DiffAD(**(TINY_MODEL_ARGS | {"categories": ("a", "b", "c")})).categories.check(datamodule)
+    DiffAD(**TINY_MODEL_ARGS).categories.check(datamodule)  # one unconditional model: allowed
 
 
 def test_single_category_model_state_is_unchanged() -> None:
@@ -187,7 +202,8 @@ def test_single_category_model_state_is_unchanged() -> None:
     assert not any("category_" in key for key in state)
     assert not any("class_embedding" in key for key in state)
     assert state["model.anomaly_map_generator.kl_mean"].shape == torch.Size([])
-    assert model.class_labels(CategoryImageBatch(image=torch.zeros(1, 3, 8, 8), category=torch.tensor([2]))) is None
+    batch = CategoryImageBatch(image=torch.zeros(1, 3, 8, 8), category=torch.tensor([2]))
+    assert model.categories.labels(batch) is None
 
 
 def test_labels_reach_the_unet_class_embedding() -> None:
@@ -356,7 +372,7 @@ def test_unified_checkpoint_reloads_calibration(unified: dict) -> None:
     """The per-category buffers are in the checkpoint and reload into a fresh model."""
     ckpt = next(Path(unified["root_dir"]).rglob("model.ckpt"))
     reloaded = DiffAD.load_from_checkpoint(ckpt)
-    assert reloaded.categories == NAMES
+    assert reloaded.categories.names == NAMES
     for key, value in unified["model"].state_dict().items():
         if "category_" in key or "anomaly_map_generator" in key:
             torch.testing.assert_close(reloaded.state_dict()[key], value, msg=key)

@@ -59,7 +59,7 @@ from torch.utils.data import DataLoader, Subset
 from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.backbone import LITE0
-from anomalib_diffad.calibration import calibration_indices
+from anomalib_diffad.unified import calibration_indices
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.precision import hardware_precision
 from diffad_tools.baselines import LITE0_PADIM_LAYERS, LITE0_PATCHCORE_LAYERS, lite0_padim, lite0_patchcore

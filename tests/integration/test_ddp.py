@@ -33,6 +33,7 @@ a loss divided or summed over the two ranks (x0.5, x2) or a loss term lost on a 
 of it at initialization: epsilon MSE ~1.05, feature MSE ~1.12, variational bound ~0.01), move it by 50% or more."""
 
 DDP_SCRIPT = """
+import copy
 import sys
 from pathlib import Path
 
@@ -49,11 +50,22 @@ seed_everything(0)
 model = DiffAD(**args)
 engine = Engine(logger=False, default_root_dir=out, max_steps=2, accelerator="cpu", devices=2, strategy="ddp",
                 enable_progress_bar=False)
-engine.fit(model=model, datamodule=MVTecAD(root=root, category="brick", train_batch_size=2, eval_batch_size=2,
-                                           num_workers=0))
+datamodule = MVTecAD(root=root, category="brick", train_batch_size=2, eval_batch_size=2, num_workers=0)
+engine.fit(model=model, datamodule=datamodule)
 stats = model.model
+
+
+def fusion(model):
+    generator = model.anomaly_map_generator
+    return torch.stack([generator.kl_mean, generator.kl_std, generator.feature_mean, generator.feature_std])
+
+
+reference = copy.deepcopy(stats).eval()  # calibrated on all eight training images in this process
+images = torch.stack([datamodule.train_data[index].image for index in range(len(datamodule.train_data))])
+reference.calibrate([(model.pre_processor.transform(images), None)])
 torch.save({
     "mean": stats.feature_channel_mean, "std": stats.feature_channel_std,
+    "fusion": fusion(stats), "fusion_all_images": fusion(reference),
     "loss": float(engine.trainer.callback_metrics["train_loss_epoch"]),
     "ema_updates": int(stats.ema_updates), "world_size": engine.trainer.world_size,
     "denoiser": torch.nn.utils.parameters_to_vector(stats.denoiser.parameters()),
@@ -97,15 +109,19 @@ def _run_two_ranks(script: str, dataset_root: Path, model_args: dict, tmp_path: 
 
 
 def test_ddp_two_cpu_processes(dataset_root: Path, tiny_model_args: dict, tmp_path: Path) -> None:
-    """Two gloo ranks finish, hold identical feature statistics and weights, and match the single process:
-    the statistics of the same eight images within float32 rounding, the loss within its sampling noise
-    (``LOSS_TOLERANCE``)."""
+    """Two gloo ranks finish, hold identical feature statistics and weights, and match the single process: the
+    statistics of the same eight images within float32 rounding, the loss within its sampling noise
+    (``LOSS_TOLERANCE``). Each rank calibrates the fusion on its half of the eight training images; the summed
+    moments give the statistics of all eight."""
     out = _run_two_ranks(DDP_SCRIPT, dataset_root, tiny_model_args, tmp_path)
     ranks = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     assert [rank["world_size"] for rank in ranks] == [2, 2]
     assert [rank["ema_updates"] for rank in ranks] == [2, 2]
     for key in ("mean", "std", "denoiser"):
         torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=0, atol=0, msg=key)
+
+    for rank in ranks:  # float64 sums of other batches: float32 rounding apart
+        torch.testing.assert_close(rank["fusion"], rank["fusion_all_images"], rtol=1e-5, atol=1e-6)
 
     single = _single_process(dataset_root, tiny_model_args, tmp_path / "single")
     for key in ("mean", "std"):  # 4 images per rank, all 8 in the single process; float64 sums in another order

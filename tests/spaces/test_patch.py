@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The patch space: its settings, a per-position denoiser, the paper's posterior KL in closed form, determinism."""
 
+import copy
 import math
 
 import pytest
@@ -189,15 +190,17 @@ def test_the_space_builds_its_denoiser_from_its_settings() -> None:
 
 def test_normalized_passes_weigh_every_timestep_the_same() -> None:
     """With ``normalize_passes`` each pass's cue is divided by its mean over the calibration images before the
-    passes are averaged; the calibration sums of two batches add up to those of both at once."""
+    passes are averaged; calibrating on two batches equals calibrating on both at once."""
     torch.manual_seed(0)
     model = _model(normalize_passes=True).eval()
     _randomize(model.ema_denoiser, seed=3)
     first, second = _images(2, seed=1), _images(3, seed=2)
+    at_once = copy.deepcopy(model)
     with torch.no_grad():
-        sums = model.pass_sums(first) + model.pass_sums(second)
-        torch.testing.assert_close(sums, model.pass_sums(torch.cat([first, second])))
-        model.set_pass_scale(sums)
+        at_once.calibrate([(torch.cat([first, second]), None)])
+        model.calibrate([(first, None), (second, None)])
+        for name, buffer in at_once.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[name], buffer, msg=name)
         raw = model.pass_maps(torch.cat([first, second]))
         test = _images(2, seed=4)
         maps = model.component_scores(test)
@@ -216,7 +219,7 @@ def test_each_class_gets_its_own_pass_scales() -> None:
     _randomize(model.ema_denoiser, seed=5)
     images, labels = _images(3, seed=6), torch.tensor([0, 2, 2])
     with torch.no_grad():
-        model.set_pass_scale(model.pass_sums(images, labels))
+        model.calibrate([(images, labels)])
         raw = model.pass_maps(images, labels)
     torch.testing.assert_close(model.pass_scale[0, 0], raw.kl[:, 0].mean(dim=(1, 2, 3)))
     torch.testing.assert_close(model.pass_scale[2, 0], raw.kl[:, 1:].mean(dim=(1, 2, 3, 4)))

@@ -1,6 +1,6 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Training and scoring in passes: memory bounded whatever the batch size, values as if computed per part."""
+"""Training and scoring in chunks: memory bounded whatever the batch size, values as if computed per chunk."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,13 +9,14 @@ import pytest
 import torch
 import yaml
 
-from anomalib_diffad import DiffAD, passes
+from anomalib_diffad import DiffAD, lightning_model
 from anomalib_diffad.checkpoints import resolve_space
+from anomalib_diffad.lightning_model import images_per_chunk
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 
-def _pass_sizes(model: DiffAD) -> list[int]:
+def _call_sizes(model: DiffAD) -> list[int]:
     """Record the batch of every denoiser call (training and EMA copy)."""
     sizes: list[int] = []
     for network in (model.model.denoiser, model.model.ema_denoiser):
@@ -23,18 +24,18 @@ def _pass_sizes(model: DiffAD) -> list[int]:
     return sizes
 
 
-def test_large_batch_trains_in_checkpointed_parts_with_the_batch_gradient(
+def test_large_batch_trains_in_checkpointed_chunks_with_the_batch_gradient(
     tiny_model_args: dict,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A batch over the budget trains in parts of at most ``images_per_pass`` images; loss and gradients equal
-    the size-weighted sum of the parts' losses computed one after another from the same random state (so the
+    """A batch over the budget trains in chunks of at most ``images_per_chunk`` images; loss and gradients equal
+    the size-weighted sum of the chunks' losses computed one after another from the same random state (so the
     recomputation during backward replays the same timesteps, noise and crops)."""
-    monkeypatch.setattr(passes, "TRAIN_PIXELS_PER_PASS", 2 * 64 * 64)
+    monkeypatch.setattr(lightning_model, "TRAIN_PIXELS_PER_CHUNK", 2 * 64 * 64)
     model = DiffAD(**tiny_model_args | {"pretrained_weights": None})
     model.model.train()
     images = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    assert model.images_per_pass(training=True, image_shape=images.shape) == 2
+    assert images_per_chunk(model.model, images.shape, training=True) == 2
 
     params = [p for p in model.model.denoiser.parameters() if p.requires_grad]
     torch.manual_seed(1)
@@ -44,7 +45,7 @@ def test_large_batch_trains_in_checkpointed_parts_with_the_batch_gradient(
             reference[name] = reference.get(name, 0) + weight * value
     expected_grads = torch.autograd.grad(reference["loss"], params)
 
-    sizes = _pass_sizes(model)
+    sizes = _call_sizes(model)
     torch.manual_seed(1)
     losses = model.training_losses(images)
     grads = torch.autograd.grad(losses["loss"], params)
@@ -57,36 +58,30 @@ def test_large_batch_trains_in_checkpointed_parts_with_the_batch_gradient(
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_large_batch_is_scored_in_parts_with_unchanged_values(
+def test_large_batch_is_scored_in_chunks_with_unchanged_values(
     tiny_model_args: dict,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Scoring in passes of two images gives each image the scores and maps of a single pass over the batch."""
+    """Scoring in chunks of two images gives each image the scores and maps of a single call on the batch."""
     model = DiffAD(**tiny_model_args | {"pretrained_weights": None}).eval()
     images = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         whole = model.score_images(images)
-        monkeypatch.setattr(passes, "SCORE_PIXELS_PER_PASS", 2 * 3 * 64 * 64)
-        sizes = _pass_sizes(model)
+        monkeypatch.setattr(lightning_model, "SCORE_PIXELS_PER_CHUNK", 2 * 3 * 64 * 64)
+        sizes = _call_sizes(model)
         parts = model.score_images(images)
     assert max(sizes) == 2 * len(model.model.score_timesteps)
     torch.testing.assert_close(parts.pred_score, whole.pred_score, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(parts.anomaly_map, whole.anomaly_map, rtol=1e-5, atol=1e-5)
 
 
-def _preset_passes(config: str) -> tuple[int, int]:
-    """``(training, scoring)`` images per pass of a preset (``""``: the class defaults)."""
+def _preset_chunks(config: str) -> tuple[int, int]:
+    """``(training, scoring)`` images per chunk of a preset (``""``: the class defaults)."""
     args = yaml.safe_load((CONFIGS / config).read_text())["model"]["init_args"] if config else {}
     size = args.get("image_size", 256)
     space = resolve_space(args.get("space"))
-    stub = SimpleNamespace(
-        model=SimpleNamespace(
-            image_size=(size, size),
-            diffusion_space=space,
-            score_timesteps=args.get("score_timesteps", (20, 201, 401)),
-        ),
-    )
-    return DiffAD.images_per_pass(stub, training=True), DiffAD.images_per_pass(stub, training=False)
+    model = SimpleNamespace(diffusion_space=space, score_timesteps=args.get("score_timesteps", (20, 201, 401)))
+    return tuple(images_per_chunk(model, (size, size), training) for training in (True, False))
 
 
 @pytest.mark.parametrize(
@@ -99,12 +94,12 @@ def _preset_passes(config: str) -> tuple[int, int]:
         ("diffad_tiny.yaml", 4),
     ],
 )
-def test_presets_train_in_one_pass(config: str, train_batch: int) -> None:
-    """The presets' training batches fit one pass: they train exactly as before."""
+def test_presets_train_in_one_chunk(config: str, train_batch: int) -> None:
+    """The presets' training batches fit one chunk: they train exactly as without chunks."""
     assert yaml.safe_load((CONFIGS / config).read_text())["data"]["train_batch_size"] == train_batch
-    assert _preset_passes(config)[0] >= train_batch
+    assert _preset_chunks(config)[0] >= train_batch
 
 
-def test_class_defaults_pass_two_whole_images() -> None:
-    """Without a config (256 px whole images, three timesteps) a pass holds two images, whatever the batch."""
-    assert _preset_passes("") == (2, 2)
+def test_class_defaults_chunk_two_whole_images() -> None:
+    """Without a config (256 px whole images, three timesteps) a chunk holds two images, whatever the batch."""
+    assert _preset_chunks("") == (2, 2)
