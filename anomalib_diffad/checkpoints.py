@@ -11,6 +11,15 @@ Checkpoints of anomalib-diffad 0.1 store the space flat (``space: patch``, ``mlp
 ... beside the other hyperparameters); this version stores the space's ``to_config()`` dict and refuses the flat
 format with one error that shows the dict to use (:func:`resolve_space`, :func:`check_space_format`).
 
+Exact resume: a checkpoint also carries the run's training seed (:data:`TRAIN_SEED_KEY`). ``DiffAD`` draws it
+once per run (:func:`draw_train_seed`) and reseeds torch's global RNG at the start of every training epoch
+(:func:`epoch_seed`). Timesteps, noise, random crops and the shuffling order of an epoch all draw from that RNG,
+so an epoch's randomness does not depend on what ran before it, and a run resumed with ``--ckpt_path`` from a
+checkpoint written at the end of an epoch ends bit-identical to an uninterrupted run (weights, EMA, optimizer,
+learning-rate schedule). Lightning neither saves nor restores RNG states, and its resume path iterates the
+dataloaders a different number of times. Checkpoints written inside an epoch (``every_n_train_steps``) resume
+without the reseeding and are not replayed exactly.
+
 Example:
     >>> import torch
     >>> checkpoint = {"state_dict": {"model.w": torch.tensor([1.0, float("nan")])}}
@@ -26,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from anomalib_diffad.spaces import DiffusionSpace, FeatureSpace, PatchSpace, PixelSpace, space_from_config
@@ -34,6 +44,8 @@ from anomalib_diffad.spaces.base import class_path
 FLAT_SPACES: dict[str, type[DiffusionSpace]] = {"pixel": PixelSpace, "feature": FeatureSpace, "patch": PatchSpace}
 """The ``space`` names of anomalib-diffad 0.1 and the classes that replace them."""
 
+TRAIN_SEED_KEY = "diffad_train_seed"
+"""Checkpoint key of the run's training seed."""
 WEIGHTS_PREFIX = "model."
 """State-dict keys that must be finite (the post-processor's thresholds are NaN until validation)."""
 
@@ -202,3 +214,13 @@ def check_checkpoint(
     check_space_format(checkpoint.get("hyper_parameters", {}), path)
     check_compatible(state_dict, model_state, checkpoint.get("hyper_parameters", {}), model_arguments, path)
     check_finite_weights(state_dict, path)
+
+
+def epoch_seed(train_seed: int, step: int, rank: int) -> int:
+    """Seed of the global torch RNG for the epoch that starts at optimizer step ``step`` on one rank."""
+    return int(np.random.SeedSequence([train_seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def draw_train_seed() -> int:
+    """A run's training seed, drawn from the global RNG (so ``seed_everything`` controls it)."""
+    return int(torch.empty((), dtype=torch.int64).random_()) & (2**62 - 1)

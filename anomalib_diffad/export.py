@@ -176,7 +176,7 @@ class DiffADExportMixin:
 
         ``anomalib export --ckpt_path`` reloads the checkpoint with its saved arguments, so a unified model
         reaches the export with no category selected: it then writes ``<export_root>/<category>/weights/...``
-        for every category (:meth:`select_category` first to export one).
+        for every category (``categories.select`` first to export one).
         """
         if self._exports_every_category:
             return self._export_every_category(export_root, lambda root: self.to_torch(root, model_file_name))

@@ -19,7 +19,6 @@ Example:
 import logging
 import math
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -30,56 +29,21 @@ from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Subset
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-from anomalib_diffad.backbone import load_pretrained_weights
-from anomalib_diffad.checkpoints import check_checkpoint, resolve_space
+from anomalib_diffad.checkpoints import TRAIN_SEED_KEY, check_checkpoint, draw_train_seed, epoch_seed, resolve_space
 from anomalib_diffad.data.checks import check_datamodule, check_train_crop, check_validation_set
 from anomalib_diffad.export import DiffADExportMixin
 from anomalib_diffad.loss import DiffADLoss
-from anomalib_diffad.metrics import CategoryEvaluator
+from anomalib_diffad.metrics import diffad_evaluator
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.pre_processor import DiffADPreProcessor
-from anomalib_diffad.resume import TRAIN_SEED_KEY, draw_train_seed, epoch_seed
 from anomalib_diffad.spaces import DiffusionSpace
-from anomalib_diffad.torch_model import DiffADModel
+from anomalib_diffad.torch_model import DiffADModel, images_per_chunk, losses_in_chunks, score_in_chunks
 from anomalib_diffad.unified import Categories, calibration_indices
 
 logger = logging.getLogger(__name__)
-
-TRAIN_PIXELS_PER_CHUNK = 2 * 256 * 256
-"""Diffused pixels (images x pixels each) of one training chunk: two whole 256 px images, 32 64 px crops.
-
-With the default UNet a 256 px image costs about 0.73 GiB of activations in a training step."""
-SCORE_PIXELS_PER_CHUNK = 2 * 3 * 256 * 256
-"""Diffused pixels of one scoring chunk (images x scoring timesteps x pixels each): two 256 px images at three
-timesteps (about 0.47 GiB per image with the default UNet)."""
-
-
-def images_per_chunk(model: DiffADModel, image_shape: Sequence[int], training: bool) -> int:
-    """Most images of one denoiser call: :data:`TRAIN_PIXELS_PER_CHUNK` or :data:`SCORE_PIXELS_PER_CHUNK` divided
-    by the positions the denoiser sees per image (at least one image).
-
-    The datamodule sets the batch (anomalib's ``MVTecAD`` defaults to 32 whole images: about 23 GiB of
-    activations in one training step of the default UNet at 256 px), so ``DiffAD`` trains and scores a larger
-    batch in chunks. Every preset's batch fits one chunk.
-
-    Args:
-        model: The torch model.
-        image_shape: ``(..., H, W)`` of the pre-processed images.
-        training: A training chunk (the crop, or the whole image, once) or a scoring one (the whole image, or a
-            tile, at every scoring timestep).
-    """
-    space = model.diffusion_space
-    height, width = image_shape[-2] // space.stride, image_shape[-1] // space.stride
-    side = space.train_crop_size if training else space.score_tile_size
-    if side is not None:
-        height, width = min(height, side), min(width, side)
-    pixels = height * width * (1 if training else len(model.score_timesteps))
-    return max(1, (TRAIN_PIXELS_PER_CHUNK if training else SCORE_PIXELS_PER_CHUNK) // pixels)
-
 
 def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(image_size, int):
@@ -109,13 +73,13 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         image_size: Size the images are resized to (inside the exported graph too, which takes any size).
         num_classes: Class embeddings of the denoiser (``None``: unconditional). With it, DiffAD is one unified
             model for several categories: each image's category index (from a
-            :class:`~anomalib_diffad.data.multi.MultiCategory` batch, or :meth:`select_category`) selects the
+            :class:`~anomalib_diffad.data.multi.MultiCategory` batch, or ``categories.select``) selects the
             class embedding and the category's own fusion statistics, thresholds and normalization.
         categories: Category names in index order (sets ``num_classes`` when that is ``None``); lets
-            :meth:`select_category` take names, names the per-category test metrics and is checked against a
+            ``categories.select`` take names, names the per-category test metrics and is checked against a
             ``MultiCategory`` datamodule.
         category: Category (name or index) that a unified model scores batches without a category with, and
-            that its exported graph bakes in (as :meth:`select_category`), e.g. ``anomalib predict
+            that its exported graph bakes in (as ``categories.select``), e.g. ``anomalib predict
             --model.category grass`` on a folder of grass images. With none selected, exporting a unified model
             writes every category's graph (``anomalib export`` reloads the checkpoint with its saved arguments,
             so it never sees this one).
@@ -249,30 +213,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         self.categories = category_set
 
     _train_seed: int | None = None
-    """The run's training seed (:mod:`anomalib_diffad.resume`), kept in the checkpoint."""
-
-    @property
-    def category(self) -> int | None:
-        """Index of the selected category (see :meth:`select_category`)."""
-        return self.categories.selected
-
-    @property
-    def category_names(self) -> tuple[str, ...]:
-        """Name of every category index of a unified model (``categories``, then indices as text); ``()`` if single."""
-        return self.categories.all_names
-
-    def category_index(self, category: str | int) -> int:
-        """Index of a category given by name or index (:meth:`~anomalib_diffad.unified.Categories.index`)."""
-        return self.categories.index(category)
-
-    def select_category(self, category: str | int | None) -> None:
-        """Fix the category of a unified model for images whose batch carries none (export, plain datamodules);
-        the exported graph bakes it in. ``None`` clears it (see :meth:`~anomalib_diffad.unified.Categories.select`)."""
-        self.categories.select(category)
-
-    def selected_category(self, category: str | int | None) -> AbstractContextManager[None]:
-        """Select ``category`` (as :meth:`select_category`) inside a ``with`` block, then restore the selection."""
-        return self.categories.selection(category)
+    """The run's training seed (:mod:`anomalib_diffad.checkpoints`), kept in the checkpoint."""
 
     @classmethod
     def configure_pre_processor(cls, image_size: int | Sequence[int] | None = None) -> DiffADPreProcessor:
@@ -291,23 +232,12 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
     @staticmethod
     def configure_evaluator(categories: Sequence[str] | None = None) -> Evaluator:
         """anomalib's default test metrics plus pixel AUPRO; with ``categories``, also each category's."""
-        from anomalib.metrics import AUPRO, AUROC, F1Score  # noqa: PLC0415
-
-        test_metrics = [
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        ]
-        if categories is None:
-            return Evaluator(test_metrics=test_metrics)
-        return CategoryEvaluator(categories, test_metrics=test_metrics)
+        return diffad_evaluator(categories)
 
     def setup(self, stage: str) -> None:
         """Load the feature branch's pretrained weights once, before the first training step."""
         if stage == "fit" and not getattr(self, "_pretrained_loaded", False):
-            load_pretrained_weights(self.model.feature_extractor, self.pretrained_weights)
+            self.model.load_pretrained_weights(self.pretrained_weights)
             self._pretrained_loaded = True
 
     def on_train_start(self) -> None:
@@ -322,7 +252,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         """One denoising-score-matching step on normal images."""
         del args, kwargs
         labels = None if self.categories.num_classes is None else self.categories.labels(batch)
-        losses = self.training_losses(batch.image, labels)
+        losses = losses_in_chunks(self.model, self.loss, batch.image, labels)
         if not torch.isfinite(losses["loss"]):
             terms = {name: float(value) for name, value in losses.items()}
             msg = (
@@ -383,37 +313,8 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
 
     def on_train_epoch_start(self) -> None:
         """Reseed torch's global RNG from (training seed, global step, rank): a run resumed from an epoch-end
-        checkpoint ends bit-identical to an uninterrupted one (:mod:`anomalib_diffad.resume`)."""
+        checkpoint ends bit-identical to an uninterrupted one (:mod:`anomalib_diffad.checkpoints`)."""
         torch.manual_seed(epoch_seed(self._train_seed, self.global_step, self.global_rank))
-
-    def training_losses(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Loss terms of a batch in chunks of at most :func:`images_per_chunk` images: the batch means.
-
-        Each chunk's forward is recomputed during backward (activation checkpointing, the same random draws), so
-        memory is one chunk's whatever the batch, at the cost of a second forward; one optimizer step takes the
-        whole batch's gradient.
-        """
-        size = images_per_chunk(self.model, images.shape, training=True)
-        if images.shape[0] <= size:
-            return self.loss(self.model(images, labels))
-        totals: dict[str, torch.Tensor] = {}
-        for start in range(0, images.shape[0], size):
-            chunk, part = images[start : start + size], None if labels is None else labels[start : start + size]
-            losses = checkpoint(lambda x, y: self.loss(self.model(x, y)), chunk, part, use_reentrant=False)
-            for name, value in losses.items():  # chunk means weighted by the chunks' sizes
-                weighted = chunk.shape[0] / images.shape[0] * value
-                totals[name] = totals[name] + weighted if name in totals else weighted
-        return totals
-
-    def score_images(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> InferenceBatch:
-        """Scores and maps of pre-processed images in chunks of at most :func:`images_per_chunk` images (each
-        image is scored on its own: the chunks change no value)."""
-        size = images_per_chunk(self.model, images.shape, training=False)
-        chunks = [
-            self.model(images[i : i + size], None if labels is None else labels[i : i + size])
-            for i in range(0, images.shape[0], size)
-        ]
-        return InferenceBatch(*(None if part[0] is None else torch.cat(part) for part in zip(*chunks, strict=True)))
 
     def forward(self, batch: torch.Tensor, *args, **kwargs) -> InferenceBatch:
         """Export/inference path: pre-process, score, post-process; a unified model uses the selected category."""
@@ -450,7 +351,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         """Score validation images with the EMA weights."""
         del args, kwargs
         labels = None if self.categories.num_classes is None else self.categories.labels(batch)
-        predictions = self.score_images(batch.image, labels)
+        predictions = score_in_chunks(self.model, batch.image, labels)
         return batch.update(**predictions._asdict())
 
     def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:

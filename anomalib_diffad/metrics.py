@@ -209,3 +209,20 @@ class GroupedMoments(Metric):
         mean = self.total / count.clamp(min=1)
         variance = (self.total_sq / count.clamp(min=1) - mean**2).clamp(min=0)
         return torch.stack([count.expand_as(mean), mean, variance], dim=1)
+
+
+def diffad_evaluator(categories: Sequence[str] | None = None) -> Evaluator:
+    """anomalib's default test metrics plus pixel AUPRO; with ``categories``, a :class:`CategoryEvaluator` that also
+    reports each category's."""
+    from anomalib.metrics import AUPRO, AUROC, F1Score  # noqa: PLC0415
+
+    test_metrics = [
+        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+    ]
+    if categories is None:
+        return Evaluator(test_metrics=test_metrics)
+    return CategoryEvaluator(categories, test_metrics=test_metrics)

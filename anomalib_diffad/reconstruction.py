@@ -434,7 +434,7 @@ def fit_reconstruction_prior(
         torch.Size([2, 3, 32, 32])
     """
     unified = model.model.num_classes is not None
-    keys = [model.category_index(key) for key in categories or range(model.model.num_classes)] if unified else [None]
+    keys = [model.categories.index(key) for key in categories or range(model.model.num_classes)] if unified else [None]
     prior = _new_prior(model.model, backbone, layers, n_features, pretrained_weights, seed)
     embeddings: dict[int | None, list[torch.Tensor]] = {key: [] for key in keys}
     for batch, images in _model_batches(model, dataloader, max_batches):
@@ -455,7 +455,7 @@ def fit_reconstruction_prior(
     for key, values in embeddings.items():
         if unified and not values:
             msg = (
-                f"Category {model.category_names[key]!r}: no training images of it in the dataloader. "
+                f"Category {model.categories.all_names[key]!r}: no training images of it in the dataloader. "
                 "Pass categories=[...] to fit only some."
             )
             raise ValueError(msg)
@@ -504,9 +504,9 @@ def reconstruct(
         raise ValueError(msg)
     index, labels = None, None
     if torch_model.num_classes is not None:
-        index = model.category if category is None else model.category_index(category)
+        index = model.categories.selected if category is None else model.categories.index(category)
         if index is None:
-            msg = "A unified DiffAD reconstructs one category at a time: pass category=... or select_category()."
+            msg = "A unified DiffAD reconstructs one category at a time: pass category=... or categories.select(...)."
             raise ValueError(msg)
         labels = torch.full((images.shape[0],), index, dtype=torch.long, device=images.device)
     prior = prior if prior is not None else getattr(model, "reconstruction_priors", {}).get(index)

@@ -6,7 +6,7 @@ In train mode :class:`DiffADModel` returns the tensors the loss needs; in eval m
 (the space's two cues at a few noise levels, fused) and returns an ``InferenceBatch``.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -14,8 +14,10 @@ import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 from anomalib.models.components import TimmFeatureExtractor
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
+from anomalib_diffad.backbone import load_pretrained_weights
 from anomalib_diffad.diffusion import DenoiserOutput, DiffusionSchedule, q_sample
 from anomalib_diffad.metrics import GroupedMoments
 from anomalib_diffad.spaces import DiffusionSpace, PixelSpace
@@ -23,6 +25,14 @@ from anomalib_diffad.spaces import DiffusionSpace, PixelSpace
 # ImageNet statistics, not timm's 0.5 / 0.5 config of Lite0: the same pixel AUROC (see backbone.py)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+TRAIN_PIXELS_PER_CHUNK = 2 * 256 * 256
+"""Diffused pixels (images x pixels each) of one training chunk: two whole 256 px images, 32 64 px crops.
+
+With the default UNet a 256 px image costs about 0.73 GiB of activations in a training step."""
+SCORE_PIXELS_PER_CHUNK = 2 * 3 * 256 * 256
+"""Diffused pixels of one scoring chunk (images x scoring timesteps x pixels each): two 256 px images at three
+timesteps (about 0.47 GiB per image with the default UNet)."""
 
 
 class TrainOutput(NamedTuple):
@@ -181,6 +191,10 @@ class DiffADModel(nn.Module):
             return (features - self.feature_channel_mean) / self.feature_channel_std
         return features
 
+    def load_pretrained_weights(self, pretrained_weights: str | None) -> None:
+        """Fill the frozen feature extractor with pretrained weights (:func:`~anomalib_diffad.backbone.load_pretrained_weights`)."""
+        load_pretrained_weights(self.feature_extractor, pretrained_weights)
+
     @torch.no_grad()
     def fit_feature_statistics(self, batches: Iterable[torch.Tensor]) -> None:
         """Per-channel mean and standard deviation of the target features over ``[-1, 1]`` image batches.
@@ -325,3 +339,61 @@ class DiffADModel(nn.Module):
             (*self.component_scores(images, labels), labels) for images, labels in batches
         )
 
+
+def images_per_chunk(model: "DiffADModel", image_shape: Sequence[int], training: bool) -> int:
+    """Most images of one denoiser call: :data:`TRAIN_PIXELS_PER_CHUNK` or :data:`SCORE_PIXELS_PER_CHUNK` divided
+    by the positions the denoiser sees per image (at least one image).
+
+    The datamodule sets the batch (anomalib's ``MVTecAD`` defaults to 32 whole images: about 23 GiB of
+    activations in one training step of the default UNet at 256 px), so ``DiffAD`` trains
+    (:func:`losses_in_chunks`) and scores (:func:`score_in_chunks`) a larger batch in chunks. Every preset's batch fits one chunk.
+
+    Args:
+        model: The torch model.
+        image_shape: ``(..., H, W)`` of the pre-processed images.
+        training: A training chunk (the crop, or the whole image, once) or a scoring one (the whole image, or a
+            tile, at every scoring timestep).
+    """
+    space = model.diffusion_space
+    height, width = image_shape[-2] // space.stride, image_shape[-1] // space.stride
+    side = space.train_crop_size if training else space.score_tile_size
+    if side is not None:
+        height, width = min(height, side), min(width, side)
+    pixels = height * width * (1 if training else len(model.score_timesteps))
+    return max(1, (TRAIN_PIXELS_PER_CHUNK if training else SCORE_PIXELS_PER_CHUNK) // pixels)
+
+
+def losses_in_chunks(
+    model: DiffADModel,
+    loss: Callable[[TrainOutput], dict[str, torch.Tensor]],
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Loss terms of a training batch in chunks of at most :func:`images_per_chunk` images: the batch means.
+
+    Each chunk's forward is recomputed during backward (activation checkpointing, the same random draws), so
+    memory is one chunk's whatever the batch, at the cost of a second forward; one optimizer step takes the
+    whole batch's gradient.
+    """
+    size = images_per_chunk(model, images.shape, training=True)
+    if images.shape[0] <= size:
+        return loss(model(images, labels))
+    totals: dict[str, torch.Tensor] = {}
+    for start in range(0, images.shape[0], size):
+        chunk, part = images[start : start + size], None if labels is None else labels[start : start + size]
+        losses = checkpoint(lambda x, y: loss(model(x, y)), chunk, part, use_reentrant=False)
+        for name, value in losses.items():  # chunk means weighted by the chunks' sizes
+            weighted = chunk.shape[0] / images.shape[0] * value
+            totals[name] = totals[name] + weighted if name in totals else weighted
+    return totals
+
+
+def score_in_chunks(model: DiffADModel, images: torch.Tensor, labels: torch.Tensor | None = None) -> InferenceBatch:
+    """Scores and maps of pre-processed images in chunks of at most :func:`images_per_chunk` images (each image is
+    scored on its own: the chunks change no value)."""
+    size = images_per_chunk(model, images.shape, training=False)
+    chunks = [
+        model(images[i : i + size], None if labels is None else labels[i : i + size])
+        for i in range(0, images.shape[0], size)
+    ]
+    return InferenceBatch(*(None if part[0] is None else torch.cat(part) for part in zip(*chunks, strict=True)))

@@ -140,7 +140,7 @@ class Categories:
             if self.selected is None:
                 msg = (
                     f"This DiffAD is unified (num_classes={self.num_classes}) and the batch carries no category: use "
-                    "anomalib_diffad.MultiCategory, or call select_category(...) first."
+                    "anomalib_diffad.MultiCategory, or call model.categories.select(...) first."
                 )
                 raise ValueError(msg)
             return torch.full((batch.image.shape[0],), self.selected, dtype=torch.long, device=batch.image.device)
@@ -159,7 +159,7 @@ class Categories:
         if self.selected is None:
             msg = (
                 f"This DiffAD is unified (num_classes={self.num_classes}) and no category is selected: call "
-                "select_category(...) (CLI: --model.category <name>) before exporting or calling it on raw images "
+                "model.categories.select(...) (CLI: --model.category <name>) before exporting or calling it on raw images "
                 "(one exported graph per category)."
             )
             raise ValueError(msg)

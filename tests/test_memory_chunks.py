@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from anomalib_diffad import DiffAD, lightning_model
+from anomalib_diffad import DiffAD, torch_model
 from anomalib_diffad.checkpoints import resolve_space
-from anomalib_diffad.lightning_model import images_per_chunk
+from anomalib_diffad.torch_model import images_per_chunk
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -31,7 +31,7 @@ def test_large_batch_trains_in_checkpointed_chunks_with_the_batch_gradient(
     """A batch over the budget trains in chunks of at most ``images_per_chunk`` images; loss and gradients equal
     the size-weighted sum of the chunks' losses computed one after another from the same random state (so the
     recomputation during backward replays the same timesteps, noise and crops)."""
-    monkeypatch.setattr(lightning_model, "TRAIN_PIXELS_PER_CHUNK", 2 * 64 * 64)
+    monkeypatch.setattr(torch_model, "TRAIN_PIXELS_PER_CHUNK", 2 * 64 * 64)
     model = DiffAD(**tiny_model_args | {"pretrained_weights": None})
     model.model.train()
     images = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -47,7 +47,7 @@ def test_large_batch_trains_in_checkpointed_chunks_with_the_batch_gradient(
 
     sizes = _call_sizes(model)
     torch.manual_seed(1)
-    losses = model.training_losses(images)
+    losses = torch_model.losses_in_chunks(model.model, model.loss, images)
     grads = torch.autograd.grad(losses["loss"], params)
 
     assert max(sizes) == 2  # never the whole batch of 5
@@ -66,10 +66,10 @@ def test_large_batch_is_scored_in_chunks_with_unchanged_values(
     model = DiffAD(**tiny_model_args | {"pretrained_weights": None}).eval()
     images = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
-        whole = model.score_images(images)
-        monkeypatch.setattr(lightning_model, "SCORE_PIXELS_PER_CHUNK", 2 * 3 * 64 * 64)
+        whole = torch_model.score_in_chunks(model.model, images)
+        monkeypatch.setattr(torch_model, "SCORE_PIXELS_PER_CHUNK", 2 * 3 * 64 * 64)
         sizes = _call_sizes(model)
-        parts = model.score_images(images)
+        parts = torch_model.score_in_chunks(model.model, images)
     assert max(sizes) == 2 * len(model.model.score_timesteps)
     torch.testing.assert_close(parts.pred_score, whole.pred_score, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(parts.anomaly_map, whole.anomaly_map, rtol=1e-5, atol=1e-5)

@@ -150,20 +150,20 @@ def test_model_argument_errors_are_clear() -> None:
     unified = DiffAD(**(TINY_MODEL_ARGS | {"categories": NAMES}))
     assert unified.model.num_classes == 3
     with pytest.raises(ValueError, match="Unknown category 'tile'"):
-        unified.select_category("tile")
+        unified.categories.select("tile")
     with pytest.raises(ValueError, match="out of range"):
-        unified.select_category(3)
+        unified.categories.select(3)
     batch = CategoryImageBatch(image=torch.zeros(2, 3, 64, 64), gt_label=torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="carries no category"):
         unified.categories.labels(batch)
-    with pytest.raises(ValueError, match="call select_category"):
+    with pytest.raises(ValueError, match=r"call model.categories.select"):
         unified.eval()(torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match="single-category"):
-        DiffAD(**TINY_MODEL_ARGS).select_category("brick")
+        DiffAD(**TINY_MODEL_ARGS).categories.select("brick")
     with pytest.raises(ValueError, match="single-category"):
         DiffAD(**(TINY_MODEL_ARGS | {"category": "brick"}))
-    assert DiffAD(**(TINY_MODEL_ARGS | {"categories": NAMES, "category": "grass"})).category == 1
-    assert DiffAD(**(TINY_MODEL_ARGS | {"categories": NAMES[:2], "num_classes": 3})).category_names == (
+    assert DiffAD(**(TINY_MODEL_ARGS | {"categories": NAMES, "category": "grass"})).categories.selected == 1
+    assert DiffAD(**(TINY_MODEL_ARGS | {"categories": NAMES[:2], "num_classes": 3})).categories.all_names == (
         "brick",
         "grass",
         "2",
@@ -395,7 +395,7 @@ def test_per_category_export_parity(unified: dict, tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
     torch_paths = export_per_category(engine, model, ExportType.TORCH, tmp_path / "torch")
     openvino_paths = export_per_category(engine, model, ExportType.OPENVINO, tmp_path / "openvino", ["grass"])
-    assert model.category is None  # the selection is restored
+    assert model.categories.selected is None  # the selection is restored
     inferencers = {name: TorchInferencer(path, device="cpu") for name, path in torch_paths.items()}
     openvino = OpenVINOInferencer(openvino_paths["grass"], device="CPU", config=FP32)
     for name in NAMES:
@@ -457,7 +457,7 @@ def test_int8_calibration_of_a_category_graph_uses_its_images(
     monkeypatch.setattr(nncf, "Dataset", RecordingDataset)
     graph = ov.convert_model(torch.nn.Conv2d(3, 4, 3).eval(), example_input=torch.zeros(1, 3, 64, 64))
     model = unified["model"]
-    with model.selected_category("gravel"):
+    with model.categories.selection("gravel"):
         quantized = model._post_training_quantization_ov(graph, unified["datamodule"])  # noqa: SLF001
     assert "FakeQuantize" in {op.get_type_name() for op in quantized.get_ops()}
     gravel = unified["datamodule"].for_category("gravel")

@@ -226,8 +226,8 @@ def test_cli_trains_and_exports_a_unified_model(tmp_path: Path) -> None:
     maps = {}
     for name in names:
         exported = torch.load(exports / name / "weights" / "torch" / "model.pt", weights_only=False)["model"].eval()
-        with torch.no_grad(), reloaded.selected_category(name):
+        with torch.no_grad(), reloaded.categories.selection(name):
             maps[name] = exported(image).anomaly_map
             torch.testing.assert_close(maps[name], reloaded(image).anomaly_map, atol=1e-5, rtol=0)
     assert (maps["brick"] - maps["grass"]).abs().max() > 1e-3
-    assert reloaded.category is None
+    assert reloaded.categories.selected is None
