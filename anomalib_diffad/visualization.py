@@ -21,18 +21,18 @@ from typing import Any
 import matplotlib as mpl
 
 mpl.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 
-from anomalib_diffad.reconstruction import (  # noqa: E402
+from anomalib_diffad.reconstruction import (
     GradientDenoising,
     ReconstructionPrior,
     fit_reconstruction_prior,
     reconstruct,
 )
-from anomalib_diffad.torch_model import DiffADModel  # noqa: E402
+from anomalib_diffad.torch_model import DiffADModel
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
         (True, False, "AVX512_CORE_BF16", True),
     ],
 )
-def test_native_bf16_follows_the_cpu_probes_and_onednn_cap(  # noqa: PLR0913
+def test_native_bf16_follows_the_cpu_probes_and_onednn_cap(
     probes: dict[str, bool],
     monkeypatch: pytest.MonkeyPatch,
     avx512_bf16: bool,

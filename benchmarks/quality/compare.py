@@ -59,9 +59,9 @@ from torch.utils.data import DataLoader, Subset
 from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.backbone import LITE0
-from anomalib_diffad.unified import calibration_indices
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.precision import hardware_precision
+from anomalib_diffad.unified import calibration_indices
 from diffad_tools.baselines import LITE0_PADIM_LAYERS, LITE0_PATCHCORE_LAYERS, lite0_padim, lite0_patchcore
 from diffad_tools.callbacks import IdleCoreThreads, ReleaseFreedMemory
 from diffad_tools.provenance import recorded_command, relative_path
@@ -85,7 +85,7 @@ def peak_rss_gib() -> float:
 
 def slug(dataset: str) -> str:
     """File-name prefix of a dataset name: ``MVTec 3D-AD tire (RGB)`` -> ``mvtec3dad``."""
-    return dataset.split()[0].lower().replace("-", "") + (dataset.split()[1].lower().replace("-", "") if " " in dataset else "")
+    return dataset.split(maxsplit=1)[0].lower().replace("-", "") + (dataset.split()[1].lower().replace("-", "") if " " in dataset else "")
 
 
 class MapRecorder(Callback):
@@ -104,7 +104,7 @@ class MapRecorder(Callback):
         """Forget the maps of an earlier validation run."""
         self.validation_maps = []
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002, PLR0913
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002
         """Store one validation batch's maps."""
         maps = outputs.anomaly_map.detach().float()
         self.validation_maps.append(maps.reshape(len(outputs.image_path), 1, *maps.shape[-2:]))
@@ -113,7 +113,7 @@ class MapRecorder(Callback):
         """``(1, 1, H, W)`` mean of the last validation run's maps."""
         return torch.cat(self.validation_maps).mean(dim=0, keepdim=True)
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002, PLR0913
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002
         """Store one batch."""
         self.maps.append(outputs.anomaly_map.detach().float().reshape(len(outputs.image_path), *outputs.anomaly_map.shape[-2:]).numpy())
         self.scores.append(outputs.pred_score.detach().float().reshape(-1).numpy())

@@ -35,7 +35,13 @@ from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.diffusion import q_sample
 from anomalib_diffad.spaces.pixel import aligned_crop_offsets, crop_at
 from anomalib_diffad.torch_model import DiffADModel, TrainOutput
-from benchmarks.quality.compare import REPO, build_model, calibration_loader, diffad_component_maps, threshold_free_metrics
+from benchmarks.quality.compare import (
+    REPO,
+    build_model,
+    calibration_loader,
+    diffad_component_maps,
+    threshold_free_metrics,
+)
 from diffad_tools.callbacks import IdleCoreThreads, ReleaseFreedMemory
 from diffad_tools.provenance import recorded_command
 

@@ -19,8 +19,8 @@ import matplotlib as mpl
 import numpy as np
 
 mpl.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+from PIL import Image
 
 METRICS = (
     "image_AUROC", "pixel_AUROC", "pixel_AUPRO", "residual_pixel_AUROC", "residual_pixel_AUPRO",

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from benchmarks.speed.cpu_costs import matmul_gflops, median_seconds
 
+from benchmarks.speed.cpu_costs import matmul_gflops, median_seconds
 from diffad_tools.provenance import recorded_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,8 +112,9 @@ def torch_runner(model) -> Callable[[torch.Tensor], dict]:  # noqa: ANN001
 
 def quality(run: Callable[[torch.Tensor], dict], args: argparse.Namespace, size: int) -> dict:
     """Image/pixel AUROC of a runner on the test set, and its raw outputs for the parity comparison."""
-    from anomalib.metrics import AUROC
     from types import SimpleNamespace
+
+    from anomalib.metrics import AUROC
 
     scores, maps, labels, masks = [], [], [], []
     for batch in datamodule(args, size).test_dataloader():
@@ -223,7 +224,7 @@ def main() -> None:
         partial.unlink(missing_ok=True)
     for size in args.sizes:
         for model, variant in plan:
-            if variant == "openvino_int8_ptq" and not args.data_root or model == "patchcore" and not args.data_root:
+            if (variant == "openvino_int8_ptq" and not args.data_root) or (model == "patchcore" and not args.data_root):
                 continue
             if (model, variant, size) in done_keys or f"{variant}@{size}" in args.skip:
                 continue

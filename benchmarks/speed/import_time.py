@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--startup-only", action="store_true", help="only the hook's cost (seconds, not minutes)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "speed" / "results")
     args = parser.parse_args()
-    from diffad_tools.provenance import recorded_command  # noqa: PLC0415  (measurements run in fresh processes)
+    from diffad_tools.provenance import recorded_command  # here: measurements run in fresh processes
 
     on = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     off = on | {"ANOMALIB_DIFFAD_AUTOLOAD": "0"}

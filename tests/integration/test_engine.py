@@ -469,7 +469,7 @@ itself, then fails to build INT8 weight-compressed inner products ("could not cr
         (CompressionType.INT8_PTQ, "i8"),
     ],
 )  # fmt: skip
-def test_weight_compression_at_a_fixed_size_compiles_and_stays_close(  # noqa: PLR0913
+def test_weight_compression_at_a_fixed_size_compiles_and_stays_close(
     project: dict,
     predictions: dict,
     dataset_root: Path,

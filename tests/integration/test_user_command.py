@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from diffad_tools.textures import generate_texture_dataset
 from diffad_tools.report import printed_metrics
+from diffad_tools.textures import generate_texture_dataset
 from tests.integration.test_cli import METRICS
 
 ANOMALIB = Path(sys.executable).parent / "anomalib"

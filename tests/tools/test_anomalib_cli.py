@@ -122,7 +122,7 @@ def test_cli_main_prints_data_errors_only_once_wrapped() -> None:
 
 def _cli_callbacks(monkeypatch: pytest.MonkeyPatch, *args: str) -> list[str]:
     """Class names of the callbacks the Trainer of ``anomalib fit <args>`` would get."""
-    from anomalib.cli import AnomalibCLI  # noqa: PLC0415
+    from anomalib.cli import AnomalibCLI
 
     monkeypatch.setattr(AnomalibCLI, "before_instantiate_classes", AnomalibCLI.before_instantiate_classes)
     anomalib_cli.install_cli_defaults(AnomalibCLI)
