@@ -500,7 +500,10 @@ def reconstruct(
     torch_model = model.model
     space = torch_model.diffusion_space
     if not space.discrete:  # only the pixel space diffuses the (8-bit) images
-        msg = f"Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features ({type(space).__name__})."
+        msg = (
+            "Gradient-denoising reconstruction works in pixel space; "
+            f"this DiffAD diffuses features ({type(space).__name__})."
+        )
         raise ValueError(msg)
     index, labels = None, None
     if torch_model.num_classes is not None:

@@ -604,7 +604,11 @@ def test_variational_bound_terms_shape_and_per_timestep_terms(schedule: Diffusio
 
 
 @pytest.mark.parametrize("t_value", [5, 300])
-def test_variational_bound_uses_unclipped_x0_and_scoring_clips(schedule: DiffusionSchedule, ref: Ref, t_value: int) -> None:
+def test_variational_bound_uses_unclipped_x0_and_scoring_clips(
+    schedule: DiffusionSchedule,
+    ref: Ref,
+    t_value: int,
+) -> None:
     """An eps whose x0 estimate leaves [-1, 1]: L_vb is the KL at the unclipped estimate, the score map clips.
 
     Closed form with a shared x_t: the means differ by ``coef1 * (x0 - x0_hat)``, so the KL in nats is

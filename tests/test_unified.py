@@ -336,10 +336,11 @@ def test_each_category_has_its_own_calibration(unified: dict) -> None:
             expected = torch.stack([values.double().mean(), values.double().std(unbiased=False)]).float()
             actual = torch.stack([getattr(generator, f"{name}_mean")[index], getattr(generator, f"{name}_std")[index]])
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6, msg=f"{NAMES[index]} {name}")
-    outputs = []
     with torch.no_grad():
-        for batch in datamodule.val_dataloader():
-            outputs.append(batch.update(**model.model.score(transform(batch.image), batch.category)._asdict()))
+        outputs = [
+            batch.update(**model.model.score(transform(batch.image), batch.category)._asdict())
+            for batch in datamodule.val_dataloader()
+        ]
     checked = 0
     for index in range(3):
         metrics = {

@@ -69,7 +69,8 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="stream_"))
     for index in range(args.images):
-        Image.fromarray(make_normal_image("gravel", args.image_size, seed=1, index=index)).save(folder / f"{index:05d}.png")
+        image = make_normal_image("gravel", args.image_size, seed=1, index=index)
+        Image.fromarray(image).save(folder / f"{index:05d}.png")
     preset = yaml.safe_load((REPO / "configs" / "diffad.yaml").read_text())["model"]["init_args"]
     model = DiffAD(**(preset | {"image_size": args.image_size, "pretrained_weights": None}))
     recorder = RssRecorder()

@@ -106,7 +106,9 @@ def load_weights(model: torch.nn.Module, ckpt: Path) -> torch.nn.Module:
     Only the torch model: the checkpoint's evaluator, post-processor and visualizer may differ from the defaults.
     """
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    model.model.load_state_dict({key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")})
+    model.model.load_state_dict(
+        {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")},
+    )
     return model
 
 

@@ -111,7 +111,9 @@ def main() -> None:
         model = preset(name, size, args.score_timesteps if args.latency_only else None)
         for bf16 in () if args.latency_only else (False, True):
             seconds = train_step_seconds(model, batch, size, bf16, repeats)
-            rows.append({"what": "train step", "model": name, "batch": batch, "bf16_autocast": bf16, "seconds": seconds})
+            rows.append(
+                {"what": "train step", "model": name, "batch": batch, "bf16_autocast": bf16, "seconds": seconds},
+            )
         model.eval()
         for bf16 in (False, True):
             def score(model: DiffAD = model, bf16: bool = bf16) -> object:

@@ -36,7 +36,7 @@ def _tree(pid: int) -> list[int]:
         for children in Path(f"/proc/{current}/task").glob("*/children"):
             try:
                 stack += [int(child) for child in children.read_text().split()]
-            except OSError:
+            except OSError:  # noqa: PERF203 - a process may exit while its children are read
                 continue
     return found
 

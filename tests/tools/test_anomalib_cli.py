@@ -139,5 +139,6 @@ def test_bare_diffad_command_gets_the_memory_callbacks(monkeypatch: pytest.Monke
 
 def test_listed_memory_callbacks_are_the_users_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     listed = "--trainer.callbacks+=diffad_tools.callbacks.ReleaseFreedMemory"
-    assert "CapWorkers" not in _cli_callbacks(monkeypatch, "--model", "DiffAD", "--model.pretrained_weights", "null", listed)
+    callbacks = _cli_callbacks(monkeypatch, "--model", "DiffAD", "--model.pretrained_weights", "null", listed)
+    assert "CapWorkers" not in callbacks
     assert "ReleaseFreedMemory" not in _cli_callbacks(monkeypatch, "--model", "Padim", "--model.pre_trained", "false")
