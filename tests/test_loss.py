@@ -122,7 +122,7 @@ def test_feature_term_is_the_feature_mse_and_zero_without_targets() -> None:
     losses = DiffADLoss(DiffusionSchedule(T))(outputs)
     expected = ((outputs.prediction.features.detach() - outputs.target_features) ** 2).mean()
     torch.testing.assert_close(losses["feature"], expected)
-    assert float(losses["feature"]) > 0.1
+    assert losses["feature"].item() > 0.1
     assert float(DiffADLoss(DiffusionSchedule(T))(_outputs([10, 500], features=False))["feature"]) == 0.0
 
 
