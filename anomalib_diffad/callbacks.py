@@ -29,7 +29,6 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -152,7 +151,7 @@ class TextProgress(Callback):
         self._print(f"{type(pl_module).__name__} on {where}: training {plan}")
         self._stage = None
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: object, batch_idx: int) -> None:
         """Start the clock at the first batch, so that set-up work before it does not lower the rate."""
         del pl_module, batch, batch_idx
         if self._active(trainer) and self._stage is None:
@@ -162,8 +161,8 @@ class TextProgress(Callback):
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
+        outputs: object,
+        batch: object,
         batch_idx: int,
     ) -> None:
         """Print a line with the optimizer steps done, if one is due."""
@@ -205,7 +204,7 @@ class TextProgress(Callback):
         del pl_module
         self._evaluation_start(trainer, "validating", "validation batch", trainer.num_val_batches)
 
-    def on_validation_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+    def on_validation_batch_end(self, trainer: Trainer, *args: object, **kwargs: object) -> None:
         """Count one validation batch."""
         del args, kwargs
         self._evaluation_batch_end(trainer)
@@ -220,7 +219,7 @@ class TextProgress(Callback):
         del pl_module
         self._evaluation_start(trainer, "testing", "test batch", trainer.num_test_batches)
 
-    def on_test_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+    def on_test_batch_end(self, trainer: Trainer, *args: object, **kwargs: object) -> None:
         """Count one test batch."""
         del args, kwargs
         self._evaluation_batch_end(trainer)
@@ -235,7 +234,7 @@ class TextProgress(Callback):
         del pl_module
         self._evaluation_start(trainer, "predicting", "predict batch", trainer.num_predict_batches)
 
-    def on_predict_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+    def on_predict_batch_end(self, trainer: Trainer, *args: object, **kwargs: object) -> None:
         """Count one prediction batch."""
         del args, kwargs
         self._evaluation_batch_end(trainer)

@@ -96,9 +96,9 @@ def q_sample(schedule: DiffusionSchedule, x0: torch.Tensor, t: torch.Tensor, noi
 
 def q_posterior_mean(schedule: DiffusionSchedule, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Mean of the forward posterior ``q(x_{t-1} | x_t, x_0)`` (DDPM Eq. 7, mu_tilde)."""
-    return (
-        extract(schedule.posterior_mean_coef1, t, xt.ndim) * x0 + extract(schedule.posterior_mean_coef2, t, xt.ndim) * xt
-    )
+    coef1 = extract(schedule.posterior_mean_coef1, t, xt.ndim)
+    coef2 = extract(schedule.posterior_mean_coef2, t, xt.ndim)
+    return coef1 * x0 + coef2 * xt
 
 
 def q_posterior_log_variance(schedule: DiffusionSchedule, t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -157,7 +157,9 @@ def gaussian_kl(
     log_var2: torch.Tensor,
 ) -> torch.Tensor:
     """Elementwise ``KL(N(mean1, exp(log_var1)) || N(mean2, exp(log_var2)))`` in nats."""
-    return 0.5 * (log_var2 - log_var1 - 1.0 + torch.exp(log_var1 - log_var2) + (mean1 - mean2) ** 2 * torch.exp(-log_var2))
+    return 0.5 * (
+        log_var2 - log_var1 - 1.0 + torch.exp(log_var1 - log_var2) + (mean1 - mean2) ** 2 * torch.exp(-log_var2)
+    )
 
 
 def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:

@@ -210,10 +210,13 @@ class DiffADPostProcessor(PostProcessor):
         """Scores and maps min-max normalized around each image's category thresholds."""
         normalized = []
         for preds, kind in ((pred_score, "image"), (anomaly_map, "pixel")):
-            if preds is not None:
-                values = self.category_values(class_labels, preds.ndim)
-                preds = self._normalize(preds, values[f"{kind}_min"], values[f"{kind}_max"], values[f"{kind}_threshold"])
-            normalized.append(preds)
+            if preds is None:
+                normalized.append(None)
+                continue
+            values = self.category_values(class_labels, preds.ndim)
+            normalized.append(
+                self._normalize(preds, values[f"{kind}_min"], values[f"{kind}_max"], values[f"{kind}_threshold"]),
+            )
         return normalized[0], normalized[1]
 
     def forward(self, predictions: InferenceBatch, class_labels: torch.Tensor | None = None) -> InferenceBatch:

@@ -426,8 +426,9 @@ def fit_reconstruction_prior(
         >>> import torch
         >>> from anomalib_diffad import DiffAD
         >>> from anomalib_diffad.reconstruction import GradientDenoising, fit_reconstruction_prior, reconstruct
-        >>> model = DiffAD(image_size=32, block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8,
-        ...                layers=("blocks.0", "blocks.1"), pretrained_weights=None)
+        >>> from anomalib_diffad.spaces import PixelSpace
+        >>> space = PixelSpace(block_out_channels=(16, 32), attention_levels=(), norm_num_groups=8)
+        >>> model = DiffAD(space, image_size=32, layers=("blocks.0", "blocks.1"), pretrained_weights=None)
         >>> prior = fit_reconstruction_prior(model, [torch.rand(4, 3, 32, 32)], layers=("blocks.1",), n_features=8)
         >>> images = torch.rand(2, 3, 32, 32) * 2 - 1
         >>> reconstruct(model, images, config=GradientDenoising(num_denoise_steps=1, denoise_every=1)).shape
@@ -500,7 +501,10 @@ def reconstruct(
     torch_model = model.model
     space = torch_model.diffusion_space
     if not space.discrete:  # only the pixel space diffuses the (8-bit) images
-        msg = f"Gradient-denoising reconstruction works in pixel space; this DiffAD diffuses features ({type(space).__name__})."
+        msg = (
+            "Gradient-denoising reconstruction works in pixel space; "
+            f"this DiffAD diffuses features ({type(space).__name__})."
+        )
         raise ValueError(msg)
     index, labels = None, None
     if torch_model.num_classes is not None:

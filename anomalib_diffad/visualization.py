@@ -18,21 +18,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib as mpl
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from matplotlib.figure import Figure
 
-mpl.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
-
-from anomalib_diffad.reconstruction import (  # noqa: E402
+from anomalib_diffad.reconstruction import (
     GradientDenoising,
     ReconstructionPrior,
     fit_reconstruction_prior,
     reconstruct,
 )
-from anomalib_diffad.torch_model import DiffADModel  # noqa: E402
+from anomalib_diffad.torch_model import DiffADModel
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +102,8 @@ def write_reconstruction_panel(
     strip = [] if steps is None else list(steps)
     width = max(len(columns), len(strip))
     rows = 2 if strip else 1
-    figure, axes = plt.subplots(rows, width, figsize=(2.2 * width, 2.6 * rows), squeeze=False)
+    figure = Figure(figsize=(2.2 * width, 2.6 * rows))  # no pyplot: no global backend, nothing to close
+    axes = figure.subplots(rows, width, squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, (name, values, style) in zip(axes[0], columns, strict=False):
@@ -120,7 +118,6 @@ def write_reconstruction_panel(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 

@@ -168,10 +168,11 @@ def add_memory_callbacks(config: Any) -> bool:  # noqa: ANN401 - jsonargparse Na
         return False
     callbacks = trainer.get("callbacks") or []
     callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-    listed = {getattr(callback, "class_path", type(callback).__module__ + "." + type(callback).__name__) for callback in callbacks}
+    listed = {getattr(c, "class_path", type(c).__module__ + "." + type(c).__name__) for c in callbacks}
     if listed & set(MEMORY_CALLBACKS):
         return False
-    trainer["callbacks"] = [*callbacks, *(Namespace(class_path=path, init_args=Namespace()) for path in MEMORY_CALLBACKS)]
+    completed = (Namespace(class_path=path, init_args=Namespace()) for path in MEMORY_CALLBACKS)
+    trainer["callbacks"] = [*callbacks, *completed]
     return True
 
 

@@ -16,13 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib as mpl
-
-mpl.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
 
 METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Score")
 SUMMARY_ROWS = ("image", "ground truth", "anomaly map")
@@ -143,7 +139,7 @@ def metric_line(row: dict[str, str | float]) -> str:
 def summary_figure(rows: list[dict[str, str | float]], examples: dict[str, list[Example]]) -> Figure:
     """One block per category: its metric row as title, then :data:`SUMMARY_ROWS` x its example images."""
     columns = max(len(examples[str(row["category"])]) for row in rows)
-    figure = plt.figure(
+    figure = Figure(  # no pyplot: no global backend, nothing to close
         figsize=(columns * PANEL_INCHES + 0.4, len(rows) * (len(SUMMARY_ROWS) * PANEL_INCHES + 0.5) + 0.4),
         dpi=SUMMARY_DPI,
         layout="constrained",
@@ -178,7 +174,6 @@ def write_summary(rows: list[dict[str, str | float]], output_dir: Path, data_roo
     figure = summary_figure(rows, examples)
     path = output_dir / "summary.png"
     figure.savefig(path, dpi=SUMMARY_DPI)
-    plt.close(figure)
     return path
 
 

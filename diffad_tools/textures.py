@@ -37,14 +37,17 @@ import logging
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
 from functools import cache
 from numbers import Integral
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +289,7 @@ def _patch(rng: np.random.Generator, normal: np.ndarray, category: str) -> _Laye
 
 def _stain(rng: np.random.Generator, normal: np.ndarray, category: str) -> _Layer:
     """A smooth coloured blotch with a feathered edge through which the texture shades."""
+    del category  # every defect maker takes the same arguments; a stain's colour does not depend on the category
     size = normal.shape[0]
     region = _blob(rng, size, float(rng.uniform(0.02, 0.07)), roughness=0.18, harmonics=4)
     inside = ndimage.distance_transform_edt(region)

@@ -1,6 +1,7 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Shared fixtures: a tiny texture dataset in MVTec AD layout, the tiny DiffAD preset and a model fitted on them."""
+"""Shared fixtures: tiny texture datasets in MVTec AD layout (one category; three), the tiny DiffAD preset and a
+model fitted on them."""
 
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
 from diffad_tools.textures import generate_texture_dataset
+from tests.helpers.datasets import NAMES
 from tests.helpers.presets import TINY_MODEL_ARGS
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # OMP_NUM_THREADS, else 2
@@ -29,6 +31,20 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_test_good=4,
         num_test_per_defect=1,
         seed=3,
+    )
+
+
+@pytest.fixture(scope="session")
+def texture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three built-in texture categories at 64 px: 8 train, 4 good and 4 defect test images each."""
+    return generate_texture_dataset(
+        tmp_path_factory.mktemp("textures3"),
+        categories=NAMES,
+        image_size=64,
+        num_train=8,
+        num_test_good=4,
+        num_test_per_defect=1,
+        seed=5,
     )
 
 

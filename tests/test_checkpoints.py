@@ -46,7 +46,8 @@ def test_checkpoint_of_another_preset_names_its_arguments(
     message = str(error.value)
     assert str(tiny_project["ckpt"]) in message
     assert "image_size=64 (this model: 256)" in message
-    assert "'block_out_channels': [16, 32, 32]" in message and "'block_out_channels': [32, 64, 128, 128]" in message
+    assert "'block_out_channels': [16, 32, 32]" in message
+    assert "'block_out_channels': [32, 64, 128, 128]" in message
     assert "--model.image_size '64'" in message
     space = '{"class_path": "anomalib_diffad.spaces.PixelSpace", "init_args": {"block_out_channels": [16, 32, 32]'
     assert f"--model.space '{space}" in message  # JSON, which the CLI parses
@@ -155,7 +156,8 @@ def test_a_checkpoint_of_the_flat_format_stops_with_one_error(
     ``load_from_checkpoint`` (Lightning passes ``space="pixel"`` alone) and ``Engine.test`` (``anomalib test
     --ckpt_path``) with the format's name and the space dict to use: its own settings where the file has them."""
     flat = _flat_copy(tiny_project["ckpt"], tmp_path)
-    with pytest.raises(ValueError, match="space='pixel' with flat settings .* format of anomalib-diffad 0.1") as error:
+    message = r"space='pixel' with flat settings .* format of anomalib-diffad 0\.1"
+    with pytest.raises(ValueError, match=message) as error:
         DiffAD.load_from_checkpoint(flat)
     space = "space: {class_path: anomalib_diffad.spaces.PixelSpace, init_args: {block_out_channels: ..."
     assert space in str(error.value)

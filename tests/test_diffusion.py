@@ -569,7 +569,7 @@ def test_posterior_kl_map_is_gaussian_kl_in_bits(schedule: DiffusionSchedule) ->
     model_mean, model_log_var = p_mean_log_variance(schedule, xt, t, eps, v)
     nats = gaussian_kl(true_mean, true_log_var, model_mean, model_log_var)
     got = posterior_kl_map(schedule, x0, xt, t, eps, v)
-    assert LN2 == pytest.approx(math.log(2.0), rel=1e-15)
+    assert pytest.approx(math.log(2.0), rel=1e-15) == LN2
     assert torch.allclose(got, nats / math.log(2.0), rtol=1e-6, atol=1e-9)
 
 
@@ -604,7 +604,11 @@ def test_variational_bound_terms_shape_and_per_timestep_terms(schedule: Diffusio
 
 
 @pytest.mark.parametrize("t_value", [5, 300])
-def test_variational_bound_uses_unclipped_x0_and_scoring_clips(schedule: DiffusionSchedule, ref: Ref, t_value: int) -> None:
+def test_variational_bound_uses_unclipped_x0_and_scoring_clips(
+    schedule: DiffusionSchedule,
+    ref: Ref,
+    t_value: int,
+) -> None:
     """An eps whose x0 estimate leaves [-1, 1]: L_vb is the KL at the unclipped estimate, the score map clips.
 
     Closed form with a shared x_t: the means differ by ``coef1 * (x0 - x0_hat)``, so the KL in nats is

@@ -52,8 +52,8 @@ def test_large_batch_trains_in_checkpointed_chunks_with_the_batch_gradient(
 
     assert max(sizes) == 2  # never the whole batch of 5
     assert sorted(losses) == sorted(reference)
-    for name in reference:
-        torch.testing.assert_close(losses[name], reference[name])
+    for name, loss in reference.items():
+        torch.testing.assert_close(losses[name], loss)
     for grad, expected in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
 

@@ -39,7 +39,7 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
         (True, False, "AVX512_CORE_BF16", True),
     ],
 )
-def test_native_bf16_follows_the_cpu_probes_and_onednn_cap(  # noqa: PLR0913
+def test_native_bf16_follows_the_cpu_probes_and_onednn_cap(
     probes: dict[str, bool],
     monkeypatch: pytest.MonkeyPatch,
     avx512_bf16: bool,
@@ -65,13 +65,11 @@ def _cli_precision(monkeypatch: pytest.MonkeyPatch, native: bool, *args: str) ->
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     monkeypatch.setattr(AnomalibCLI, "before_instantiate_classes", AnomalibCLI.before_instantiate_classes)
     install_cli_defaults(AnomalibCLI)
-    cli = AnomalibCLI(
-        [
-            "fit", "--config", str(REPO / "configs" / "diffad_patch.yaml"), "--model.pretrained_weights", "null",
-            "--data", "MVTecAD", "--data.root", "datasets/textures", "--data.category", "brick", *args,
-        ],  # fmt: skip
-        run=False,
-    )
+    argv = [
+        "fit", "--config", str(REPO / "configs" / "diffad_patch.yaml"), "--model.pretrained_weights", "null",
+        "--data", "MVTecAD", "--data.root", "datasets/textures", "--data.category", "brick", *args,
+    ]  # fmt: skip
+    cli = AnomalibCLI(argv, run=False)
     return cli.engine._cache.args["precision"]  # noqa: SLF001 - the Trainer is built from these arguments
 
 

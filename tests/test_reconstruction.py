@@ -222,7 +222,8 @@ def test_fit_reconstruction_prior_per_category_of_an_unnamed_unified_model() -> 
     raw = torch.rand(6, 3, 32, 32)
     labels = torch.tensor([0, 1, 0, 1, 1, 0])
     batches = [
-        SimpleNamespace(image=images, category=category) for images, category in zip(raw.split(3), labels.split(3))
+        SimpleNamespace(image=images, category=category)
+        for images, category in zip(raw.split(3), labels.split(3), strict=True)
     ]
     with pytest.raises(ValueError, match="Category '2': no training images"):
         fit_reconstruction_prior(model, batches, **options)

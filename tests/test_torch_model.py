@@ -70,7 +70,8 @@ def test_ema_update_follows_warmup_formula(model: DiffADModel) -> None:
             parameter.add_(1.0)
     model.update_ema(decay=0.997)
     rate = min(0.997, 2.0 / 11.0)
-    for before, ema, param in zip(ema_before, model.ema_denoiser.parameters(), model.denoiser.parameters(), strict=True):
+    pairs = zip(model.ema_denoiser.parameters(), model.denoiser.parameters(), strict=True)
+    for before, (ema, param) in zip(ema_before, pairs, strict=True):
         torch.testing.assert_close(ema, rate * before + (1 - rate) * param)
     assert int(model.ema_updates) == 1
     assert all(not p.requires_grad for p in model.ema_denoiser.parameters())
@@ -150,10 +151,12 @@ def test_component_scores_returns_both_maps(model: DiffADModel) -> None:
         expected_kl, expected_feature = _expected_pixel_maps(model, first, first_calls)
     xt, t = (torch.cat([call[i] for call in first_calls]) for i in (0, 1))
     xt_second, t_second = (torch.cat([call[i] for call in calls[len(first_calls) :]]) for i in (0, 1))
-    assert sorted(t.tolist()) == sorted(model.score_timesteps) and torch.equal(t, t_second)
+    assert sorted(t.tolist()) == sorted(model.score_timesteps)
+    assert torch.equal(t, t_second)
     noise = _implied_noise(model, first, xt, t)
     torch.testing.assert_close(_implied_noise(model, second, xt_second, t), noise, rtol=1e-4, atol=1e-4)
-    assert 0.8 < float(noise.std()) < 1.2 and abs(float(noise.mean())) < 0.1
+    assert 0.8 < float(noise.std()) < 1.2
+    assert abs(float(noise.mean())) < 0.1
     torch.testing.assert_close(maps.kl, expected_kl, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(maps.feature, expected_feature, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(model.anomaly_map_generator(maps.kl, maps.feature), output.anomaly_map)
@@ -214,14 +217,16 @@ def test_training_outputs_shapes() -> None:
     channels = sum(model.feature_extractor.out_dims)
     assert outputs.x0.shape == outputs.xt.shape == outputs.noise.shape == (4, 3, 16, 16)
     assert outputs.prediction.features.shape == outputs.target_features.shape == (4, channels, 4, 4)
-    assert ((outputs.t >= 0) & (outputs.t < 1000)).all() and len(set(outputs.t.tolist())) > 1
+    assert ((outputs.t >= 0) & (outputs.t < 1000)).all()
+    assert len(set(outputs.t.tolist())) > 1
     torch.testing.assert_close(outputs.xt, q_sample(model.schedule, outputs.x0, outputs.t, outputs.noise))
     assert 0.7 < float(outputs.noise.std()) < 1.3
     with torch.no_grad():
         prediction = model.denoiser(outputs.xt, outputs.t)
     for name in ("eps", "v", "features"):
         torch.testing.assert_close(getattr(outputs.prediction, name), getattr(prediction, name), msg=name)
-    assert outputs.prediction.eps.requires_grad and not outputs.target_features.requires_grad
+    assert outputs.prediction.eps.requires_grad
+    assert not outputs.target_features.requires_grad
 
 
 def test_feature_statistics_standardize_training_features(model: DiffADModel) -> None:

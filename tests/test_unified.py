@@ -1,6 +1,7 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""Unified (class-conditional) DiffAD: category labels in batches, per-category calibration, metrics, export."""
+"""Unified (class-conditional) DiffAD: category labels reach the model, per-category calibration, metrics, export
+(``MultiCategory``'s batches: ``tests/data/test_multi.py``)."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -8,23 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.data import InferenceBatch, MVTecAD
+from anomalib.data import InferenceBatch
 from anomalib.deploy import ExportType, OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
 from anomalib.metrics import F1AdaptiveThreshold, MinMax
 from lightning.pytorch import seed_everything
 
-from anomalib_diffad import DiffAD, MultiCategory
+from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator
-from anomalib_diffad.data.multi import CategoryImageBatch, CategoryImageItem, select_images
+from anomalib_diffad.data.multi import CategoryImageBatch, select_images
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.reconstruction import GradientDenoising, fit_reconstruction_prior, reconstruct
 from anomalib_diffad.unified import Categories, evaluate_per_category, export_per_category
-from diffad_tools.textures import generate_texture_dataset
+from tests.helpers.datasets import NAMES, multi_category
 from tests.helpers.openvino import FP32
 from tests.helpers.presets import TINY_MODEL_ARGS, with_space_settings
 
-NAMES = ("brick", "grass", "gravel")
 PARITY_TOLERANCE = 1e-4
 # the tiny preset, trained on 32 px crops of the 64 px images (4x cheaper steps; scoring sees whole images)
 UNIFIED_ARGS = with_space_settings(TINY_MODEL_ARGS, train_crop_size=32) | {
@@ -33,29 +33,6 @@ UNIFIED_ARGS = with_space_settings(TINY_MODEL_ARGS, train_crop_size=32) | {
     "ema_decay": 0.95,
 }
 EPOCHS = 60  # 3 steps per epoch: 180 steps
-
-
-@pytest.fixture(scope="module")
-def texture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The three built-in texture categories at 64 px: 8 train, 4 good and 4 defect test images each."""
-    return generate_texture_dataset(
-        tmp_path_factory.mktemp("unified_textures"),
-        categories=NAMES,
-        image_size=64,
-        num_train=8,
-        num_test_good=4,
-        num_test_per_defect=1,
-        seed=5,
-    )
-
-
-def _multi(root: Path, names: tuple[str, ...] = NAMES) -> MultiCategory:
-    return MultiCategory(
-        [MVTecAD(root=root, category=name, num_workers=0) for name in names],
-        train_batch_size=8,
-        eval_batch_size=12,
-        num_workers=0,
-    )
 
 
 def _engine(root_dir: Path, epochs: int = EPOCHS) -> Engine:
@@ -68,79 +45,6 @@ def _engine(root_dir: Path, epochs: int = EPOCHS) -> Engine:
         devices=1,
         enable_progress_bar=False,
     )
-
-
-def _path_category(path: str) -> str:
-    return Path(path).parts[-4]  # <root>/<category>/<split>/<type>/<file>
-
-
-def test_every_batch_carries_its_samples_categories(texture_root: Path) -> None:
-    """Train (shuffled), validation and test batches tag each image with its own category's index."""
-    datamodule = _multi(texture_root)
-    datamodule.setup()
-    assert datamodule.categories == NAMES
-    loaders = {
-        "train": datamodule.train_dataloader(),
-        "val": datamodule.val_dataloader(),
-        "test": datamodule.test_dataloader(),
-    }
-    for split, loader in loaders.items():
-        seen = set()
-        for batch in loader:
-            assert isinstance(batch, CategoryImageBatch), split
-            assert batch.category.dtype == torch.long
-            assert batch.category.tolist() == [NAMES.index(_path_category(p)) for p in batch.image_path], split
-            seen.update(batch.category.tolist())
-        assert seen == {0, 1, 2}, split
-    assert len(datamodule.train_data) == 24
-    assert len(datamodule.test_data) == 24  # 4 good + 4 defects per category
-    item = datamodule.test_data[0]
-    assert isinstance(item, CategoryImageItem)
-    assert type(next(iter(loaders["test"])).to_numpy()).__name__ == "NumpyImageBatch"
-
-
-def test_for_category_keeps_the_index(texture_root: Path) -> None:
-    """A one-category view serves only that category's images, still with its index in the full list."""
-    grass = _multi(texture_root).for_category("grass")
-    grass.setup()
-    assert grass.category == "grass"
-    labels = torch.cat([batch.category for batch in grass.test_dataloader()])
-    assert labels.tolist() == [1] * 8
-
-
-def test_folder_and_mvtec_children_mix(texture_root: Path) -> None:
-    """A ``Folder`` child (named by its ``name``) and an ``MVTecAD`` child combine; each split keeps its images."""
-    from anomalib.data import Folder
-
-    grass = texture_root / "grass"
-    folder = Folder(
-        name="grass_folder",
-        root=grass,
-        normal_dir="train/good",
-        normal_test_dir="test/good",
-        abnormal_dir=[path.relative_to(grass) for path in sorted((grass / "test").iterdir()) if path.name != "good"],
-        mask_dir=[path.relative_to(grass) for path in sorted((grass / "ground_truth").iterdir())],
-        num_workers=0,
-    )
-    datamodule = MultiCategory([MVTecAD(root=texture_root, category="brick", num_workers=0), folder], num_workers=0)
-    datamodule.setup()
-    assert datamodule.categories == ("brick", "grass_folder")
-    for split in ("train_data", "val_data", "test_data"):
-        samples = getattr(datamodule, split).samples
-        expected = samples.image_path.map(lambda path: 0 if _path_category(path) == "brick" else 1)
-        assert samples.category_index.tolist() == expected.tolist(), split
-        assert set(expected) == {0, 1}, split
-    assert len(datamodule.train_data) == 16
-
-
-def test_datamodule_errors_are_clear(texture_root: Path) -> None:
-    """Unknown, duplicate or miscounted categories fail with a message naming them."""
-    with pytest.raises(ValueError, match="Unknown category 'tile'"):
-        _multi(texture_root).for_category("tile")
-    with pytest.raises(ValueError, match="unique"):
-        MultiCategory([MVTecAD(root=texture_root, category="brick")] * 2)
-    with pytest.raises(ValueError, match="2 datamodules but 1 category"):
-        MultiCategory([MVTecAD(root=texture_root, category=n) for n in NAMES[:2]], categories=["a"])
 
 
 def test_model_argument_errors_are_clear() -> None:
@@ -187,7 +91,7 @@ def test_categories_select_by_name_or_index_and_restore() -> None:
 
 def test_datamodule_must_fit_the_unified_model(texture_root: Path) -> None:
     """Too few classes or differently named categories stop training before the first step."""
-    datamodule = _multi(texture_root)
+    datamodule = multi_category(texture_root)
     with pytest.raises(ValueError, match="num_classes=2 is smaller than the datamodule's 3 categories"):
         DiffAD(**(TINY_MODEL_ARGS | {"num_classes": 2})).categories.check(datamodule)
     with pytest.raises(ValueError, match="do not match the datamodule's"):
@@ -283,7 +187,7 @@ def unified(texture_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     seed_everything(0)
     root_dir = tmp_path_factory.mktemp("unified_project")
     model = DiffAD(**UNIFIED_ARGS)
-    datamodule = _multi(texture_root)
+    datamodule = multi_category(texture_root)
     engine = _engine(root_dir)
     engine.fit(model=model, datamodule=datamodule)
     metrics = evaluate_per_category(engine, model, datamodule)
@@ -336,10 +240,11 @@ def test_each_category_has_its_own_calibration(unified: dict) -> None:
             expected = torch.stack([values.double().mean(), values.double().std(unbiased=False)]).float()
             actual = torch.stack([getattr(generator, f"{name}_mean")[index], getattr(generator, f"{name}_std")[index]])
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6, msg=f"{NAMES[index]} {name}")
-    outputs = []
     with torch.no_grad():
-        for batch in datamodule.val_dataloader():
-            outputs.append(batch.update(**model.model.score(transform(batch.image), batch.category)._asdict()))
+        outputs = [
+            batch.update(**model.model.score(transform(batch.image), batch.category)._asdict())
+            for batch in datamodule.val_dataloader()
+        ]
     checked = 0
     for index in range(3):
         metrics = {

@@ -1,64 +1,16 @@
 # Copyright (C) 2026 anomalib-diffad authors
 # SPDX-License-Identifier: Apache-2.0
-"""A missing dataset folder is named before any download; data errors print without traceback."""
+"""With the ``anomalib`` CLI's checks a missing dataset folder stops ``prepare_data`` before any download; data
+errors print without traceback (the check itself: ``tests/data/test_checks.py``)."""
 
-import logging
 from pathlib import Path
 
 import pytest
 from anomalib.data import MVTecAD
 from anomalib.data.datamodules.image import mvtecad
 
-from anomalib_diffad.data.checks import DataCheckError, check_mvtec_root
+from anomalib_diffad.data.checks import DataCheckError
 from diffad_tools.anomalib_cli import print_data_errors
-
-URL = "https://www.example.invalid/mvtec.tar.xz"
-CATEGORIES = ("bottle", "cable")
-
-
-def _never_probed(url: str) -> bool:
-    msg = f"probed {url}"
-    raise AssertionError(msg)
-
-
-def test_missing_root_of_a_category_no_download_has_is_named_without_probing(tmp_path: Path) -> None:
-    """A category MVTec AD does not have: the error names the folder, the layout and both ways to get data."""
-    root = tmp_path / "nowhere"
-    with pytest.raises(DataCheckError) as error:
-        check_mvtec_root(root, "brick", URL, CATEGORIES, reachable=_never_probed)
-    message = str(error.value)
-    assert f"The dataset folder {root} (--data.root) does not exist." in message
-    assert "'brick' is not an MVTec AD category (bottle, cable)" in message
-    assert "brick/ground_truth/<defect>/*_mask.png" in message
-    assert "python -m diffad_tools.textures --root" in message
-    assert not root.exists()
-
-
-def test_missing_category_lists_the_folders_there(tmp_path: Path) -> None:
-    """An existing root without the category: the message lists the categories it holds."""
-    (tmp_path / "grass").mkdir()
-    (tmp_path / "gravel").mkdir()
-    expected = r"has no category folder 'brick' \(--data.category\); it holds grass, gravel"
-    with pytest.raises(DataCheckError, match=expected):
-        check_mvtec_root(tmp_path, "brick", URL, CATEGORIES, reachable=_never_probed)
-
-
-def test_mvtec_category_downloads_only_when_the_server_answers(
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """An MVTec AD category: unreachable server -> error naming the host; reachable -> a warning, no error."""
-    with pytest.raises(DataCheckError, match=r"cannot be downloaded from here \(www.example.invalid is unreachable\)"):
-        check_mvtec_root(tmp_path / "mvtec", "bottle", URL, CATEGORIES, reachable=lambda _url: False)
-    with caplog.at_level(logging.WARNING):
-        check_mvtec_root(tmp_path / "mvtec", "bottle", URL, CATEGORIES, reachable=lambda _url: True)
-    assert "Downloading MVTec AD (4.9 GB)" in caplog.text
-
-
-def test_present_category_is_not_probed(tmp_path: Path) -> None:
-    """A present category folder passes at once."""
-    (tmp_path / "bottle").mkdir()
-    check_mvtec_root(tmp_path, "bottle", URL, CATEGORIES, reachable=_never_probed)
 
 
 @pytest.mark.usefixtures("mvtec_folder_checks")

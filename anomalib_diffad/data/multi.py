@@ -56,7 +56,8 @@ def _validate_category(category: int | torch.Tensor | None) -> torch.Tensor | No
 class _CategoryField:
     """The ``category`` field (a mixin like anomalib's ``_ImageInputFields``, so its type hints resolve)."""
 
-    category: FieldDescriptor[torch.Tensor | None] = FieldDescriptor(validator_name="validate_category")
+    # A descriptor as default, as in anomalib's own fields: dataclasses keep it on the class.
+    category: FieldDescriptor[torch.Tensor | None] = FieldDescriptor(validator_name="validate_category")  # noqa: RUF009
 
 
 @dataclass
@@ -160,7 +161,7 @@ class CategoryDataset(AnomalibDataset):
         """anomalib's item for ``index``, with its category index."""
         item = super().__getitem__(index)
         values = {name: getattr(item, name) for name in _image_fields(ImageItem)}
-        return CategoryImageItem(**values, category=int(self.samples[CATEGORY_COLUMN].iat[index]))
+        return CategoryImageItem(**values, category=int(self.samples[CATEGORY_COLUMN].iloc[index]))
 
     @property
     def collate_fn(self) -> Callable:

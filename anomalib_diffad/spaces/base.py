@@ -107,7 +107,7 @@ def feature_cues(
 
 
 def class_path(cls: type) -> str:
-    """Import path of ``cls``, through its package where the package exports it (``anomalib_diffad.spaces.PatchSpace``)."""
+    """Import path of ``cls``, through its package where that exports it (``anomalib_diffad.spaces.PatchSpace``)."""
     package = cls.__module__.rpartition(".")[0]
     if package and getattr(importlib.import_module(package), cls.__name__, None) is cls:
         return f"{package}.{cls.__name__}"

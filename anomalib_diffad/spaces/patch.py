@@ -61,7 +61,13 @@ class PatchDenoiser(nn.Module):
         torch.Size([2, 8, 4, 4])
     """
 
-    def __init__(self, data_channels: int, width: int = 256, num_blocks: int = 3, num_classes: int | None = None) -> None:
+    def __init__(
+        self,
+        data_channels: int,
+        width: int = 256,
+        num_blocks: int = 3,
+        num_classes: int | None = None,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)

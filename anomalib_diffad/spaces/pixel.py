@@ -29,7 +29,13 @@ def aligned_crop_offsets(
     return tops.tolist(), lefts.tolist()
 
 
-def crop_at(tensors: torch.Tensor, tops: Sequence[int], lefts: Sequence[int], size: int, scale: int = 1) -> torch.Tensor:
+def crop_at(
+    tensors: torch.Tensor,
+    tops: Sequence[int],
+    lefts: Sequence[int],
+    size: int,
+    scale: int = 1,
+) -> torch.Tensor:
     """The ``size // scale`` windows at ``(top // scale, left // scale)`` of each tensor of a batch."""
     side = size // scale
     return torch.stack([

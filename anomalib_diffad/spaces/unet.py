@@ -148,7 +148,9 @@ class UNetSpace(DiffusionSpace, ABC):
             raise ValueError(msg)
         attended = [self.block_out_channels[level] for level in self.attention_levels]
         if attention_head_dim < 1 or any(channels % attention_head_dim for channels in attended):
-            msg = f"attention_head_dim={attention_head_dim} must divide the channels {attended} of the attention levels."
+            msg = (
+                f"attention_head_dim={attention_head_dim} must divide the channels {attended} of the attention levels."
+            )
             raise ValueError(msg)
 
     def unet_args(self) -> dict[str, Any]:

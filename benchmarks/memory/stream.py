@@ -34,7 +34,7 @@ from diffad_tools.provenance import recorded_command
 from diffad_tools.textures import make_normal_image
 
 mpl.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = resource.getpagesize()
@@ -52,7 +52,7 @@ class RssRecorder(Callback):
         self.images: list[int] = []
         self.rss: list[float] = []
 
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002, PLR0913
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002
         """Record one point."""
         self.images.append((self.images[-1] if self.images else 0) + len(batch.image))
         self.rss.append(current_rss_mib())
@@ -69,7 +69,8 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="stream_"))
     for index in range(args.images):
-        Image.fromarray(make_normal_image("gravel", args.image_size, seed=1, index=index)).save(folder / f"{index:05d}.png")
+        image = make_normal_image("gravel", args.image_size, seed=1, index=index)
+        Image.fromarray(image).save(folder / f"{index:05d}.png")
     preset = yaml.safe_load((REPO / "configs" / "diffad.yaml").read_text())["model"]["init_args"]
     model = DiffAD(**(preset | {"image_size": args.image_size, "pretrained_weights": None}))
     recorder = RssRecorder()

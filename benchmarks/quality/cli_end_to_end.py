@@ -64,9 +64,9 @@ def largest_differences(inferencer: OpenVINOInferencer | TorchInferencer, refere
     worst = {"pred_score": 0.0, "anomaly_map": 0.0}
     for path, expected in reference.items():
         result = inferencer.predict(path)
-        for key in worst:
+        for key, largest in worst.items():
             value = np.asarray(getattr(result, key), dtype=np.float64).reshape(-1)
-            worst[key] = max(worst[key], float(np.abs(value - expected[key].reshape(-1)).max()))
+            worst[key] = max(largest, float(np.abs(value - expected[key].reshape(-1)).max()))
     return worst
 
 

@@ -4,8 +4,8 @@
 
 Each model runs in its own process (so its peak memory is its own) and writes
 ``<out>/<dataset>_<category>_<model>.json``: image/pixel AUROC, AUPRO and F1 (anomalib's Evaluator),
-training time and steps, test time per image, peak memory, the command; plus ``<out>/runs/maps/...npz`` with every test image's
-anomaly map for ``summarize.py``'s example grid. An existing JSON is kept unless ``--force``, so an
+training time and steps, test time per image, peak memory, the command; plus ``<out>/runs/maps/...npz`` with every
+test image's anomaly map for ``summarize.py``'s example grid. An existing JSON is kept unless ``--force``, so an
 interrupted comparison resumes where it stopped.
 
 Fair-comparison rules: same image size and data; PatchCore uses the same pretrained EfficientNet-Lite0 weights
@@ -59,9 +59,9 @@ from torch.utils.data import DataLoader, Subset
 from anomalib_diffad import DiffAD
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.backbone import LITE0
-from anomalib_diffad.unified import calibration_indices
 from anomalib_diffad.post_processor import DiffADPostProcessor
 from anomalib_diffad.precision import hardware_precision
+from anomalib_diffad.unified import calibration_indices
 from diffad_tools.baselines import LITE0_PADIM_LAYERS, LITE0_PATCHCORE_LAYERS, lite0_padim, lite0_patchcore
 from diffad_tools.callbacks import IdleCoreThreads, ReleaseFreedMemory
 from diffad_tools.provenance import recorded_command, relative_path
@@ -85,7 +85,8 @@ def peak_rss_gib() -> float:
 
 def slug(dataset: str) -> str:
     """File-name prefix of a dataset name: ``MVTec 3D-AD tire (RGB)`` -> ``mvtec3dad``."""
-    return dataset.split()[0].lower().replace("-", "") + (dataset.split()[1].lower().replace("-", "") if " " in dataset else "")
+    words = dataset.split()
+    return words[0].lower().replace("-", "") + (words[1].lower().replace("-", "") if len(words) > 1 else "")
 
 
 class MapRecorder(Callback):
@@ -104,7 +105,7 @@ class MapRecorder(Callback):
         """Forget the maps of an earlier validation run."""
         self.validation_maps = []
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002, PLR0913
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002
         """Store one validation batch's maps."""
         maps = outputs.anomaly_map.detach().float()
         self.validation_maps.append(maps.reshape(len(outputs.image_path), 1, *maps.shape[-2:]))
@@ -113,11 +114,13 @@ class MapRecorder(Callback):
         """``(1, 1, H, W)`` mean of the last validation run's maps."""
         return torch.cat(self.validation_maps).mean(dim=0, keepdim=True)
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002, PLR0913
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001, ARG002
         """Store one batch."""
-        self.maps.append(outputs.anomaly_map.detach().float().reshape(len(outputs.image_path), *outputs.anomaly_map.shape[-2:]).numpy())
+        maps = outputs.anomaly_map.detach().float()
+        self.maps.append(maps.reshape(len(outputs.image_path), *maps.shape[-2:]).numpy())
         self.scores.append(outputs.pred_score.detach().float().reshape(-1).numpy())
-        self.masks.append(outputs.gt_mask.detach().bool().reshape(self.maps[-1].shape[0], *outputs.gt_mask.shape[-2:]).numpy())
+        masks = outputs.gt_mask.detach().bool()
+        self.masks.append(masks.reshape(self.maps[-1].shape[0], *masks.shape[-2:]).numpy())
         self.labels.append(outputs.gt_label.detach().numpy())
         self.paths.extend(outputs.image_path)
 
@@ -181,7 +184,12 @@ def diffad_component_maps(model: DiffAD, dataloader: Iterable) -> dict[str, torc
         gt_mask = batch.gt_mask if batch.gt_mask is not None else torch.zeros(images.shape[0], *images.shape[-2:])
         masks.append(torch.nn.functional.interpolate(gt_mask[:, None].float(), size=images.shape[-2:])[:, 0] > 0.5)
         labels.append(batch.gt_label)
-    return {"kl": torch.cat(kl_maps, 1), "feature": torch.cat(feature_maps, 1), "mask": torch.cat(masks), "label": torch.cat(labels)}
+    return {
+        "kl": torch.cat(kl_maps, 1),
+        "feature": torch.cat(feature_maps, 1),
+        "mask": torch.cat(masks),
+        "label": torch.cat(labels),
+    }
 
 
 def score_variant(
@@ -357,7 +365,8 @@ def run_one(name: str, args: argparse.Namespace, out_json: Path) -> dict:
     test_seconds = time.perf_counter() - start
     recorder.save(args.out / "runs" / "maps" / f"{out_json.stem}.npz")
     scores, maps, labels, masks = (
-        torch.from_numpy(np.concatenate(part)) for part in (recorder.scores, recorder.maps, recorder.labels, recorder.masks)
+        torch.from_numpy(np.concatenate(part))
+        for part in (recorder.scores, recorder.maps, recorder.labels, recorder.masks)
     )
     residual = maps.float() - recorder.mean_normal_map()[0]
     result = {
@@ -415,8 +424,12 @@ def main() -> None:
     )
     parser.add_argument("--max-minutes", type=float, default=40.0, help="training wall-time cap of DiffAD")
     parser.add_argument("--draem-minutes", type=float, default=None, help="DRAEM's cap (default: --max-minutes)")
-    parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: a DiffAD preset's, else 8)")
-    parser.add_argument("--val-ratio", type=float, default=0.2, help="share of the training normals held out for validation")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="training batch (default: a DiffAD preset's, else 8)",
+    )
+    parser.add_argument(
+        "--val-ratio", type=float, default=0.2, help="share of the training normals held out for validation",
+    )
     parser.add_argument(
         "--coreset-ratio", type=float, default=0.1,
         help="PatchCore's coreset sampling ratio (anomalib's default 0.1; its greedy selection is slow on a CPU)",

@@ -35,14 +35,24 @@ from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.diffusion import q_sample
 from anomalib_diffad.spaces.pixel import aligned_crop_offsets, crop_at
 from anomalib_diffad.torch_model import DiffADModel, TrainOutput
-from benchmarks.quality.compare import REPO, build_model, calibration_loader, diffad_component_maps, threshold_free_metrics
+from benchmarks.quality.compare import (
+    REPO,
+    build_model,
+    calibration_loader,
+    diffad_component_maps,
+    threshold_free_metrics,
+)
 from diffad_tools.callbacks import IdleCoreThreads, ReleaseFreedMemory
 from diffad_tools.provenance import recorded_command
 
 VARIANTS = ("fixed", "crop_targets", "clipped_vb")
 
 
-def crop_target_outputs(self: DiffADModel, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> TrainOutput:
+def crop_target_outputs(
+    self: DiffADModel,
+    images: torch.Tensor,
+    class_labels: torch.Tensor | None = None,
+) -> TrainOutput:
     """Training outputs with the crop's own features as targets, computed on the crop."""
     size = self.train_crop_size
     tops, lefts = aligned_crop_offsets(images.shape[0], images.shape[-2:], size, self.diffusion_space.crop_grid)
@@ -52,7 +62,8 @@ def crop_target_outputs(self: DiffADModel, images: torch.Tensor, class_labels: t
     t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=x0.device)
     noise = torch.randn_like(x0)
     xt = q_sample(self.schedule, x0, t, noise)
-    return TrainOutput(x0=x0, xt=xt, t=t, noise=noise, prediction=self.denoiser(xt, t, class_labels), target_features=target)
+    prediction = self.denoiser(xt, t, class_labels)
+    return TrainOutput(x0=x0, xt=xt, t=t, noise=noise, prediction=prediction, target_features=target)
 
 
 @contextlib.contextmanager
@@ -120,7 +131,8 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
         "fusion_on_training_images": calibrated_metrics(model, test, train_maps),
         "fusion_on_test_normals": calibrated_metrics(model, test, test_normals),
     }
-    if args.tile:  # the same weights scored in overlapping tiles (do GroupNorm and attention need the training crop's size?)
+    # The same weights scored in overlapping tiles (do GroupNorm and attention need the training crop's size?).
+    if args.tile:
         model.model.diffusion_space.score_tile_size = args.tile
         start = time.perf_counter()
         tiled = diffad_component_maps(model, datamodule.test_dataloader())
@@ -140,7 +152,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--tile", type=int, default=None, help="also score each model in overlapping tiles of this side")
+    parser.add_argument(
+        "--tile", type=int, default=None, help="also score each model in overlapping tiles of this side",
+    )
     out = REPO / "benchmarks" / "quality" / "results" / "ablations" / "fix_ablation.json"
     parser.add_argument("--out", type=Path, default=out)
     args = parser.parse_args()

@@ -127,13 +127,16 @@ def main() -> None:
     items = list(datamodule.test_data)
     test = {
         "label": torch.tensor([bool(item.gt_label) for item in items]),
-        "mask": torch.cat([torch.nn.functional.interpolate(item.gt_mask[None, None].float(), size=size)[:, 0] for item in items]) > 0.5,
+        "mask": torch.cat(
+            [torch.nn.functional.interpolate(item.gt_mask[None, None].float(), size=size)[:, 0] for item in items],
+        ) > 0.5,
     }
     rows = [{"map": "centre prior (no model)", **pixel_metrics(centre_prior(*size), test)}]
     print(json.dumps(rows[-1]), flush=True)
     models = {}
     if args.diffad:
-        models[f"DiffAD ({relative_path(args.diffad_config, REPO)})"] = load_diffad_checkpoint(args.diffad_config, args.diffad, args.image_size)
+        diffad = load_diffad_checkpoint(args.diffad_config, args.diffad, args.image_size)
+        models[f"DiffAD ({relative_path(args.diffad_config, REPO)})"] = diffad
     if args.patchcore:
         models["PatchCore"] = load_patchcore(args.patchcore, args.image_size)
     for name, model in models.items():

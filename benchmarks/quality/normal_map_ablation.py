@@ -20,7 +20,13 @@ from pathlib import Path
 
 from anomalib.data import MVTecAD
 
-from benchmarks.quality.compare import REPO, calibration_loader, diffad_component_maps, load_diffad_checkpoint, score_variant
+from benchmarks.quality.compare import (
+    REPO,
+    calibration_loader,
+    diffad_component_maps,
+    load_diffad_checkpoint,
+    score_variant,
+)
 from diffad_tools.provenance import recorded_command, relative_path
 
 
@@ -58,7 +64,9 @@ def main() -> None:
         "calibration": f"fusion statistics and normal map: DiffAD's first {len(train_maps['label'])} training "
         "images; no test image",
         "checkpoint": "the calibrated.ckpt that compare.py printed for this dataset's committed result (not committed)",
-        "command": recorded_command(sys.argv, REPO).replace(relative_path(args.ckpt, REPO), "'<DiffAD calibrated.ckpt>'"),
+        "command": recorded_command(sys.argv, REPO).replace(
+            relative_path(args.ckpt, REPO), "'<DiffAD calibrated.ckpt>'",
+        ),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,13 @@ from pathlib import Path
 
 from anomalib.data import MVTecAD
 
-from benchmarks.quality.compare import REPO, calibration_loader, diffad_component_maps, load_diffad_checkpoint, score_variant
+from benchmarks.quality.compare import (
+    REPO,
+    calibration_loader,
+    diffad_component_maps,
+    load_diffad_checkpoint,
+    score_variant,
+)
 from diffad_tools.provenance import recorded_command, relative_path
 
 

@@ -116,7 +116,11 @@ def train(model: DiffADModel, vectors: torch.Tensor, settings: dict, seed: int) 
         x0 = vectors[torch.randint(0, len(vectors), (settings["vectors_per_step"],))]
         t = torch.randint(0, settings["train_timesteps"], (len(x0),))
         noise = torch.randn_like(x0)
-        xt = model.schedule.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1) * x0 + model.schedule.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1) * noise
+        schedule = model.schedule
+        xt = (
+            schedule.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1) * x0
+            + schedule.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1) * noise
+        )
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(TrainOutput(x0, xt, t, noise, model.denoiser(xt, t), None))["loss"]
         optimizer.zero_grad(set_to_none=True)
@@ -155,7 +159,13 @@ def combined(maps: torch.Tensor, val_maps: torch.Tensor, per_timestep: bool) -> 
     return maps.mean(0), val_maps.mean(0)
 
 
-def metrics_of(test_map: torch.Tensor, val_map: torch.Tensor, model: DiffADModel, test: dict, size: tuple[int, int]) -> dict:
+def metrics_of(
+    test_map: torch.Tensor,
+    val_map: torch.Tensor,
+    model: DiffADModel,
+    test: dict,
+    size: tuple[int, int],
+) -> dict:
     """Metrics of a cue (smoothed and standardized as DiffAD's fusion does, on the validation normals) and of its
     location-free residual (minus the validation normals' mean map)."""
     generator = AnomalyMapGenerator(alpha=1.0, sigma=model.anomaly_map_generator.sigma)
@@ -176,7 +186,9 @@ def evaluate(model: DiffADModel, data: dict, size: tuple[int, int]) -> dict[str,
     scoring)."""
     val, test = pass_maps(model, data["val"]["x0"]), pass_maps(model, data["test"]["x0"])
     scorings = {
-        f"{cue}{'_per_t' if per_t else ''}": metrics_of(*combined(test[cue], val[cue], per_t), model, data["test"], size)
+        f"{cue}{'_per_t' if per_t else ''}": metrics_of(
+            *combined(test[cue], val[cue], per_t), model, data["test"], size,
+        )
         for cue in ("kl", "eps")
         for per_t in (False, True)
     }
@@ -219,7 +231,10 @@ def main() -> None:
             model.fit_feature_statistics(transform(batch.image) for batch in datamodule.train_dataloader())
             features[key] = {
                 "stats": (model.feature_channel_mean.clone(), model.feature_channel_std.clone()),
-                **{split: extract(model, getattr(datamodule, f"{split}_dataloader")(), transform) for split in ("train", "val", "test")},
+                **{
+                    split: extract(model, getattr(datamodule, f"{split}_dataloader")(), transform)
+                    for split in ("train", "val", "test")
+                },
                 "seconds": round(time.perf_counter() - start, 1),
             }
         data = features[key]

@@ -19,8 +19,8 @@ import matplotlib as mpl
 import numpy as np
 
 mpl.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+from PIL import Image
 
 METRICS = (
     "image_AUROC", "pixel_AUROC", "pixel_AUPRO", "residual_pixel_AUROC", "residual_pixel_AUPRO",
@@ -66,7 +66,14 @@ def write_tables(runs: list[dict], folder: Path) -> None:
     lines += ["| " + " | ".join(str(value) for value in row.values()) + " |" for row in rows]
     ablated = [run for run in runs if run.get("scoring_ablation")]
     if ablated:
-        lines += ["", "DiffAD scoring ablation on the same trained weights (fusion calibrated on the first 32 training images; threshold-free metrics on raw maps):", ""]
+        lines += [
+            "",
+            (
+                "DiffAD scoring ablation on the same trained weights (fusion calibrated on the first 32 training "
+                "images; threshold-free metrics on raw maps):"
+            ),
+            "",
+        ]
         lines += ["| dataset | category | timesteps | alpha | sigma | normal map | " + " | ".join(METRICS[:3]) + " |"]
         lines += ["|---" * 9 + "|"]
         for run in ablated:
@@ -75,7 +82,8 @@ def write_tables(runs: list[dict], folder: Path) -> None:
                 steps = ",".join(map(str, row["timesteps"]))
                 subtract = "subtracted" if row.get("subtract_normal_map") else "off"
                 lines.append(
-                    f"| {run['dataset']} | {run['category']} | {steps} | {row['alpha']} | {row['sigma']} | {subtract} | {metrics} |",
+                    f"| {run['dataset']} | {run['category']} | {steps} | {row['alpha']} | {row['sigma']} | {subtract} "
+                    f"| {metrics} |",
                 )
     lines += ["", "Commands (one per model; `compare.py` runs them all):", ""]
     lines += [f"    {run['command']}" for run in runs]
@@ -91,7 +99,14 @@ def plot_bars(runs: list[dict], path: Path) -> None:
     for axis, key in zip(axes, METRICS[:3], strict=True):
         for index, model in enumerate(models):
             values = [
-                next((r["test_metrics"].get(key, 0.0) for r in runs if (r["dataset"], r["category"]) == g and r["model"] == model), 0.0)
+                next(
+                    (
+                        r["test_metrics"].get(key, 0.0)
+                        for r in runs
+                        if (r["dataset"], r["category"]) == g and r["model"] == model
+                    ),
+                    0.0,
+                )
                 for g in groups
             ]
             axis.bar([i + index * width for i in range(len(groups))], values, width, label=model)
@@ -119,13 +134,16 @@ def pick_examples(labels: np.ndarray, paths: np.ndarray) -> list[int]:
 
 def plot_examples(runs: list[dict], maps_dir: Path, path: Path, show_images: bool) -> None:
     """Rows: example test images; columns: input (when allowed), ground truth, each model's anomaly map."""
-    maps = {run["model"]: np.load(maps_dir / f"{run['stem']}.npz") for run in runs if (maps_dir / f"{run['stem']}.npz").exists()}
+    files = {run["model"]: maps_dir / f"{run['stem']}.npz" for run in runs}
+    maps = {model: np.load(file) for model, file in files.items() if file.exists()}
     if not maps:
         return
     first = next(iter(maps.values()))
     examples = pick_examples(first["gt_label"], first["image_path"])
     columns = (["input"] if show_images else []) + ["ground truth", *maps]
-    figure, axes = plt.subplots(len(examples), len(columns), figsize=(1.9 * len(columns), 1.9 * len(examples)), squeeze=False)
+    figure, axes = plt.subplots(
+        len(examples), len(columns), figsize=(1.9 * len(columns), 1.9 * len(examples)), squeeze=False,
+    )
     for row, index in enumerate(examples):
         image_path = Path(str(first["image_path"][index]))
         panels = [np.asarray(Image.open(image_path).convert("RGB"))] if show_images else []
@@ -136,7 +154,8 @@ def plot_examples(runs: list[dict], maps_dir: Path, path: Path, show_images: boo
             panels.append(np.clip((values[index] - low) / (high - low + 1e-12), 0, 1))
         for column, panel in enumerate(panels):
             axis = axes[row, column]
-            axis.imshow(panel, cmap=None if panel.ndim == 3 else ("gray" if column == len(panels) - len(maps) - 1 else "jet"))
+            gray = column == len(panels) - len(maps) - 1
+            axis.imshow(panel, cmap=None if panel.ndim == 3 else ("gray" if gray else "jet"))
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
@@ -163,7 +182,8 @@ def main() -> None:
     for dataset, category in sorted({(run["dataset"], run["category"]) for run in runs}):
         group = [run for run in runs if (run["dataset"], run["category"]) == (dataset, category)]
         name = f"examples_{slug_of(group[0])}.png"
-        plot_examples(group, folder / "runs" / "maps", folder / name, show_images=dataset.lower().startswith("built-in"))
+        show_images = dataset.lower().startswith("built-in")
+        plot_examples(group, folder / "runs" / "maps", folder / name, show_images=show_images)
     print((folder / "summary.md").read_text())
 
 

@@ -106,7 +106,9 @@ def load_weights(model: torch.nn.Module, ckpt: Path) -> torch.nn.Module:
     Only the torch model: the checkpoint's evaluator, post-processor and visualizer may differ from the defaults.
     """
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    model.model.load_state_dict({key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")})
+    model.model.load_state_dict(
+        {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")},
+    )
     return model
 
 
@@ -124,7 +126,7 @@ def draem_reconstructor(args: argparse.Namespace, datamodule: MVTecAD, work: Pat
     """DRAEM's reconstructive subnetwork from ``--draem-ckpt`` or ``--draem-steps`` of training (``None``: off)."""
     if args.draem_ckpt is None and args.draem_steps <= 0:
         return None
-    from anomalib.models import Draem  # noqa: PLC0415
+    from anomalib.models import Draem
 
     source = work / "empty_anomaly_source"
     source.mkdir(exist_ok=True)
@@ -139,10 +141,10 @@ def draem_reconstructor(args: argparse.Namespace, datamodule: MVTecAD, work: Pat
 def write_grid(rows: list[dict], path: Path, image_panels: bool) -> None:
     """One row per image: input, each reconstruction with its change map, and the mask (only the change maps
     and the mask without ``image_panels``)."""
-    import matplotlib as mpl  # noqa: PLC0415
+    import matplotlib as mpl
 
     mpl.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     names = [key for key in ("diffad", "draem") if key in rows[0]]
     columns = (2 + 2 * len(names)) if image_panels else (1 + len(names))
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if not (args.root / args.category).is_dir():
-        print(f"SKIP: {args.root / args.category} not found")  # noqa: T201
+        print(f"SKIP: {args.root / args.category} not found")
         return 0
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry[f"{name}_change"] = change.cpu().numpy()
                 grid.append(entry)
         seen += images01.shape[0]
-        print(f"reconstructed {seen} test images, {time.monotonic() - started:.0f} s", flush=True)  # noqa: T201
+        print(f"reconstructed {seen} test images, {time.monotonic() - started:.0f} s", flush=True)
 
     record = {
         "category": args.category,
@@ -279,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(record, indent=2, default=str))
     if grid:
         write_grid(grid, args.out / f"{args.category}_reconstruction_grid.png", args.image_panels)
-    print(json.dumps({name: record[name]["ratio_defect_to_normal_pixels"] for name in meters}))  # noqa: T201
-    print(f"wrote {json_path}")  # noqa: T201
+    print(json.dumps({name: record[name]["ratio_defect_to_normal_pixels"] for name in meters}))
+    print(f"wrote {json_path}")
     return 0
 
 

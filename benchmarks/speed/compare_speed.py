@@ -9,7 +9,8 @@ the same number of threads (``OMP_NUM_THREADS``, default: the cores). Writes
 ``<out>/speed.json``, ``speed.csv`` and ``speed.png``.
 
 Example (the checkpoint: any DiffAD trained at 128 px on the built-in brick, e.g. by ``scripts/demo.sh``):
-    python benchmarks/speed/compare_speed.py --ckpt results/demo/DiffAD/MVTecAD/brick/latest/weights/lightning/model.ckpt \
+    python benchmarks/speed/compare_speed.py \
+        --ckpt results/demo/DiffAD/MVTecAD/brick/latest/weights/lightning/model.ckpt \
         --data-root datasets/textures --category brick --out benchmarks/speed/results
 """
 
@@ -27,8 +28,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from benchmarks.speed.cpu_costs import matmul_gflops, median_seconds
 
+from benchmarks.speed.cpu_costs import matmul_gflops, median_seconds
 from diffad_tools.provenance import recorded_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,8 +113,9 @@ def torch_runner(model) -> Callable[[torch.Tensor], dict]:  # noqa: ANN001
 
 def quality(run: Callable[[torch.Tensor], dict], args: argparse.Namespace, size: int) -> dict:
     """Image/pixel AUROC of a runner on the test set, and its raw outputs for the parity comparison."""
-    from anomalib.metrics import AUROC
     from types import SimpleNamespace
+
+    from anomalib.metrics import AUROC
 
     scores, maps, labels, masks = [], [], [], []
     for batch in datamodule(args, size).test_dataloader():
@@ -122,9 +124,15 @@ def quality(run: Callable[[torch.Tensor], dict], args: argparse.Namespace, size:
         maps.append(out["anomaly_map"].reshape(len(batch.image), size, size))
         labels.append(batch.gt_label)
         masks.append(batch.gt_mask.reshape(len(batch.image), size, size))
-    batch = SimpleNamespace(pred_score=torch.cat(scores), anomaly_map=torch.cat(maps), gt_label=torch.cat(labels), gt_mask=torch.cat(masks))
+    batch = SimpleNamespace(
+        pred_score=torch.cat(scores), anomaly_map=torch.cat(maps), gt_label=torch.cat(labels), gt_mask=torch.cat(masks),
+    )
     metrics = {}
-    for name, metric in {"image_AUROC": AUROC(fields=["pred_score", "gt_label"]), "pixel_AUROC": AUROC(fields=["anomaly_map", "gt_mask"])}.items():
+    aurocs = {
+        "image_AUROC": AUROC(fields=["pred_score", "gt_label"]),
+        "pixel_AUROC": AUROC(fields=["anomaly_map", "gt_mask"]),
+    }
+    for name, metric in aurocs.items():
         metric.update(batch)
         metrics[name] = round(float(metric.compute()), 4)
     return metrics | {"_scores": batch.pred_score, "_maps": batch.anomaly_map}
@@ -151,14 +159,16 @@ def worker(args: argparse.Namespace) -> dict:
     if args.model == "diffad" and args.ckpt and args.data_root and size == args.quality_size:
         found = quality(run, args, size)
         record |= {key: value for key, value in found.items() if not key.startswith("_")}
-        torch.save({"scores": found["_scores"], "maps": found["_maps"]}, Path(args.scratch) / f"{args.variant}_{size}.pt")
+        outputs = {"scores": found["_scores"], "maps": found["_maps"]}
+        torch.save(outputs, Path(args.scratch) / f"{args.variant}_{size}.pt")
     record["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     return record
 
 
 def worker_args(args: argparse.Namespace) -> list[str]:
     """The options a measurement process needs."""
-    options = ["--category", args.category, "--quality-size", str(args.quality_size), "--repeats", str(args.repeats), "--batch", str(args.batch)]
+    options = ["--category", args.category, "--quality-size", str(args.quality_size)]
+    options += ["--repeats", str(args.repeats), "--batch", str(args.batch)]
     options += ["--ckpt", str(args.ckpt)] if args.ckpt else []
     return options + (["--data-root", str(args.data_root)] if args.data_root else [])
 
@@ -166,7 +176,8 @@ def worker_args(args: argparse.Namespace) -> list[str]:
 def compare_outputs(rows: list[dict], scratch: Path) -> None:
     """Max |difference| of each DiffAD variant's normalized score and map against torch eager."""
     for row in rows:
-        reference, other = scratch / f"torch_eager_{row['image_size']}.pt", scratch / f"{row['variant']}_{row['image_size']}.pt"
+        reference = scratch / f"torch_eager_{row['image_size']}.pt"
+        other = scratch / f"{row['variant']}_{row['image_size']}.pt"
         if row["model"] == "diffad" and reference.exists() and other.exists() and row["variant"] != "torch_eager":
             ref, out = torch.load(reference), torch.load(other)
             row["max_abs_diff_score"] = float((ref["scores"] - out["scores"]).abs().max())
@@ -193,8 +204,12 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", type=Path, help="trained DiffAD checkpoint (default preset) for output/metric changes")
-    parser.add_argument("--data-root", type=Path, help="MVTec-layout root for PatchCore's memory bank, INT8 calibration, metrics")
+    parser.add_argument(
+        "--ckpt", type=Path, help="trained DiffAD checkpoint (default preset) for output/metric changes",
+    )
+    parser.add_argument(
+        "--data-root", type=Path, help="MVTec-layout root for PatchCore's memory bank, INT8 calibration, metrics",
+    )
     parser.add_argument("--category", default="brick")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--quality-size", type=int, default=128, help="size at which --ckpt's metrics are compared")
@@ -214,7 +229,8 @@ def main() -> None:
         return
 
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="speed_"))
-    plan = [("diffad", variant) for variant in ("torch_eager", *OV_VARIANTS)] + [("patchcore", "torch_eager"), ("draem", "torch_eager")]
+    plan = [("diffad", variant) for variant in ("torch_eager", *OV_VARIANTS)]
+    plan += [("patchcore", "torch_eager"), ("draem", "torch_eager")]
     args.out.mkdir(parents=True, exist_ok=True)
     partial = args.out / "speed_rows.jsonl"  # one line per finished measurement: an interrupted run resumes
     rows = [json.loads(line) for line in partial.read_text().splitlines()] if args.resume and partial.exists() else []
@@ -223,11 +239,12 @@ def main() -> None:
         partial.unlink(missing_ok=True)
     for size in args.sizes:
         for model, variant in plan:
-            if variant == "openvino_int8_ptq" and not args.data_root or model == "patchcore" and not args.data_root:
+            if (variant == "openvino_int8_ptq" and not args.data_root) or (model == "patchcore" and not args.data_root):
                 continue
             if (model, variant, size) in done_keys or f"{variant}@{size}" in args.skip:
                 continue
-            command = [sys.executable, __file__, *worker_args(args), "--worker", "--model", model, "--variant", variant, "--size", str(size), "--scratch", str(scratch)]
+            command = [sys.executable, __file__, *worker_args(args), "--worker", "--model", model, "--variant", variant]
+            command += ["--size", str(size), "--scratch", str(scratch)]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode or not lines:
@@ -240,13 +257,16 @@ def main() -> None:
     compare_outputs(rows, scratch)
     peak = matmul_gflops()
     for row in rows:
-        torch_row = next((r for r in rows if r["model"] == row["model"] and r["image_size"] == row["image_size"] and r["variant"] == "torch_eager"), None)
+        same_size = [r for r in rows if r["image_size"] == row["image_size"]]
+        torch_row = next((r for r in same_size if r["model"] == row["model"] and r["variant"] == "torch_eager"), None)
         draem_row = next((r for r in rows if r["model"] == "draem" and r["image_size"] == row["image_size"]), None)
         if torch_row:
             row["speedup_vs_own_torch"] = round(torch_row["latency_ms"] / row["latency_ms"], 2)
         if draem_row:
             row["latency_vs_draem_torch"] = round(row["latency_ms"] / draem_row["latency_ms"], 2)
-        gflop = next((r.get("gflop_per_image") for r in rows if r["model"] == "diffad" and r["image_size"] == row["image_size"] and r.get("gflop_per_image")), None)
+        gflop = next(
+            (r.get("gflop_per_image") for r in same_size if r["model"] == "diffad" and r.get("gflop_per_image")), None,
+        )
         if row["model"] == "diffad" and gflop:
             row["achieved_gflops"] = round(gflop / (row["latency_ms"] / 1000), 1)
             row["fraction_of_matmul_peak"] = round(row["achieved_gflops"] / peak, 3)

@@ -22,10 +22,10 @@ import torch
 import yaml
 
 mpl.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from anomalib_diffad import DiffAD  # noqa: E402
-from diffad_tools.provenance import recorded_command  # noqa: E402
+from anomalib_diffad import DiffAD
+from diffad_tools.provenance import recorded_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,7 +62,11 @@ def main() -> None:
         images = torch.rand(8, 3, 256, 256) * 2 - 1
         model.model.train()
 
-        def step(model: DiffAD = model, optimizer: torch.optim.Optimizer = optimizer) -> None:
+        def step(
+            model: DiffAD = model,
+            optimizer: torch.optim.Optimizer = optimizer,
+            images: torch.Tensor = images,
+        ) -> None:
             loss = model.loss(model.model(images))["loss"]
             optimizer.zero_grad()
             loss.backward()

@@ -89,7 +89,8 @@ def main() -> None:
     settings = {name: os.environ[name] for name in SETTINGS if name in os.environ}
     if "VENV" in settings:
         settings["VENV"] = "<an installed venv>"  # machine-specific; it only skips the set-up
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
+    commit = git.stdout.strip()
     result = {
         "results": timing,
         "load_1min": {"mean": round(sum(samples) / len(samples), 2), "max": round(max(samples), 2)},

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from benchmarks.speed.cpu_costs import median_seconds
 
 from anomalib_diffad import DiffAD
+from benchmarks.speed.cpu_costs import median_seconds
 from diffad_tools.baselines import lite0_patchcore
 from diffad_tools.provenance import cpu_description, recorded_command
 
@@ -72,7 +72,7 @@ def latency_seconds(run: Callable[[], object], repeats: int) -> float:
 
 def openvino_latency(model: DiffAD, image: torch.Tensor, precision: str, repeats: int) -> float:
     """Median time of the exported graph (pre-processing, model, post-processing) on one image."""
-    import openvino as ov  # noqa: PLC0415
+    import openvino as ov
 
     with tempfile.TemporaryDirectory() as folder:
         path = model.to_openvino(Path(folder))
@@ -111,7 +111,9 @@ def main() -> None:
         model = preset(name, size, args.score_timesteps if args.latency_only else None)
         for bf16 in () if args.latency_only else (False, True):
             seconds = train_step_seconds(model, batch, size, bf16, repeats)
-            rows.append({"what": "train step", "model": name, "batch": batch, "bf16_autocast": bf16, "seconds": seconds})
+            rows.append(
+                {"what": "train step", "model": name, "batch": batch, "bf16_autocast": bf16, "seconds": seconds},
+            )
         model.eval()
         for bf16 in (False, True):
             def score(model: DiffAD = model, bf16: bool = bf16) -> object:
@@ -121,9 +123,9 @@ def main() -> None:
             rows.append({"what": "test latency, torch", "model": name, "bf16_autocast": bf16,
                          "seconds": latency_seconds(score, repeats)})
         if name != "diffad":
-            for precision in args.openvino_precisions:
-                rows.append({"what": f"test latency, OpenVINO {precision}", "model": name,
-                             "seconds": openvino_latency(model, image, precision, repeats)})
+            rows.extend({"what": f"test latency, OpenVINO {precision}", "model": name,
+                         "seconds": openvino_latency(model, image, precision, repeats)}
+                        for precision in args.openvino_precisions)
     patchcore = lite0_patchcore((size, size)).eval()
     patchcore.model.memory_bank = torch.randn(args.bank, sum(patchcore.model.feature_extractor.out_dims))
     rows.append({"what": "test latency, torch", "model": "patchcore", "bank": args.bank,
@@ -169,10 +171,10 @@ def steps_only(args: argparse.Namespace) -> None:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Horizontal bars of every measured time."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
 
     labels = [f"{r['model']}: {r['what']}" + (" (bf16)" if r.get("bf16_autocast") else "") for r in rows]
     figure, axis = plt.subplots(figsize=(8, 0.35 * len(rows) + 1))

@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--startup-only", action="store_true", help="only the hook's cost (seconds, not minutes)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "speed" / "results")
     args = parser.parse_args()
-    from diffad_tools.provenance import recorded_command  # noqa: PLC0415  (measurements run in fresh processes)
+    from diffad_tools.provenance import recorded_command  # here: measurements run in fresh processes
 
     on = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     off = on | {"ANOMALIB_DIFFAD_AUTOLOAD": "0"}
@@ -85,19 +85,21 @@ def main() -> None:
         (args.out / "startup_hook.json").write_text(json.dumps(payload, indent=2) + "\n")
         print(json.dumps(payload, indent=2))
         return
+    few = max(3, args.repeats // 3)
     results |= {
         "python_pass_no_site_ms": median_ms([python, "-S", "-c", "pass"], on, args.repeats),
-        "import_anomalib_models_ms": median_ms([python, "-c", "import anomalib.models"], off, max(3, args.repeats // 3)),
-        "import_anomalib_diffad_ms": median_ms([python, "-c", "import anomalib_diffad"], off, max(3, args.repeats // 3)),
-        "anomalib_help_plugin_on_ms": median_ms([str(ANOMALIB), "--help"], on, max(3, args.repeats // 3)),
-        "anomalib_help_plugin_off_ms": median_ms([str(ANOMALIB), "--help"], off, max(3, args.repeats // 3)),
+        "import_anomalib_models_ms": median_ms([python, "-c", "import anomalib.models"], off, few),
+        "import_anomalib_diffad_ms": median_ms([python, "-c", "import anomalib_diffad"], off, few),
+        "anomalib_help_plugin_on_ms": median_ms([str(ANOMALIB), "--help"], on, few),
+        "anomalib_help_plugin_off_ms": median_ms([str(ANOMALIB), "--help"], off, few),
     }
     results["hook_cost_ms"] = round(results["python_pass_hook_on_ms"] - results["python_pass_hook_off_ms"], 1)
     results["plugin_import_beyond_anomalib_ms"] = round(
         results["import_anomalib_diffad_ms"] - results["import_anomalib_models_ms"], 1,
     )
+    heavy = "{'torch', 'anomalib', 'anomalib_diffad'}"
     modules = subprocess.run(
-        [python, "-c", "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'anomalib', 'anomalib_diffad'}))"],
+        [python, "-c", f"import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"],
         env=on, check=True, capture_output=True, text=True,
     ).stdout.strip()
     payload = {

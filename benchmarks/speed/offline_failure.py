@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--measure", action="store_true", help="measure in this process and print JSON")
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.repeats)))  # noqa: T201
+        print(json.dumps(measure(args.repeats)))
         return
     environment = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
     results = {}
@@ -79,7 +79,7 @@ def main() -> None:
     payload = {"results": results, "command": "python " + " ".join(sys.argv)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "offline_failure.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload, indent=2))  # noqa: T201
+    print(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

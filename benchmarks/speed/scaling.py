@@ -51,11 +51,11 @@ import torch
 import yaml
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from benchmarks.speed.cpu_costs import median_seconds
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.precision import hardware_precision
 from anomalib_diffad.spaces.feature import FEATURE_SPACE_STRIDE
+from benchmarks.speed.cpu_costs import median_seconds
 from diffad_tools.baselines import lite0_patchcore
 from diffad_tools.callbacks import IdleCoreThreads, ReleaseFreedMemory
 from diffad_tools.provenance import cpu_description, recorded_command
@@ -304,7 +304,7 @@ def run_capped(command: list[str], folder: Path, log: Path, cap_s: float, thread
     log.parent.mkdir(parents=True, exist_ok=True)
     stage, peak = ("set-up", time.time()), 0.0
     with log.open("w") as output:
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
         )
         try:
@@ -407,10 +407,10 @@ def plot(rows: list[dict], specs: list[ModelSpec], cap_s: float, path: Path) -> 
     """Fit time, peak memory and latency against N (log x), one line per model. Open markers: lower bounds (a
     fit stopped at the cap, drawn at the cap; the memory its process had reached) and the latency of a random
     memory bank."""
-    import matplotlib as mpl  # noqa: PLC0415
+    import matplotlib as mpl
 
     mpl.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     panels = (
         ("fit_seconds", "fit time (s)", "fit_seconds_is_lower_bound", "> cap"),

@@ -64,10 +64,10 @@ def run_configuration(threads: str, busy: int, precision: str, policy: str, args
         del env["OMP_NUM_THREADS"]
     if policy != "default":
         env["OMP_WAIT_POLICY"] = policy
-    loops = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(busy)]  # noqa: S607
+    loops = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(busy)]
     started = time.perf_counter()
     try:
-        result = subprocess.run(  # noqa: S603
+        result = subprocess.run(
             [sys.executable, "-c", STEP_TIMES, str(args.size), str(args.batch), str(args.steps), precision],
             env=env,
             cwd=REPO,

@@ -139,10 +139,10 @@ def run_suite(pytest_args: list[str], log: Path) -> tuple[int, str, float]:
 
 def plot(per_file: dict[str, float], title: str, path: Path) -> None:
     """Horizontal bars of the seconds of the slowest test files."""
-    import matplotlib as mpl  # noqa: PLC0415
+    import matplotlib as mpl
 
     mpl.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     top = list(per_file.items())[:TOP_FILES]
     figure, axis = plt.subplots(figsize=(10, 0.35 * len(top) + 1.5))

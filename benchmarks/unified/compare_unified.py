@@ -56,7 +56,7 @@ def dataset_name(category: str) -> str:
 
 def datamodule(args: argparse.Namespace, category: str):  # noqa: ANN201
     """anomalib ``MVTecAD`` datamodule of one category (MVTec AD layout)."""
-    from anomalib.data import MVTecAD  # noqa: PLC0415
+    from anomalib.data import MVTecAD
 
     return MVTecAD(
         root=dataset_root(args, category),
@@ -72,7 +72,7 @@ def datamodule(args: argparse.Namespace, category: str):  # noqa: ANN201
 
 def multi(args: argparse.Namespace, categories: list[str]):  # noqa: ANN201
     """``MultiCategory`` over ``categories``."""
-    from anomalib_diffad import MultiCategory  # noqa: PLC0415
+    from anomalib_diffad import MultiCategory
 
     return MultiCategory(
         [datamodule(args, category) for category in categories],
@@ -85,7 +85,7 @@ def multi(args: argparse.Namespace, categories: list[str]):  # noqa: ANN201
 
 def build(args: argparse.Namespace, categories: list[str] | None, steps: int):  # noqa: ANN201
     """DiffAD (unified when ``categories`` is given) and the settings to record."""
-    from anomalib_diffad import DiffAD  # noqa: PLC0415
+    from anomalib_diffad import DiffAD
 
     preset = yaml.safe_load(args.config.read_text())["model"]["init_args"]
     preset |= {"image_size": args.image_size, "lr_anneal_steps": steps}
@@ -96,11 +96,11 @@ def build(args: argparse.Namespace, categories: list[str] | None, steps: int):  
 
 def run_job(job: str, args: argparse.Namespace) -> list[dict]:
     """Fit and test one job (``<model>_separate_<category>`` or ``<model>_unified``); one row per category."""
-    from anomalib.engine import Engine  # noqa: PLC0415
-    from lightning.pytorch import seed_everything  # noqa: PLC0415
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
 
-    from anomalib_diffad.unified import evaluate_per_category  # noqa: PLC0415
-    from diffad_tools.callbacks import IdleCoreThreads  # noqa: PLC0415
+    from anomalib_diffad.unified import evaluate_per_category
+    from diffad_tools.callbacks import IdleCoreThreads
 
     seed_everything(args.seed)
     _, mode, names = job.split("_", 2)
@@ -174,10 +174,10 @@ def series(row: dict) -> str:
 
 def summarize(rows: list[dict], out: Path, command: str, args: argparse.Namespace) -> None:
     """Write ``unified.json``, ``unified.csv``, ``unified.md`` and ``unified.png``."""
-    import matplotlib as mpl  # noqa: PLC0415
+    import matplotlib as mpl
 
     mpl.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     rows = sorted(rows, key=lambda r: (r["model"], r["dataset"], r["category"], len(r["categories_in_model"])))
     (out / "unified.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
@@ -193,14 +193,18 @@ def summarize(rows: list[dict], out: Path, command: str, args: argparse.Namespac
         "",
         f"    {command}",
         "",
-        f"Images at {args.image_size} px. DiffAD: `{args.config.relative_to(REPO)}`, {args.steps} steps per separate "
-        f"model, {args.steps} x the number of categories for a unified model (same compute), "
-        f"batch {args.batch_size}; one validation after training calibrates the fusion and the thresholds "
-        "(per category for a unified model) on 20% of the training normals, never on test images. "
-        "Metrics: anomalib's Evaluator on each category's test set (F1 at the model's thresholds).",
+        (
+            f"Images at {args.image_size} px. DiffAD: `{args.config.relative_to(REPO)}`, {args.steps} steps per "
+            f"separate model, {args.steps} x the number of categories for a unified model (same compute), "
+            f"batch {args.batch_size}; one validation after training calibrates the fusion and the thresholds "
+            "(per category for a unified model) on 20% of the training normals, never on test images. "
+            "Metrics: anomalib's Evaluator on each category's test set (F1 at the model's thresholds)."
+        ),
         "",
-        "| model | category | trained on | image AUROC | pixel AUROC | pixel AUPRO | image F1 | pixel F1 "
-        "| train steps | train s |",
+        (
+            "| model | category | trained on | image AUROC | pixel AUROC | pixel AUPRO | image F1 | pixel F1 "
+            "| train steps | train s |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -283,8 +287,8 @@ def main() -> None:
         (runs / f"{args.job}.json").write_text(json.dumps(rows, indent=2) + "\n")
         return
 
-    from diffad_tools.textures import generate_texture_dataset  # noqa: PLC0415
-    from diffad_tools.provenance import recorded_command  # noqa: PLC0415
+    from diffad_tools.provenance import recorded_command
+    from diffad_tools.textures import generate_texture_dataset
 
     generate_texture_dataset(
         args.data,

@@ -45,4 +45,5 @@ def fit_test_predict(model: AnomalibModule, engine: Engine, root: Path) -> dict:
         for batch in batches
         for index, path in enumerate(batch.image_path)
     }
-    return {"model": model, "metrics": metrics, "predictions": predictions, "root_dir": Path(engine.trainer.default_root_dir)}
+    root_dir = Path(engine.trainer.default_root_dir)
+    return {"model": model, "metrics": metrics, "predictions": predictions, "root_dir": root_dir}

@@ -18,7 +18,7 @@ TINY = yaml.safe_load((REPO / "configs" / "diffad_tiny.yaml").read_text())["mode
 
 def _tiny_benchmark_config(shipped: dict, dataset_root: Path, anomaly_source: Path) -> dict:
     """The shipped config with the tiny DiffAD preset, one DRAEM epoch and the test dataset."""
-    diffad, feature, patch, patchcore, draem = shipped["benchmark"]["model"]["grid"]
+    diffad, feature, patch, _patchcore, draem = shipped["benchmark"]["model"]["grid"]
     diffad["init_args"] = TINY | {"max_steps": 2}
     feature["init_args"] |= {"image_size": 64, "max_steps": 2}
     feature["init_args"]["space"]["init_args"] |= {"block_out_channels": [32, 64], "norm_num_groups": 8}

@@ -216,7 +216,8 @@ def test_normals_only_validation_does_not_flatten_the_maps(normals_only: dict) -
     raw, post = normals_only["raw"], normals_only["post"]
     masks = torch.cat([batch.gt_mask for batch in post]).int()
     results = {}
-    for kind, maps in (("raw", torch.cat([r.anomaly_map for r in raw])), ("post", torch.cat([b.anomaly_map for b in post]))):
+    for kind, batches in (("raw", raw), ("post", post)):
+        maps = torch.cat([b.anomaly_map for b in batches])
         batch = SimpleNamespace(anomaly_map=maps.squeeze(1), gt_mask=masks)
         results[kind] = []
         for metric in (AUROC(fields=["anomaly_map", "gt_mask"]), AUPRO(fields=["anomaly_map", "gt_mask"])):
@@ -318,7 +319,9 @@ def _assert_parity(
             assert np.abs(score - reference_score).max() <= tolerance, (score_key, path)
             decided = np.abs(reference_score - 0.5) > tolerance
             decision, reference_decision = _flat(getattr(result, decision_key)), _flat(expected[decision_key])
-            np.testing.assert_array_equal(decision[decided], reference_decision[decided], err_msg=f"{decision_key} {path}")
+            np.testing.assert_array_equal(
+                decision[decided], reference_decision[decided], err_msg=f"{decision_key} {path}"
+            )
 
 
 def _assert_batched_parity(path: Path, predictions: dict) -> None:
@@ -469,7 +472,7 @@ itself, then fails to build INT8 weight-compressed inner products ("could not cr
         (CompressionType.INT8_PTQ, "i8"),
     ],
 )  # fmt: skip
-def test_weight_compression_at_a_fixed_size_compiles_and_stays_close(  # noqa: PLR0913
+def test_weight_compression_at_a_fixed_size_compiles_and_stays_close(
     project: dict,
     predictions: dict,
     dataset_root: Path,
@@ -497,7 +500,11 @@ def test_weight_compression_at_a_fixed_size_compiles_and_stays_close(  # noqa: P
         datamodule=_datamodule(dataset_root),
     )
     model = ov.Core().read_model(path)
-    compressed = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == stored]
+    compressed = [
+        op
+        for op in model.get_ops()
+        if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == stored
+    ]
     assert len(compressed) > 20
     resize = [op for op in model.get_ops() if op.get_friendly_name() in set(image_resize_products(model))]
     assert resize

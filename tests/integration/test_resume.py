@@ -26,7 +26,7 @@ STEPS = 4  # 8 train images, batch 4: two steps per epoch, two epochs
 SEED = 7
 
 
-class SimulatedCrash(RuntimeError):
+class SimulatedCrashError(RuntimeError):
     """Raised by :class:`CrashAtStep` in place of a killed process."""
 
 
@@ -39,7 +39,7 @@ class CrashAtStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         del pl_module, batch, batch_idx
         if trainer.global_step == self.step:
-            raise SimulatedCrash
+            raise SimulatedCrashError
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -102,7 +102,7 @@ def crashed(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
     root = tmp_path_factory.mktemp("crashed")
     saver = StepCheckpoint(dirpath=root / "steps", save_top_k=-1, every_n_train_steps=STEPS // 2)
-    with pytest.raises(SimulatedCrash):
+    with pytest.raises(SimulatedCrashError):
         _engine(root, [saver, CrashAtStep(STEPS // 2)]).fit(
             model=_model(TINY_MODEL_ARGS),
             datamodule=_datamodule(dataset_root),

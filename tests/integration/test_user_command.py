@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from diffad_tools.textures import generate_texture_dataset
 from diffad_tools.report import printed_metrics
+from diffad_tools.textures import generate_texture_dataset
 from tests.integration.test_cli import METRICS
 
 ANOMALIB = Path(sys.executable).parent / "anomalib"
@@ -36,7 +36,7 @@ def _tree(pid: int) -> list[int]:
         for children in Path(f"/proc/{current}/task").glob("*/children"):
             try:
                 stack += [int(child) for child in children.read_text().split()]
-            except OSError:
+            except OSError:  # noqa: PERF203 - a process may exit while its children are read
                 continue
     return found
 

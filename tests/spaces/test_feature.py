@@ -77,7 +77,8 @@ def test_feature_space_diffuses_standardized_backbone_features() -> None:
     outputs = model(images)
     assert outputs.x0.shape == (2, 40 + 112, 8, 8)
     torch.testing.assert_close(outputs.x0, model.target_features(images))
-    assert outputs.target_features is None and outputs.prediction.features is None
+    assert outputs.target_features is None
+    assert outputs.prediction.features is None
     assert outputs.prediction.eps.shape == outputs.prediction.v.shape == outputs.x0.shape
     assert model.score_noise.shape == (3, 1, 152, 8, 8)
 

@@ -63,7 +63,13 @@ def test_the_denoiser_is_conditioned_on_timestep_and_class() -> None:
     assert (reference - other_class).abs().max() > 1e-3
 
 
-def _closed_form_kl_bits(x0: torch.Tensor, xt: torch.Tensor, t: int, eps: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _closed_form_kl_bits(
+    x0: torch.Tensor,
+    xt: torch.Tensor,
+    t: int,
+    eps: torch.Tensor,
+    v: torch.Tensor,
+) -> torch.Tensor:
     """``KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))`` in bits, from the betas alone, in float64."""
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     alphas_bar = torch.cumprod(1 - betas, 0)

@@ -122,7 +122,7 @@ def test_cli_main_prints_data_errors_only_once_wrapped() -> None:
 
 def _cli_callbacks(monkeypatch: pytest.MonkeyPatch, *args: str) -> list[str]:
     """Class names of the callbacks the Trainer of ``anomalib fit <args>`` would get."""
-    from anomalib.cli import AnomalibCLI  # noqa: PLC0415
+    from anomalib.cli import AnomalibCLI
 
     monkeypatch.setattr(AnomalibCLI, "before_instantiate_classes", AnomalibCLI.before_instantiate_classes)
     anomalib_cli.install_cli_defaults(AnomalibCLI)
@@ -139,5 +139,6 @@ def test_bare_diffad_command_gets_the_memory_callbacks(monkeypatch: pytest.Monke
 
 def test_listed_memory_callbacks_are_the_users_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     listed = "--trainer.callbacks+=diffad_tools.callbacks.ReleaseFreedMemory"
-    assert "CapWorkers" not in _cli_callbacks(monkeypatch, "--model", "DiffAD", "--model.pretrained_weights", "null", listed)
+    callbacks = _cli_callbacks(monkeypatch, "--model", "DiffAD", "--model.pretrained_weights", "null", listed)
+    assert "CapWorkers" not in callbacks
     assert "ReleaseFreedMemory" not in _cli_callbacks(monkeypatch, "--model", "Padim", "--model.pre_trained", "false")

@@ -71,7 +71,8 @@ def test_busy_cores_lower_the_threads_with_a_warning(
     user's count stays; idle cores keep it."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(callbacks, "idle_cores", lambda interval=0.25: 1.8)
-    assert fit_threads_to_idle_cores() == 2 and torch.get_num_threads() == 2
+    assert fit_threads_to_idle_cores() == 2
+    assert torch.get_num_threads() == 2
     monkeypatch.setattr(callbacks, "idle_cores", lambda interval=0.25: 0.3)
     with caplog.at_level(logging.WARNING, logger="diffad_tools.callbacks"):
         assert fit_threads_to_idle_cores() == 1
@@ -80,7 +81,8 @@ def test_busy_cores_lower_the_threads_with_a_warning(
     assert "OMP_NUM_THREADS" in caplog.text
     torch.set_num_threads(2)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert fit_threads_to_idle_cores() == 2 and torch.get_num_threads() == 2
+    assert fit_threads_to_idle_cores() == 2
+    assert torch.get_num_threads() == 2
 
 
 def test_idle_cores_measures_this_machine() -> None:
