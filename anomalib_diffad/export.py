@@ -57,7 +57,8 @@ def image_resize_products(model: "openvino.Model") -> list[str]:
     return [
         op.get_friendly_name()
         for op in model.get_ops()
-        if op.get_type_name() == "MatMul" and any(op.input(i).get_partial_shape().rank.get_length() == 4 for i in range(2))
+        if op.get_type_name() == "MatMul"
+        and any(op.input(i).get_partial_shape().rank.get_length() == 4 for i in range(2))
     ]
 
 
@@ -260,7 +261,8 @@ class DiffADExportMixin:
         *args: Any,  # noqa: ANN401
         **kwargs: Any,  # noqa: ANN401
     ) -> "openvino.Model":
-        """anomalib's NNCF compression; INT8 weight compression leaves the input resize (:func:`image_resize_products`)."""
+        """anomalib's NNCF compression; INT8 weight compression leaves the input resize out
+        (:func:`image_resize_products`)."""
         from anomalib.deploy import CompressionType  # noqa: PLC0415
 
         if compression_type != CompressionType.INT8:

@@ -192,7 +192,8 @@ class DiffADModel(nn.Module):
         return features
 
     def load_pretrained_weights(self, pretrained_weights: str | None) -> None:
-        """Fill the frozen feature extractor with pretrained weights (:func:`~anomalib_diffad.backbone.load_pretrained_weights`)."""
+        """Fill the frozen feature extractor with pretrained weights
+        (:func:`~anomalib_diffad.backbone.load_pretrained_weights`)."""
         load_pretrained_weights(self.feature_extractor, pretrained_weights)
 
     @torch.no_grad()
@@ -221,7 +222,7 @@ class DiffADModel(nn.Module):
         self.ema_updates += 1
         rate = min(decay, (1.0 + self.ema_updates.item()) / (10.0 + self.ema_updates.item()))
         ema = list(self.ema_denoiser.parameters())
-        torch._foreach_lerp_(ema, list(self.denoiser.parameters()), 1.0 - rate)  # noqa: SLF001
+        torch._foreach_lerp_(ema, list(self.denoiser.parameters()), 1.0 - rate)
 
     def forward(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> TrainOutput | InferenceBatch:
         """Return the loss inputs in train mode, or scores and anomaly maps (``InferenceBatch``) in eval mode."""
@@ -346,7 +347,8 @@ def images_per_chunk(model: "DiffADModel", image_shape: Sequence[int], training:
 
     The datamodule sets the batch (anomalib's ``MVTecAD`` defaults to 32 whole images: about 23 GiB of
     activations in one training step of the default UNet at 256 px), so ``DiffAD`` trains
-    (:func:`losses_in_chunks`) and scores (:func:`score_in_chunks`) a larger batch in chunks. Every preset's batch fits one chunk.
+    (:func:`losses_in_chunks`) and scores (:func:`score_in_chunks`) a larger batch in chunks. Every preset's
+    batch fits one chunk.
 
     Args:
         model: The torch model.

@@ -159,8 +159,8 @@ class Categories:
         if self.selected is None:
             msg = (
                 f"This DiffAD is unified (num_classes={self.num_classes}) and no category is selected: call "
-                "model.categories.select(...) (CLI: --model.category <name>) before exporting or calling it on raw images "
-                "(one exported graph per category)."
+                "model.categories.select(...) (CLI: --model.category <name>) before exporting or calling it on raw "
+                "images (one exported graph per category)."
             )
             raise ValueError(msg)
         return torch.full_like(images[:, 0, 0, 0], self.selected, dtype=torch.long)
