@@ -20,6 +20,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from diffad_tools.anomalib_cli import ignore_foreign_deprecations
+
 METRICS = ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Score")
 SUMMARY_ROWS = ("image", "ground truth", "anomaly map")
 """The rows of each category's block in ``summary.png``; its columns are the example images."""
@@ -183,6 +185,7 @@ def main() -> None:
     parser.add_argument("output_dir", type=Path, help="the --default_root_dir of the runs (with logs/ inside)")
     parser.add_argument("--data-root", type=Path, help="the runs' dataset root (MVTec AD layout): write summary.png")
     args = parser.parse_args()
+    ignore_foreign_deprecations()  # as the anomalib CLI does: the summary loads the models through anomalib
     rows = collect(args.output_dir)
     _, md_path = write_tables(rows, args.output_dir)
     print(md_path.read_text())
