@@ -6,7 +6,9 @@ The patch space's denoiser sees one position's vector at a time, so its training
 extracts the standardized, pooled Lite0 features of the training, validation and test images once (DiffAD's own
 ``target_features``), then for each variant trains a fresh :class:`~anomalib_diffad.spaces.PatchDenoiser` on
 random batches of training vectors (DiffAD's loss, EMA and learning-rate decay) and scores the test images
-through DiffAD's own ``component_scores``. Each variant changes one setting of the base (``--base``).
+through DiffAD's own ``component_scores``. Each variant changes one setting of the base, or a few together
+(``RECIPE``: timesteps below 500, training vectors of the images and their horizontal flips, a constant learning
+rate).
 
 Reported per variant and per scoring (the KL, DiffAD's cue, or the squared noise-prediction error; averaged
 over the passes as they are, or each pass first divided by its mean over the validation normals): image AUROC
@@ -56,7 +58,10 @@ BASE = {
     "alpha": 1.0,
     "smoothing_sigma": 4.0,
     "top_k": 64,
+    "flips": False,
+    "lr_schedule": "linear",
 }
+RECIPE = {"train_timesteps": 500, "flips": True, "lr_schedule": "constant"}
 VARIANTS = {
     "base": {},
     "width_512": {"mlp_width": 512},
@@ -77,8 +82,14 @@ VARIANTS = {
     "alpha_0.5": {"alpha": 0.5},
     "alpha_0": {"alpha": 0.0},
     "sigma_0": {"smoothing_sigma": 0.0},
+    "flips_t500": {"train_timesteps": 500, "flips": True},
+    "constant_lr_t500": {"train_timesteps": 500, "lr_schedule": "constant"},
+    "recipe": RECIPE,
+    "recipe_width_512": RECIPE | {"mlp_width": 512},
+    "recipe_steps_3000": RECIPE | {"steps": 3000},
+    "recipe_batch_8192": RECIPE | {"vectors_per_step": 8192},
 }
-FEATURE_KEYS = ("layers", "feature_pool")
+FEATURE_KEYS = ("layers", "feature_pool", "flips")
 
 
 def model_for(settings: dict, image_size: int) -> DiffADModel:
@@ -103,12 +114,16 @@ def extract(model: DiffADModel, batches: Iterable, transform: torch.nn.Module) -
 
 def train(model: DiffADModel, vectors: torch.Tensor, settings: dict, seed: int) -> dict:
     """Train the denoiser on random batches of training vectors ``(M, C, 1, 1)``; EMA as in DiffAD; timesteps
-    uniform below ``train_timesteps`` (DiffAD: all ``T``)."""
+    uniform below ``train_timesteps`` (DiffAD: all ``T``); the learning rate decays linearly to 0 or stays
+    constant (``lr_schedule``)."""
     torch.manual_seed(seed)
     loss_fn = DiffADLoss(model.schedule, vb_weight=settings["vb_weight"], feature_weight=0.0, discrete=False)
     optimizer = torch.optim.AdamW(model.denoiser.parameters(), lr=settings["lr"], weight_decay=0.0)
     steps = settings["steps"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / steps))
+    constant = settings["lr_schedule"] == "constant"
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0 if constant else max(0.0, 1.0 - step / steps)
+    )
     model.train()
     bf16 = hardware_precision("cpu") == "bf16-mixed"  # the preset's precision on this CPU
     start = time.perf_counter()
@@ -235,12 +250,18 @@ def main() -> None:
                     split: extract(model, getattr(datamodule, f"{split}_dataloader")(), transform)
                     for split in ("train", "val", "test")
                 },
+                **(
+                    {"train_flipped": extract(model, datamodule.train_dataloader(), lambda x: transform(x.flip(-1)))}
+                    if settings["flips"]
+                    else {}
+                ),
                 "seconds": round(time.perf_counter() - start, 1),
             }
         data = features[key]
         model.feature_channel_mean.copy_(data["stats"][0])
         model.feature_channel_std.copy_(data["stats"][1])
-        vectors = data["train"]["x0"].permute(0, 2, 3, 1).reshape(-1, data["train"]["x0"].shape[1], 1, 1)
+        train_x0 = torch.cat([data[split]["x0"] for split in ("train", "train_flipped") if split in data])
+        vectors = train_x0.permute(0, 2, 3, 1).reshape(-1, train_x0.shape[1], 1, 1)
         row = {"variant": name, "changed": VARIANTS[name], "feature_seconds": data["seconds"]}
         row |= train(model, vectors, settings, args.seed)
         start = time.perf_counter()
