@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set everything up, check the code with ruff, then run the whole test suite with every docstring example
-# (15-17 minutes on 2 idle cores, with AVX-512 BF16 or with the AVX2 caps, benchmarks/RESULTS.md; the time it took
+# (15-20 minutes on 2 idle cores, with AVX-512 BF16 or with the AVX2 caps, benchmarks/RESULTS.md; the time it took
 # is printed at the end). Arguments go to pytest, e.g. `bash scripts/test.sh tests/test_reliability.py -x`.
 # ruff's findings fail the script, after pytest has run, with a closing line that says so.
 set -euo pipefail
