@@ -9,6 +9,7 @@ and any batch; a unified model writes one graph per category; the OpenVINO outpu
 compression every weight but the input resize's.
 """
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -149,6 +150,46 @@ def quantize_products(model: "openvino.Model", datamodule: AnomalibDataModule | 
     )
 
 
+def check_quantizable(post_processor: torch.nn.Module | None, compression_type: "CompressionType | None") -> None:
+    """Check that a model about to be quantized (INT8 PTQ or ACQ) is calibrated.
+
+    OpenVINO's low-precision passes fail to compile a graph whose normalization constants are still NaN.
+
+    Raises:
+        ValueError: The post-processor's statistics are NaN (no validation yet).
+    """
+    from anomalib.deploy import CompressionType  # noqa: PLC0415
+
+    quantized = compression_type in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}
+    if quantized and bool(torch.isnan(getattr(post_processor, "image_min", torch.zeros(()))).any()):
+        msg = (
+            "INT8 post-training quantization needs a calibrated model, and this one has no thresholds or "
+            "normalization statistics yet (they are NaN): export a checkpoint written after validation "
+            "(anomalib train/fit validates at the end), or run `anomalib validate` on it first."
+        )
+        raise ValueError(msg)
+
+
+def per_category(export: Callable[..., Path]) -> Callable[..., Path]:
+    """Make an export method write one graph per category when the model is unified and no category is selected.
+
+    The wrapped method then runs once per category, with that category selected, into
+    ``<export_root>/<category>``, and returns ``export_root``.
+    """
+
+    @functools.wraps(export)
+    def export_each(self: "DiffADExportMixin", export_root: Path | str, *args: Any, **kwargs: Any) -> Path:  # noqa: ANN401
+        categories = self.categories
+        if categories.num_classes is None or categories.selected is not None:
+            return export(self, export_root, *args, **kwargs)
+        for index, name in enumerate(categories.all_names):
+            with categories.selection(index):
+                export(self, Path(export_root) / name, *args, **kwargs)
+        return Path(export_root)
+
+    return export_each
+
+
 class DiffADExportMixin:
     """Export overrides of :class:`~anomalib_diffad.DiffAD`; list it before ``AnomalibModule`` in the bases.
 
@@ -156,22 +197,7 @@ class DiffADExportMixin:
     (:class:`~anomalib_diffad.unified.Categories`).
     """
 
-    def _export_every_category(self, export_root: Path | str, export: Callable[[Path], Path]) -> Path:
-        """Run ``export`` once per category of a unified model, into ``<export_root>/<category>``.
-
-        Returns:
-            ``export_root``.
-        """
-        for index, name in enumerate(self.categories.all_names):
-            with self.categories.selection(index):
-                export(Path(export_root) / name)
-        return Path(export_root)
-
-    @property
-    def _exports_every_category(self) -> bool:
-        """A unified model without a selected category exports one graph per category."""
-        return self.categories.num_classes is not None and self.categories.selected is None
-
+    @per_category
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
         """anomalib's torch export; a unified model without a selected category writes one file per category.
 
@@ -179,10 +205,9 @@ class DiffADExportMixin:
         reaches the export with no category selected: it then writes ``<export_root>/<category>/weights/...``
         for every category (``categories.select`` first to export one).
         """
-        if self._exports_every_category:
-            return self._export_every_category(export_root, lambda root: self.to_torch(root, model_file_name))
         return super().to_torch(export_root, model_file_name)
 
+    @per_category
     def to_onnx(
         self,
         export_root: Path | str,
@@ -206,11 +231,6 @@ class DiffADExportMixin:
         Raises:
             ValueError: If ``input_size`` is not two positive integers.
         """
-        if self._exports_every_category:
-            return self._export_every_category(
-                export_root,
-                lambda root: self.to_onnx(root, model_file_name, input_size, **kwargs),
-            )
         max_batch = max(1, 63 // len(self.model.score_timesteps))
         axes = {0: torch.export.Dim("batch", min=1, max=max_batch)}
         if input_size is not None:
@@ -220,6 +240,7 @@ class DiffADExportMixin:
         kwargs.setdefault("dynamic_shapes", (axes,))
         return super().to_onnx(export_root, model_file_name, input_size or self.model.image_size, **kwargs)
 
+    @per_category
     def to_openvino(
         self,
         export_root: Path | str,
@@ -230,25 +251,10 @@ class DiffADExportMixin:
         """Export to OpenVINO IR, then leave each output tensor with exactly its ``InferenceBatch`` name
         (:func:`rename_openvino_outputs`).
 
-        INT8 post-training quantization requires a calibrated model: OpenVINO's low-precision passes fail to
-        compile a graph whose normalization constants are still NaN. A unified model without a selected
-        category writes one graph per category (see :meth:`to_torch`).
+        INT8 post-training quantization requires a calibrated model (:func:`check_quantizable`). A unified model
+        without a selected category writes one graph per category (see :meth:`to_torch`).
         """
-        if self._exports_every_category:
-            return self._export_every_category(
-                export_root,
-                lambda root: self.to_openvino(root, model_file_name, input_size, **kwargs),
-            )
-        from anomalib.deploy import CompressionType  # noqa: PLC0415
-
-        quantized = kwargs.get("compression_type") in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}
-        if quantized and bool(torch.isnan(getattr(self.post_processor, "image_min", torch.zeros(()))).any()):
-            msg = (
-                "INT8 post-training quantization needs a calibrated model, and this one has no thresholds or "
-                "normalization statistics yet (they are NaN): export a checkpoint written after validation "
-                "(anomalib train/fit validates at the end), or run `anomalib validate` on it first."
-            )
-            raise ValueError(msg)
+        check_quantizable(self.post_processor, kwargs.get("compression_type"))
         path = super().to_openvino(export_root, model_file_name, input_size, **kwargs)
         rename_openvino_outputs(path, kwargs.get("compression_type"))
         return path

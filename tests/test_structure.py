@@ -22,7 +22,7 @@ def test_lightning_class_has_one_package_mixin_and_few_sibling_imports() -> None
     package_bases = [cls for cls in DiffAD.__mro__[1:] if cls.__module__.startswith("anomalib_diffad")]
     assert [cls.__name__ for cls in package_bases] == ["DiffADExportMixin"]
     lines = sum(len(inspect.getsource(cls).splitlines()) for cls in (DiffAD, *package_bases))
-    assert lines <= 480, lines
+    assert lines <= 450, lines
     tree = ast.parse((PACKAGE / "lightning_model.py").read_text())
     imports = [node.module for node in tree.body if isinstance(node, ast.ImportFrom)]
     siblings = {module for module in imports if module.startswith("anomalib_diffad")}
