@@ -8,6 +8,7 @@ import inspect
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from anomalib.data import ImageBatch
@@ -43,9 +44,18 @@ def test_the_model_manages_no_process_state() -> None:
     assert offenders == []
 
 
-def test_a_patch_preset_training_step_reads_five_package_files() -> None:
-    """The files of the package whose code runs in one training step (forward and backward) of the patch preset."""
-    args = yaml.safe_load((CONFIGS / "diffad_patch.yaml").read_text())["model"]["init_args"]
+@pytest.mark.parametrize(
+    ("config", "space_file"),
+    [
+        ("diffad.yaml", "spaces/unet.py"),
+        ("diffad_feature.yaml", "spaces/unet.py"),
+        ("diffad_patch.yaml", "spaces/patch.py"),
+    ],
+)
+def test_a_preset_training_step_reads_five_package_files(config: str, space_file: str) -> None:
+    """The files of the package whose code runs in one training step (forward and backward) of each space's
+    preset, at 64 px."""
+    args = yaml.safe_load((CONFIGS / config).read_text())["model"]["init_args"]
     model = DiffAD(**args | {"pretrained_weights": None, "image_size": 64})
     model.log = lambda *_args, **_kwargs: None
     batch = ImageBatch(image=torch.rand(2, 3, 64, 64) * 2 - 1, gt_label=torch.zeros(2, dtype=torch.long))
@@ -62,4 +72,4 @@ def test_a_patch_preset_training_step_reads_five_package_files() -> None:
         model.training_step(batch, 0)["loss"].backward()
     finally:
         sys.setprofile(None)
-    assert sorted(files) == ["diffusion.py", "lightning_model.py", "loss.py", "spaces/patch.py", "torch_model.py"]
+    assert sorted(files) == sorted(["diffusion.py", "lightning_model.py", "loss.py", space_file, "torch_model.py"])

@@ -14,10 +14,8 @@ Each space is a configured object chosen by ``class_path``, e.g. in a config fil
 
 from anomalib_diffad.diffusion import DenoiserOutput
 from anomalib_diffad.spaces.base import DiffusionSpace, space_from_config
-from anomalib_diffad.spaces.feature import FEATURE_SPACE_STRIDE, FeatureSpace
 from anomalib_diffad.spaces.patch import PatchDenoiser, PatchSpace
-from anomalib_diffad.spaces.pixel import PixelSpace
-from anomalib_diffad.spaces.unet import Denoiser
+from anomalib_diffad.spaces.unet import FEATURE_SPACE_STRIDE, Denoiser, FeatureSpace, PixelSpace
 
 __all__ = [
     "FEATURE_SPACE_STRIDE",

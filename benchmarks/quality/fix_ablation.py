@@ -33,7 +33,7 @@ from anomalib.engine import Engine
 from anomalib_diffad import diffusion
 from anomalib_diffad.anomaly_map import AnomalyMapGenerator, top_k_mean
 from anomalib_diffad.diffusion import q_sample
-from anomalib_diffad.spaces.pixel import aligned_crop_offsets, crop_at
+from anomalib_diffad.spaces.unet import aligned_crop_offsets, crop_at
 from anomalib_diffad.torch_model import DiffADModel, TrainOutput
 from benchmarks.quality.compare import (
     REPO,

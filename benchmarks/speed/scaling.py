@@ -54,7 +54,7 @@ from anomalib.engine import Engine
 
 from anomalib_diffad import DiffAD
 from anomalib_diffad.precision import hardware_precision
-from anomalib_diffad.spaces.feature import FEATURE_SPACE_STRIDE
+from anomalib_diffad.spaces.unet import FEATURE_SPACE_STRIDE
 from benchmarks.speed.cpu_costs import median_seconds
 from diffad_tools.baselines import lite0_patchcore
 from diffad_tools.callbacks import IdleCoreThreads, ReleaseFreedMemory

@@ -13,7 +13,7 @@ def test_a_config_without_init_args_gets_the_defaults() -> None:
     space = space_from_config({"class_path": "anomalib_diffad.spaces.PatchSpace"})
     assert space.to_config() == PatchSpace().to_config()
     assert space_from_config({"class_path": "PatchSpace", "init_args": {"mlp_width": 8}}).mlp_width == 8
-    assert space_from_config({"class_path": "anomalib_diffad.spaces.pixel.PixelSpace"}).to_config() == (
+    assert space_from_config({"class_path": "anomalib_diffad.spaces.unet.PixelSpace"}).to_config() == (
         PixelSpace().to_config()
     )
 

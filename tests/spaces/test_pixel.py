@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from anomalib_diffad.spaces import Denoiser, PixelSpace, space_from_config
-from anomalib_diffad.spaces.pixel import aligned_crop_offsets, crop_at, tile_offsets
+from anomalib_diffad.spaces.unet import aligned_crop_offsets, crop_at, tile_offsets
 from tests.helpers.presets import TINY_UNET, tiny_model
 
 
