@@ -10,11 +10,11 @@ through DiffAD's own ``component_scores``. Each variant changes one setting of t
 (``RECIPE``: timesteps below 500, training vectors of the images and their horizontal flips, a constant learning
 rate).
 
-Reported per variant and per scoring (the KL, DiffAD's cue, or the squared noise-prediction error; averaged
-over the passes as they are, or each pass first divided by its mean over the validation normals): image AUROC
-(top-k mean and max of the map), pixel AUROC and AUPRO, and the location-free residual (the same metrics of the
-map minus the mean map of the validation normals). The validation normals (held out from train, never trained
-on) calibrate the scaling and the mean map; no test image fits anything.
+Reported per variant and per scoring (the KL, DiffAD's cue, or the squared noise-prediction error, combined
+over the passes in several ways, see :func:`evaluate`): image AUROC (top-k mean, top 1 % mean and max of the
+map), pixel AUROC and AUPRO, and the location-free residual (the same metrics of the map minus the mean map of
+the validation normals). The validation normals (held out from train, never trained on) calibrate the scaling,
+the densities and the mean map; no test image fits anything.
 
 Example (MVTec 3D-AD tire, RGB):
     python benchmarks/quality/patch_ablation.py --root ../shared/data/mvtec3d --category tire \
@@ -88,8 +88,11 @@ VARIANTS = {
     "recipe_width_512": RECIPE | {"mlp_width": 512},
     "recipe_steps_3000": RECIPE | {"steps": 3000},
     "recipe_batch_8192": RECIPE | {"vectors_per_step": 8192},
+    "recipe_width_512_steps_3000": RECIPE | {"mlp_width": 512, "steps": 3000},
 }
 FEATURE_KEYS = ("layers", "feature_pool", "flips")
+CALIBRATION_IMAGES = 32
+"""Trained-on images whose pass means scale ``kl_per_t_trained_on``, as the CLI's calibration does."""
 
 
 def model_for(settings: dict, image_size: int) -> DiffADModel:
@@ -165,13 +168,60 @@ def pass_maps(model: DiffADModel, x0: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"kl": torch.stack(kl), "eps": torch.stack(eps_error)}
 
 
-def combined(maps: torch.Tensor, val_maps: torch.Tensor, per_timestep: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def combined(
+    maps: torch.Tensor,
+    val_maps: torch.Tensor,
+    per_timestep: bool,
+    scale_maps: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Test and validation maps averaged over passes; with ``per_timestep`` each pass first divided by its mean
-    over the validation normals."""
+    over the validation normals (or over ``scale_maps``)."""
     if per_timestep:
-        scale = val_maps.mean(dim=(1, 2, 3, 4), keepdim=True)
+        scale = (val_maps if scale_maps is None else scale_maps).mean(dim=(1, 2, 3, 4), keepdim=True)
         maps, val_maps = maps / scale, val_maps / scale
     return maps.mean(0), val_maps.mean(0)
+
+
+def density_maps(maps: torch.Tensor, val_maps: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Passes combined by a Gaussian over each position's vector of log pass cues (MSMA's second stage).
+
+    The Gaussian is fitted on the positions of the first half of the validation normals (one for all positions,
+    or one per position, shrunk toward its diagonal); the second half is returned as the validation maps that
+    standardize the result and give the residual's mean map, so no map is scored by a fit it was part of.
+
+    Args:
+        maps: Test cues ``(S, N, 1, h, w)``.
+        val_maps: Validation-normal cues ``(S, V, 1, h, w)``.
+        kind: ``"gauss"`` (the Mahalanobis distance from one Gaussian), ``"gauss_position"`` (one Gaussian per
+            position) or ``"fisher"`` (the one-sided projection on the precision-weighted all-ones direction: high
+            only when the cues rise together).
+    """
+
+    def log_vectors(cues: torch.Tensor) -> torch.Tensor:
+        return cues.double().clamp_min(1e-30).log().permute(1, 2, 3, 4, 0)  # (N, 1, h, w, S)
+
+    fit_maps, held_maps = val_maps.split((val_maps.shape[1] + 1) // 2, dim=1)
+    fit = log_vectors(fit_maps)
+    passes = fit.shape[-1]
+    if kind == "gauss_position":
+        mean = fit.mean(dim=0, keepdim=True)
+        centred = fit - mean
+        cov = torch.einsum("n...i,n...j->...ij", centred, centred) / (len(fit) - 1)
+    else:
+        flat = fit.reshape(-1, passes)
+        mean = flat.mean(dim=0)
+        cov = torch.cov(flat.T)
+    diagonal = torch.diag_embed(torch.diagonal(cov, dim1=-2, dim2=-1))
+    precision = torch.linalg.inv(0.9 * cov + 0.1 * diagonal)
+
+    def score(cues: torch.Tensor) -> torch.Tensor:
+        centred = log_vectors(cues) - mean
+        if kind == "fisher":
+            weights = precision.sum(dim=-1)
+            return (centred @ weights / weights.sum().sqrt()).float()
+        return torch.einsum("...i,...ij,...j->...", centred, precision, centred).sqrt().float()
+
+    return score(maps), score(held_maps)
 
 
 def metrics_of(
@@ -189,16 +239,22 @@ def metrics_of(
     maps, normal = generator(test_map, test_map), generator(val_map, val_map)
     metrics = threshold_free_metrics(top_k_mean(maps, model.top_k), maps, test["label"], test["mask"])
     metrics["image_AUROC_max"] = image_auroc(maps.amax(dim=(1, 2, 3)), test["label"])
+    metrics["image_AUROC_top_1pct"] = image_auroc(top_k_mean(maps, maps[0].numel() // 100), test["label"])
     residual = maps - normal.mean(dim=0, keepdim=True)
     residual_metrics = threshold_free_metrics(top_k_mean(residual, model.top_k), residual, test["label"], test["mask"])
     return metrics | {f"residual_{key}": value for key, value in residual_metrics.items()}
 
 
 def evaluate(model: DiffADModel, data: dict, size: tuple[int, int]) -> dict[str, dict]:
-    """Metrics of five scorings of the same weights: the KL (DiffAD's cue) or the noise-prediction error, each
-    averaged over the passes as they are or after dividing each pass by its validation-normal mean; and the
-    normalized KL of only the first draw at each timestep (``kl_per_t_first_draws``: fewer passes, a cheaper
-    scoring)."""
+    """Metrics of several scorings of the same weights.
+
+    The KL (DiffAD's cue) or the noise-prediction error, each averaged over the passes as they are (``kl``,
+    ``eps``) or after dividing each pass by its validation-normal mean (``kl_per_t``, ``eps_per_t``); the KL
+    passes divided by their means over the first trained-on images instead (``kl_per_t_trained_on``, as DiffAD's
+    calibration does through the CLI); the KL passes combined by a Gaussian fitted on validation normals
+    (:func:`density_maps`: ``kl_gauss``, ``kl_gauss_position``, ``kl_fisher``). With repeated timesteps, the same
+    of only the first draw at each timestep (``..._first_draws``: fewer passes, a cheaper scoring).
+    """
     val, test = pass_maps(model, data["val"]["x0"]), pass_maps(model, data["test"]["x0"])
     scorings = {
         f"{cue}{'_per_t' if per_t else ''}": metrics_of(
@@ -207,10 +263,20 @@ def evaluate(model: DiffADModel, data: dict, size: tuple[int, int]) -> dict[str,
         for cue in ("kl", "eps")
         for per_t in (False, True)
     }
+    trained_on = pass_maps(model, data["train"]["x0"][:CALIBRATION_IMAGES])["kl"]
+    scorings["kl_per_t_trained_on"] = metrics_of(
+        *combined(test["kl"], val["kl"], per_timestep=True, scale_maps=trained_on), model, data["test"], size,
+    )
     first = [model.score_timesteps.index(t) for t in dict.fromkeys(model.score_timesteps)]
-    if len(first) < len(model.score_timesteps):
+    repeated = len(first) < len(model.score_timesteps)
+    if repeated:
         maps = combined(test["kl"][first], val["kl"][first], per_timestep=True)
         scorings["kl_per_t_first_draws"] = metrics_of(*maps, model, data["test"], size)
+    for kind in ("gauss", "gauss_position", "fisher"):
+        scorings[f"kl_{kind}"] = metrics_of(*density_maps(test["kl"], val["kl"], kind), model, data["test"], size)
+        if repeated:
+            maps = density_maps(test["kl"][first], val["kl"][first], kind)
+            scorings[f"kl_{kind}_first_draws"] = metrics_of(*maps, model, data["test"], size)
     return scorings
 
 
