@@ -95,8 +95,10 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         top_k: Pixels averaged into the image score.
         smoothing_sigma: Gaussian smoothing of the fused map, in pixels (0: off).
         subtract_normal_map: Subtract the calibration normals' mean fused map.
-        normalize_passes: Divide each pass's cues by their mean over the calibration normals (not in the pixel
-            space).
+        timestep_fusion: How the scoring passes are combined: ``"mean"``, ``"scaled_mean"`` (each pass divided by its
+            mean over the calibration normals) or ``"gaussian"`` (each position's Mahalanobis distance from the
+            calibration normals' Gaussian of log KLs over the passes); not ``"mean"`` in the pixel space (see
+            :class:`~anomalib_diffad.torch_model.DiffADModel`).
         noise_seed: Seed of the fixed scoring noise.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -147,7 +149,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         top_k: int = 64,
         smoothing_sigma: float = 0.0,
         subtract_normal_map: bool = False,
-        normalize_passes: bool = False,
+        timestep_fusion: str = "mean",
         noise_seed: int = 0,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -197,7 +199,7 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
             top_k=top_k,
             smoothing_sigma=smoothing_sigma,
             subtract_normal_map=subtract_normal_map,
-            normalize_passes=normalize_passes,
+            timestep_fusion=timestep_fusion,
             standardize_features=standardize_features,
             noise_seed=noise_seed,
         )

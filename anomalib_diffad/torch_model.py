@@ -33,6 +33,12 @@ With the default UNet a 256 px image costs about 0.73 GiB of activations in a tr
 SCORE_PIXELS_PER_CHUNK = 2 * 3 * 256 * 256
 """Diffused pixels of one scoring chunk (images x scoring timesteps x pixels each): two 256 px images at three
 timesteps (about 0.47 GiB per image with the default UNet)."""
+TIMESTEP_FUSIONS = ("mean", "scaled_mean", "gaussian")
+"""How the scoring passes' cues are combined (``timestep_fusion`` of :class:`DiffADModel`)."""
+GAUSSIAN_SHRINKAGE = 0.1
+"""Weight of its diagonal in the covariance of the ``"gaussian"`` pass fusion (a stable inverse from few images)."""
+LOG_FLOOR = 1e-12
+"""Smallest KL whose logarithm the ``"gaussian"`` pass fusion takes."""
 
 
 class TrainOutput(NamedTuple):
@@ -89,9 +95,14 @@ class DiffADModel(nn.Module):
         smoothing_sigma: Gaussian smoothing of the fused map (0: off).
         subtract_normal_map: Subtract the calibration normals' mean fused map (see
             :class:`~anomalib_diffad.anomaly_map.AnomalyMapGenerator`).
-        normalize_passes: Divide each scoring pass's cues by their mean over the calibration normals before
-            averaging the passes (see :meth:`calibrate`), so that every timestep weighs the same; without it
-            the KL's own scale (larger at small ``t``) weighs the passes.
+        timestep_fusion: How the scoring passes' cues are combined (fitted by :meth:`calibrate`). ``"mean"``: their
+            mean, where the KL's own scale (larger at small ``t``) weighs the passes; ``"scaled_mean"``: each
+            pass divided by its mean over the calibration normals first, so that every timestep weighs the
+            same; ``"gaussian"``: the KL map is each position's Mahalanobis distance between the vector of its
+            passes' log KLs and a Gaussian fitted on the calibration normals' positions (MSMA's second stage,
+            Mahmood et al., ICLR 2021): a position is anomalous where the KL's profile over the noise levels
+            is unusual, whatever its level (the second cue is averaged as with ``"mean"``). The pixel space
+            takes ``"mean"`` only (its KL is z-scored per image).
         standardize_features: Use per-channel standardized features (statistics of the training images, see
             :meth:`fit_feature_statistics`) instead of the raw ones.
         noise_seed: Seed of the fixed scoring noise.
@@ -117,14 +128,17 @@ class DiffADModel(nn.Module):
         top_k: int = 64,
         smoothing_sigma: float = 0.0,
         subtract_normal_map: bool = False,
-        normalize_passes: bool = False,
+        timestep_fusion: str = "mean",
         standardize_features: bool = True,
         noise_seed: int = 0,
     ) -> None:
         super().__init__()
         self.diffusion_space = PixelSpace() if space is None else space
         self.image_size = tuple(image_size)
-        self.diffusion_space.check(self.image_size, normalize_passes)
+        if timestep_fusion not in TIMESTEP_FUSIONS:
+            msg = f"timestep_fusion must be one of {TIMESTEP_FUSIONS}, got {timestep_fusion!r}."
+            raise ValueError(msg)
+        self.diffusion_space.check(self.image_size, timestep_fusion)
         self.train_timesteps = num_timesteps if train_timesteps is None else train_timesteps
         if not 1 <= self.train_timesteps <= num_timesteps:
             msg = f"train_timesteps must lie in [1, num_timesteps = {num_timesteps}], got {train_timesteps}."
@@ -154,9 +168,14 @@ class DiffADModel(nn.Module):
             num_classes=num_classes,
             normal_map_size=self.image_size if subtract_normal_map else None,
         )
-        self.normalize_passes = normalize_passes
-        if normalize_passes:  # a checkpoint has it only when the option is on: older checkpoints load unchanged
-            self.register_buffer("pass_scale", torch.ones(num_classes or 1, 2, len(self.score_timesteps)))
+        self.timestep_fusion = timestep_fusion
+        groups, steps = num_classes or 1, len(self.score_timesteps)
+        if timestep_fusion == "scaled_mean":  # a checkpoint has the buffers of its fusion only
+            self.register_buffer("pass_scale", torch.ones(groups, 2, steps))
+        if timestep_fusion == "gaussian":
+            self.register_buffer("pass_mean", torch.zeros(groups, steps))
+            self.register_buffer("pass_covariance", torch.eye(steps).repeat(groups, 1, 1))
+            self.register_buffer("pass_precision", torch.eye(steps).repeat(groups, 1, 1))
         generator = torch.Generator().manual_seed(noise_seed)
         data_shape = self.diffusion_space.data_shape(channels, self.image_size)
         noise = torch.randn(len(self.score_timesteps), 1, *data_shape, generator=generator)
@@ -282,22 +301,44 @@ class DiffADModel(nn.Module):
         class_labels: torch.Tensor | None = None,
         step_indices: Sequence[int] | None = None,
     ) -> ComponentMaps:
-        """KL map and second cue ``(N, 1, H, W)`` of ``[-1, 1]`` images, each averaged over the scoring passes
-        (:meth:`pass_maps`; each pass divided by its calibrated scale with ``normalize_passes``) and upsampled
-        to the image."""
+        """KL map and second cue ``(N, 1, H, W)`` of ``[-1, 1]`` images, each combined over the scoring passes
+        (:meth:`pass_maps`) as ``timestep_fusion`` says and upsampled to the image."""
         indices = list(range(len(self.score_timesteps))) if step_indices is None else list(step_indices)
         maps = self.pass_maps(images, class_labels, indices)
-        if self.normalize_passes:
+        if self.timestep_fusion == "scaled_mean":
             scale = self.pass_scale[0 if class_labels is None else class_labels][..., indices]  # (N, 2, S) or (2, S)
             scale = scale.movedim(-1, 0).reshape(len(indices), -1, 2, 1, 1, 1)  # (S, N or 1, cue, 1, 1, 1)
             maps = ComponentMaps(maps.kl / scale[:, :, 0], maps.feature / scale[:, :, 1])
-        kl_map, feature_map = maps.kl.mean(dim=0), maps.feature.mean(dim=0)
+        if self.timestep_fusion == "gaussian":
+            kl_map = self.pass_distance(maps.kl, class_labels, indices)
+        else:
+            kl_map = maps.kl.mean(dim=0)
+        feature_map = maps.feature.mean(dim=0)
         if self.diffusion_space.stride > 1:
             kl_map, feature_map = (
                 F.interpolate(cue, size=images.shape[-2:], mode="bilinear", align_corners=False)
                 for cue in (kl_map, feature_map)
             )
         return ComponentMaps(kl=kl_map, feature=feature_map)
+
+    def pass_distance(
+        self, kl: torch.Tensor, class_labels: torch.Tensor | None, indices: Sequence[int],
+    ) -> torch.Tensor:
+        """Mahalanobis distance ``(N, 1, h, w)`` of each position's log KLs ``(S, N, 1, h, w)`` from the calibrated
+        Gaussian of its category (``"gaussian"`` pass fusion); a subset of the passes (``indices``) uses the
+        marginal Gaussian of those passes."""
+        group = 0 if class_labels is None else class_labels
+        mean = self.pass_mean[group][..., indices]  # (S,) or (N, S)
+        if list(indices) == list(range(len(self.score_timesteps))):
+            precision = self.pass_precision[group]
+        else:
+            precision = torch.linalg.inv(self.pass_covariance[group][..., indices, :][..., indices])
+        batch = kl.shape[1]
+        centred = kl.float().clamp(min=LOG_FLOOR).log().movedim(0, -1).reshape(batch, -1, len(indices))
+        centred = centred - mean.reshape(-1, 1, len(indices))  # (N, h * w, S)
+        precision = precision.reshape(-1, len(indices), len(indices)).expand(batch, -1, -1)
+        squared = ((centred @ precision) * centred).sum(dim=-1).clamp(min=0)
+        return squared.sqrt().view(batch, 1, *kl.shape[-2:])
 
     def score(self, images: torch.Tensor, class_labels: torch.Tensor | None = None) -> InferenceBatch:
         """Anomaly maps and top-k image scores.
@@ -317,17 +358,22 @@ class DiffADModel(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
-        """Calibrate the scoring on normal images: the pass scales (with ``normalize_passes``), then the map
-        fusion's statistics and normal map (:meth:`AnomalyMapGenerator.calibrate_batches`).
+        """Calibrate the scoring on normal images: the pass fusion (``"scaled_mean"``: the pass scales;
+        ``"gaussian"``: the Gaussian of the log KLs), then the map fusion's statistics and normal map
+        (:meth:`AnomalyMapGenerator.calibrate_batches`).
 
-        A pass's scale is the mean of its cues over the images; a class without images keeps its scales. Under
-        ``torch.distributed`` the sums of all ranks' images count (:class:`GroupedMoments`).
+        A pass's scale is the mean of its cues over the images. The Gaussian's mean and covariance are those of
+        every position's vector of log KLs, the covariance shrunk toward its diagonal by
+        :data:`GAUSSIAN_SHRINKAGE`. A class without images keeps what it had. Under ``torch.distributed`` the
+        sums of all ranks' images count (:class:`GroupedMoments`).
 
         Args:
             batches: ``[-1, 1]`` images and their class labels (``None`` unless class-conditional); iterated
-                twice with ``normalize_passes`` (e.g. a list or a DataLoader).
+                twice unless ``timestep_fusion`` is ``"mean"`` (e.g. a list or a DataLoader).
         """
-        if self.normalize_passes:
+        if self.timestep_fusion == "gaussian":
+            self.fit_pass_gaussian(batches)
+        if self.timestep_fusion == "scaled_mean":
             passes = GroupedMoments(self.num_classes or 1, self.pass_scale.shape[1:])
             for images, labels in batches:
                 maps = self.pass_maps(images, labels)
@@ -339,6 +385,25 @@ class DiffADModel(nn.Module):
         self.anomaly_map_generator.calibrate_batches(
             (*self.component_scores(images, labels), labels) for images, labels in batches
         )
+
+    def fit_pass_gaussian(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        """Fit the ``"gaussian"`` pass fusion's mean, covariance and precision per class (see :meth:`calibrate`)."""
+        steps = len(self.score_timesteps)
+        moments = GroupedMoments(self.num_classes or 1, (steps + steps * steps,))
+        for images, labels in batches:
+            logs = self.pass_maps(images, labels).kl.float().clamp(min=LOG_FLOOR).log()  # (S, N, 1, h, w)
+            vectors = logs[:, :, 0].movedim(0, 1).flatten(2)  # (N, S, positions)
+            products = (vectors[:, :, None] * vectors[:, None]).flatten(1, 2)
+            moments.update(torch.cat([vectors, products], dim=1), labels)
+        count, mean, _ = moments.to(self.pass_mean.device).compute().unbind(1)
+        seen = count[:, 0] > 0
+        first, second = mean[:, :steps], mean[:, steps:].view(-1, steps, steps)
+        covariance = second - first[:, :, None] * first[:, None]
+        diagonal = torch.diag_embed(torch.diagonal(covariance, dim1=-2, dim2=-1))
+        covariance = (1 - GAUSSIAN_SHRINKAGE) * covariance + GAUSSIAN_SHRINKAGE * diagonal
+        self.pass_mean[seen] = first[seen].to(self.pass_mean)
+        self.pass_covariance[seen] = covariance[seen].to(self.pass_covariance)
+        self.pass_precision[seen] = torch.linalg.inv(covariance[seen]).to(self.pass_precision)
 
 
 def images_per_chunk(model: "DiffADModel", image_shape: Sequence[int], training: bool) -> int:

@@ -39,9 +39,9 @@ class DiffusionSpace(ABC):
     train_crop_size: int | None = None
     score_tile_size: int | None = None
 
-    def check(self, image_size: tuple[int, int], normalize_passes: bool) -> None:
-        """Refuse settings that do not fit the model's image size or pass normalization (a ``ValueError``)."""
-        del image_size, normalize_passes  # the feature cues are positive: their means scale the passes
+    def check(self, image_size: tuple[int, int], timestep_fusion: str) -> None:
+        """Refuse settings that do not fit the model's image size or pass fusion (a ``ValueError``)."""
+        del image_size, timestep_fusion  # the feature cues are positive: every fusion takes them
 
     def data_shape(self, feature_channels: int, image_size: tuple[int, int]) -> tuple[int, int, int]:
         """``(C, H, W)`` of the diffused data of one image of ``image_size``."""

@@ -281,10 +281,13 @@ class PixelSpace(UNetSpace):
         """The UNet settings, ``train_crop_size`` and ``score_tile_size``."""
         return self.unet_args() | {"train_crop_size": self.train_crop_size, "score_tile_size": self.score_tile_size}
 
-    def check(self, image_size: tuple[int, int], normalize_passes: bool) -> None:
-        """Tiles must lie within the image; no pass normalization (the KL is z-scored per image, mean 0)."""
-        if normalize_passes:
-            msg = "normalize_passes needs positive cues: the pixel space's KL is z-scored per image (mean 0)."
+    def check(self, image_size: tuple[int, int], timestep_fusion: str) -> None:
+        """Tiles must lie within the image; the passes' mean only (the KL is z-scored per image, mean 0)."""
+        if timestep_fusion != "mean":
+            msg = (
+                f"timestep_fusion={timestep_fusion!r} needs positive cues: the pixel space's KL is z-scored per image "
+                "(mean 0); use timestep_fusion='mean'."
+            )
             raise ValueError(msg)
         if self.score_tile_size is not None and self.score_tile_size > min(image_size):
             msg = f"score_tile_size={self.score_tile_size} needs at most the image size {image_size}."

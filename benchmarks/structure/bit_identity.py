@@ -48,14 +48,14 @@ SPACES = {
     "feature": {
         "layers": ("blocks.2", "blocks.4"),
         "score_timesteps": (20, 50),
-        "normalize_passes": True,
+        "timestep_fusion": "scaled_mean",
         "space_args": UNET,
     },
     "patch": {
         "layers": ("blocks.2", "blocks.4"),
         "score_timesteps": (25, 50, 100, 200),
         "train_timesteps": 500,
-        "normalize_passes": True,
+        "timestep_fusion": "scaled_mean",
         "smoothing_sigma": 4.0,
         "alpha": 1.0,
         "subtract_normal_map": True,
@@ -75,8 +75,9 @@ def datamodule(root: Path) -> MVTecAD:
 def build(space: str, old_api: bool) -> DiffAD:
     """The space's tiny DiffAD: the flat arguments of 0.1 (``old_api``) or a space object."""
     args = COMMON | {key: value for key, value in SPACES[space].items() if key != "space_args"}
-    if old_api:
-        return DiffAD(space=space, **args, **SPACES[space]["space_args"])
+    if old_api:  # 0.1's name of the scaled mean
+        scaled = args.pop("timestep_fusion", "mean") == "scaled_mean"
+        return DiffAD(space=space, **args, **SPACES[space]["space_args"], normalize_passes=scaled)
     from anomalib_diffad.spaces import FeatureSpace, PatchSpace, PixelSpace  # absent in 0.1
 
     classes = {"pixel": PixelSpace, "feature": FeatureSpace, "patch": PatchSpace}

@@ -11,7 +11,7 @@ import yaml
 
 from anomalib_diffad.diffusion import DiffusionSchedule, posterior_kl_map, q_sample
 from anomalib_diffad.spaces import DenoiserOutput, PatchDenoiser, PatchSpace, space_from_config
-from anomalib_diffad.torch_model import DiffADModel
+from anomalib_diffad.torch_model import ComponentMaps, DiffADModel
 
 PATCH = {"image_size": (64, 64), "layers": ("blocks.2", "blocks.4"), "score_timesteps": (25, 100, 25)}
 
@@ -195,10 +195,10 @@ def test_the_space_builds_its_denoiser_from_its_settings() -> None:
 
 
 def test_normalized_passes_weigh_every_timestep_the_same() -> None:
-    """With ``normalize_passes`` each pass's cue is divided by its mean over the calibration images before the
-    passes are averaged; calibrating on two batches equals calibrating on both at once."""
+    """With ``timestep_fusion="scaled_mean"`` each pass's cue is divided by its mean over the calibration images
+    before the passes are averaged; calibrating on two batches equals calibrating on both at once."""
     torch.manual_seed(0)
-    model = _model(normalize_passes=True).eval()
+    model = _model(timestep_fusion="scaled_mean").eval()
     _randomize(model.ema_denoiser, seed=3)
     first, second = _images(2, seed=1), _images(3, seed=2)
     at_once = copy.deepcopy(model)
@@ -221,7 +221,7 @@ def test_normalized_passes_weigh_every_timestep_the_same() -> None:
 
 def test_each_class_gets_its_own_pass_scales() -> None:
     """A unified model sums and scales each class's passes apart; a class without images keeps its scales."""
-    model = _model(normalize_passes=True, num_classes=3).eval()
+    model = _model(timestep_fusion="scaled_mean", num_classes=3).eval()
     _randomize(model.ema_denoiser, seed=5)
     images, labels = _images(3, seed=6), torch.tensor([0, 2, 2])
     with torch.no_grad():
@@ -230,6 +230,80 @@ def test_each_class_gets_its_own_pass_scales() -> None:
     torch.testing.assert_close(model.pass_scale[0, 0], raw.kl[:, 0].mean(dim=(1, 2, 3)))
     torch.testing.assert_close(model.pass_scale[2, 0], raw.kl[:, 1:].mean(dim=(1, 2, 3, 4)))
     assert torch.equal(model.pass_scale[1], torch.ones(2, 3))
+
+
+def _log_vectors(kl: torch.Tensor) -> torch.Tensor:
+    """Each position's vector of log KLs ``(positions, S)`` of pass maps ``(S, N, 1, h, w)``."""
+    return kl.log().movedim(0, -1).reshape(-1, kl.shape[0]).double()
+
+
+def test_gaussian_fusion_is_the_mahalanobis_distance_of_the_log_kls() -> None:
+    """The ``"gaussian"`` fusion fits the mean and the (shrunk) covariance of every calibration position's log
+    KLs, in two batches as at once, and maps each test position to its Mahalanobis distance from them; a subset
+    of the passes uses their marginal Gaussian."""
+    model = _model(timestep_fusion="gaussian").eval()
+    _randomize(model.ema_denoiser, seed=3)
+    first, second = _images(2, seed=1), _images(3, seed=2)
+    at_once = copy.deepcopy(model)
+    with torch.no_grad():
+        at_once.calibrate([(torch.cat([first, second]), None)])
+        model.calibrate([(first, None), (second, None)])
+        for name, buffer in at_once.state_dict().items():  # the MLP's float sums depend on the batch a little
+            torch.testing.assert_close(model.state_dict()[name], buffer, rtol=1e-4, atol=1e-4, msg=name)
+        calibration = _log_vectors(model.pass_maps(torch.cat([first, second])).kl)
+        test = _images(2, seed=4)
+        maps = model.component_scores(test)
+        test_kl = model.pass_maps(test).kl
+        second_pass = model.component_scores(test, step_indices=[1])
+    covariance = torch.cov(calibration.T, correction=0)
+    covariance = 0.9 * covariance + 0.1 * torch.diag(torch.diagonal(covariance))
+    assert covariance[0, 1] / covariance[0, 0] > 0.1  # the passes are correlated: the off-diagonal terms count
+    torch.testing.assert_close(model.pass_mean[0], calibration.mean(dim=0).float())
+    torch.testing.assert_close(model.pass_covariance[0], covariance.float())
+    centred = _log_vectors(test_kl) - calibration.mean(dim=0)
+    distance = ((centred @ torch.linalg.inv(covariance)) * centred).sum(dim=1).sqrt()
+    expected = distance.float().view(2, 1, 8, 8)
+    torch.testing.assert_close(maps.kl, torch.nn.functional.interpolate(expected, size=(64, 64), mode="bilinear"))
+    marginal = (centred[:, 1] / covariance[1, 1].sqrt()).abs().float().view(2, 1, 8, 8)
+    marginal = torch.nn.functional.interpolate(marginal, size=(64, 64), mode="bilinear")
+    torch.testing.assert_close(second_pass.kl, marginal)
+
+
+def test_gaussian_fusion_flags_an_unusual_profile_over_the_timesteps_whatever_its_level() -> None:
+    """A position whose log KLs move against the calibration normals' correlation by half as much scores twice as
+    high as one whose log KLs all rise together, although its mean KL is lower: the fusion measures the KL's
+    profile over the noise levels."""
+    model = _model(timestep_fusion="gaussian", score_timesteps=(25, 100)).eval()
+    generator = torch.Generator().manual_seed(0)
+    level = torch.randn(1, 64, 1, 8, 8, generator=generator)
+    normal = (level + 0.1 * torch.randn(2, 64, 1, 8, 8, generator=generator)).exp()  # the passes move together
+    model.pass_maps = lambda *_args: ComponentMaps(normal, normal)
+    model.fit_pass_gaussian([(torch.zeros(1), None)])
+    together = torch.tensor([1.0, 1.0]).view(2, 1, 1, 1, 1).exp()
+    against = torch.tensor([0.5, -0.5]).view(2, 1, 1, 1, 1).exp()
+    assert together.mean() > against.mean()
+    distances = model.pass_distance(torch.cat([together, against], dim=1), None, [0, 1]).flatten()
+    assert distances[1] > 2 * distances[0]
+
+
+def test_each_class_gets_its_own_gaussian() -> None:
+    """A unified model fits each class's Gaussian on its images and scores each image with its class's; a class
+    without images keeps the identity."""
+    model = _model(timestep_fusion="gaussian", num_classes=3).eval()
+    _randomize(model.ema_denoiser, seed=5)
+    images, labels = _images(3, seed=6), torch.tensor([0, 2, 2])
+    with torch.no_grad():
+        model.calibrate([(images, labels)])
+        kl = model.pass_maps(images, labels).kl
+        maps = model.component_scores(images, labels)
+    torch.testing.assert_close(model.pass_mean[0], _log_vectors(kl[:, :1]).mean(dim=0).float())
+    torch.testing.assert_close(model.pass_mean[2], _log_vectors(kl[:, 1:]).mean(dim=0).float())
+    assert torch.equal(model.pass_covariance[1], torch.eye(3))
+    with torch.no_grad():  # alone, with its class's Gaussian (the MLP's float sums depend on the batch a little)
+        alone = model.component_scores(images[1:2], labels[1:2]).kl
+        other_class = model.component_scores(images[1:2], labels[:1]).kl
+    torch.testing.assert_close(alone, maps.kl[1:2], rtol=1e-3, atol=1e-4)
+    assert (other_class - alone).abs().max() > 1e-2
 
 
 def test_training_timesteps_are_drawn_below_train_timesteps() -> None:

@@ -48,8 +48,9 @@ def test_image_size_and_pass_normalization_are_checked_with_the_model() -> None:
     """Tiles larger than the image, and pass normalization of the per-image z-scored KL, are refused."""
     with pytest.raises(ValueError, match=r"score_tile_size=64 needs at most the image size \(32, 32\)"):
         tiny_model({"score_tile_size": 64})
-    with pytest.raises(ValueError, match="normalize_passes needs positive cues"):
-        tiny_model(normalize_passes=True)
+    for fusion in ("scaled_mean", "gaussian"):
+        with pytest.raises(ValueError, match=f"timestep_fusion='{fusion}' needs positive cues"):
+            tiny_model(timestep_fusion=fusion)
 
 
 def test_settings_round_trip_through_plain_data() -> None:
