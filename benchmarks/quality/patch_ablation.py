@@ -193,8 +193,10 @@ def density_maps(maps: torch.Tensor, val_maps: torch.Tensor, kind: str) -> tuple
         maps: Test cues ``(S, N, 1, h, w)``.
         val_maps: Validation-normal cues ``(S, V, 1, h, w)``.
         kind: ``"gauss"`` (the Mahalanobis distance from one Gaussian), ``"gauss_position"`` (one Gaussian per
-            position) or ``"fisher"`` (the one-sided projection on the precision-weighted all-ones direction: high
-            only when the cues rise together).
+            position), ``"fisher"`` (the one-sided projection on the precision-weighted all-ones direction: high
+            only when the cues rise together) or ``"scaled_mean_and_gauss"`` (DiffAD's
+            ``timestep_fusion="scaled_mean_and_gaussian"``: the scaled mean plus the ``"gauss"`` distance, each
+            standardized over the fitting half's positions).
     """
 
     def log_vectors(cues: torch.Tensor) -> torch.Tensor:
@@ -221,7 +223,16 @@ def density_maps(maps: torch.Tensor, val_maps: torch.Tensor, kind: str) -> tuple
             return (centred @ weights / weights.sum().sqrt()).float()
         return torch.einsum("...i,...ij,...j->...", centred, precision, centred).sqrt().float()
 
-    return score(maps), score(held_maps)
+    if kind != "scaled_mean_and_gauss":
+        return score(maps), score(held_maps)
+    scale = fit_maps.mean(dim=(1, 2, 3, 4), keepdim=True)
+
+    def parts(cues: torch.Tensor) -> torch.Tensor:  # (N, 2, h, w): the scaled mean and the distance
+        return torch.cat([(cues / scale).mean(dim=0), score(cues)], dim=1)
+
+    fitted = parts(fit_maps)
+    mean, std = fitted.mean(dim=(0, 2, 3), keepdim=True), fitted.std(dim=(0, 2, 3), correction=0, keepdim=True)
+    return (((parts(cues) - mean) / std).sum(dim=1, keepdim=True) for cues in (maps, held_maps))
 
 
 def metrics_of(
@@ -252,8 +263,9 @@ def evaluate(model: DiffADModel, data: dict, size: tuple[int, int]) -> dict[str,
     ``eps``) or after dividing each pass by its validation-normal mean (``kl_per_t``, ``eps_per_t``); the KL
     passes divided by their means over the first trained-on images instead (``kl_per_t_trained_on``, as DiffAD's
     calibration does through the CLI); the KL passes combined by a Gaussian fitted on validation normals
-    (:func:`density_maps`: ``kl_gauss``, ``kl_gauss_position``, ``kl_fisher``). With repeated timesteps, the same
-    of only the first draw at each timestep (``..._first_draws``: fewer passes, a cheaper scoring).
+    (:func:`density_maps`: ``kl_gauss``, ``kl_gauss_position``, ``kl_fisher``, ``kl_scaled_mean_and_gauss``).
+    With repeated timesteps, the same of only the first draw at each timestep (``..._first_draws``: fewer passes,
+    a cheaper scoring).
     """
     val, test = pass_maps(model, data["val"]["x0"]), pass_maps(model, data["test"]["x0"])
     scorings = {
@@ -272,7 +284,7 @@ def evaluate(model: DiffADModel, data: dict, size: tuple[int, int]) -> dict[str,
     if repeated:
         maps = combined(test["kl"][first], val["kl"][first], per_timestep=True)
         scorings["kl_per_t_first_draws"] = metrics_of(*maps, model, data["test"], size)
-    for kind in ("gauss", "gauss_position", "fisher"):
+    for kind in ("gauss", "gauss_position", "fisher", "scaled_mean_and_gauss"):
         scorings[f"kl_{kind}"] = metrics_of(*density_maps(test["kl"], val["kl"], kind), model, data["test"], size)
         if repeated:
             maps = density_maps(test["kl"][first], val["kl"][first], kind)
