@@ -33,12 +33,14 @@ With the default UNet a 256 px image costs about 0.73 GiB of activations in a tr
 SCORE_PIXELS_PER_CHUNK = 2 * 3 * 256 * 256
 """Diffused pixels of one scoring chunk (images x scoring timesteps x pixels each): two 256 px images at three
 timesteps (about 0.47 GiB per image with the default UNet)."""
-TIMESTEP_FUSIONS = ("mean", "scaled_mean", "gaussian")
+TIMESTEP_FUSIONS = ("mean", "scaled_mean", "gaussian", "scaled_mean_and_gaussian")
 """How the scoring passes' cues are combined (``timestep_fusion`` of :class:`DiffADModel`)."""
+SCALED_FUSIONS = ("scaled_mean", "scaled_mean_and_gaussian")
+GAUSSIAN_FUSIONS = ("gaussian", "scaled_mean_and_gaussian")
 GAUSSIAN_SHRINKAGE = 0.1
-"""Weight of its diagonal in the covariance of the ``"gaussian"`` pass fusion (a stable inverse from few images)."""
+"""Weight of its diagonal in the covariance of ``timestep_fusion="gaussian"`` (a stable inverse from few images)."""
 LOG_FLOOR = 1e-12
-"""Smallest KL whose logarithm the ``"gaussian"`` pass fusion takes."""
+"""Smallest KL whose logarithm ``timestep_fusion="gaussian"`` takes."""
 
 
 class TrainOutput(NamedTuple):
@@ -101,8 +103,10 @@ class DiffADModel(nn.Module):
             same; ``"gaussian"``: the KL map is each position's Mahalanobis distance between the vector of its
             passes' log KLs and a Gaussian fitted on the calibration normals' positions (MSMA's second stage,
             Mahmood et al., ICLR 2021): a position is anomalous where the KL's profile over the noise levels
-            is unusual, whatever its level (the second cue is averaged as with ``"mean"``). The pixel space
-            takes ``"mean"`` only (its KL is z-scored per image).
+            is unusual, whatever its level; ``"scaled_mean_and_gaussian"``: the sum of the scaled mean (the KL's
+            level) and the Mahalanobis distance (its profile), each standardized by its mean and standard
+            deviation over the calibration normals' positions. The second cue is averaged as with ``"mean"``
+            or ``"scaled_mean"``. The pixel space takes ``"mean"`` only (its KL is z-scored per image).
         standardize_features: Use per-channel standardized features (statistics of the training images, see
             :meth:`fit_feature_statistics`) instead of the raw ones.
         noise_seed: Seed of the fixed scoring noise.
@@ -170,12 +174,14 @@ class DiffADModel(nn.Module):
         )
         self.timestep_fusion = timestep_fusion
         groups, steps = num_classes or 1, len(self.score_timesteps)
-        if timestep_fusion == "scaled_mean":  # a checkpoint has the buffers of its fusion only
+        if timestep_fusion in SCALED_FUSIONS:  # a checkpoint has the buffers of its fusion only
             self.register_buffer("pass_scale", torch.ones(groups, 2, steps))
-        if timestep_fusion == "gaussian":
+        if timestep_fusion in GAUSSIAN_FUSIONS:
             self.register_buffer("pass_mean", torch.zeros(groups, steps))
             self.register_buffer("pass_covariance", torch.eye(steps).repeat(groups, 1, 1))
             self.register_buffer("pass_precision", torch.eye(steps).repeat(groups, 1, 1))
+        if timestep_fusion == "scaled_mean_and_gaussian":  # mean and standard deviation of the level and distance
+            self.register_buffer("fusion_statistics", torch.tensor([[0.0, 1.0], [0.0, 1.0]]).repeat(groups, 1, 1))
         generator = torch.Generator().manual_seed(noise_seed)
         data_shape = self.diffusion_space.data_shape(channels, self.image_size)
         noise = torch.randn(len(self.score_timesteps), 1, *data_shape, generator=generator)
@@ -295,6 +301,24 @@ class DiffADModel(nn.Module):
         cues = self.diffusion_space.cues(self.schedule, x0, xt, t, prediction, features)
         return ComponentMaps(*(cue.view(steps, batch, 1, height, width) for cue in cues))
 
+    def fused_passes(
+        self,
+        images: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        step_indices: Sequence[int] | None = None,
+    ) -> tuple[ComponentMaps, torch.Tensor | None]:
+        """The passes' mean cues (each pass scaled first with a scaled fusion) and the Mahalanobis distance of the
+        log KLs (``None`` without a Gaussian fusion), ``(N, 1, h, w)`` each, at the data's resolution."""
+        indices = list(range(len(self.score_timesteps))) if step_indices is None else list(step_indices)
+        maps = self.pass_maps(images, class_labels, indices)
+        fusion = self.timestep_fusion
+        distance = self.pass_distance(maps.kl, class_labels, indices) if fusion in GAUSSIAN_FUSIONS else None
+        if fusion in SCALED_FUSIONS:
+            scale = self.pass_scale[0 if class_labels is None else class_labels][..., indices]  # (N, 2, S) or (2, S)
+            scale = scale.movedim(-1, 0).reshape(len(indices), -1, 2, 1, 1, 1)  # (S, N or 1, cue, 1, 1, 1)
+            maps = ComponentMaps(maps.kl / scale[:, :, 0], maps.feature / scale[:, :, 1])
+        return ComponentMaps(maps.kl.mean(dim=0), maps.feature.mean(dim=0)), distance
+
     def component_scores(
         self,
         images: torch.Tensor,
@@ -302,18 +326,15 @@ class DiffADModel(nn.Module):
         step_indices: Sequence[int] | None = None,
     ) -> ComponentMaps:
         """KL map and second cue ``(N, 1, H, W)`` of ``[-1, 1]`` images, each combined over the scoring passes
-        (:meth:`pass_maps`) as ``timestep_fusion`` says and upsampled to the image."""
-        indices = list(range(len(self.score_timesteps))) if step_indices is None else list(step_indices)
-        maps = self.pass_maps(images, class_labels, indices)
-        if self.timestep_fusion == "scaled_mean":
-            scale = self.pass_scale[0 if class_labels is None else class_labels][..., indices]  # (N, 2, S) or (2, S)
-            scale = scale.movedim(-1, 0).reshape(len(indices), -1, 2, 1, 1, 1)  # (S, N or 1, cue, 1, 1, 1)
-            maps = ComponentMaps(maps.kl / scale[:, :, 0], maps.feature / scale[:, :, 1])
-        if self.timestep_fusion == "gaussian":
-            kl_map = self.pass_distance(maps.kl, class_labels, indices)
-        else:
-            kl_map = maps.kl.mean(dim=0)
-        feature_map = maps.feature.mean(dim=0)
+        (:meth:`fused_passes`) as ``timestep_fusion`` says and upsampled to the image."""
+        means, distance = self.fused_passes(images, class_labels, step_indices)
+        kl_map = distance if self.timestep_fusion == "gaussian" else means.kl
+        if self.timestep_fusion == "scaled_mean_and_gaussian":
+            statistics = self.fusion_statistics[0 if class_labels is None else class_labels]  # (2, 2) or (N, 2, 2)
+            mean, std = statistics.reshape(-1, 2, 2).unbind(dim=-1)  # (N or 1, 2) each
+            parts = torch.cat([means.kl, distance], dim=1)  # (N, 2, h, w): level and distance
+            kl_map = ((parts - mean[..., None, None]) / std[..., None, None]).sum(dim=1, keepdim=True)
+        feature_map = means.feature
         if self.diffusion_space.stride > 1:
             kl_map, feature_map = (
                 F.interpolate(cue, size=images.shape[-2:], mode="bilinear", align_corners=False)
@@ -325,7 +346,7 @@ class DiffADModel(nn.Module):
         self, kl: torch.Tensor, class_labels: torch.Tensor | None, indices: Sequence[int],
     ) -> torch.Tensor:
         """Mahalanobis distance ``(N, 1, h, w)`` of each position's log KLs ``(S, N, 1, h, w)`` from the calibrated
-        Gaussian of its category (``"gaussian"`` pass fusion); a subset of the passes (``indices``) uses the
+        Gaussian of its category (``timestep_fusion="gaussian"``); a subset of the passes (``indices``) uses the
         marginal Gaussian of those passes."""
         group = 0 if class_labels is None else class_labels
         mean = self.pass_mean[group][..., indices]  # (S,) or (N, S)
@@ -358,9 +379,9 @@ class DiffADModel(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
-        """Calibrate the scoring on normal images: the pass fusion (``"scaled_mean"``: the pass scales;
-        ``"gaussian"``: the Gaussian of the log KLs), then the map fusion's statistics and normal map
-        (:meth:`AnomalyMapGenerator.calibrate_batches`).
+        """Calibrate the scoring on normal images: the timestep fusion (the Gaussian of the log KLs, the pass
+        scales, the level's and distance's statistics, as ``timestep_fusion`` needs them), then the map fusion's
+        statistics and normal map (:meth:`AnomalyMapGenerator.calibrate_batches`).
 
         A pass's scale is the mean of its cues over the images. The Gaussian's mean and covariance are those of
         every position's vector of log KLs, the covariance shrunk toward its diagonal by
@@ -368,12 +389,12 @@ class DiffADModel(nn.Module):
         sums of all ranks' images count (:class:`GroupedMoments`).
 
         Args:
-            batches: ``[-1, 1]`` images and their class labels (``None`` unless class-conditional); iterated
-                twice unless ``timestep_fusion`` is ``"mean"`` (e.g. a list or a DataLoader).
+            batches: ``[-1, 1]`` images and their class labels (``None`` unless class-conditional); iterated once
+                per fitted part (e.g. a list or a DataLoader).
         """
-        if self.timestep_fusion == "gaussian":
+        if self.timestep_fusion in GAUSSIAN_FUSIONS:
             self.fit_pass_gaussian(batches)
-        if self.timestep_fusion == "scaled_mean":
+        if self.timestep_fusion in SCALED_FUSIONS:
             passes = GroupedMoments(self.num_classes or 1, self.pass_scale.shape[1:])
             for images, labels in batches:
                 maps = self.pass_maps(images, labels)
@@ -382,12 +403,26 @@ class DiffADModel(nn.Module):
             count, mean, _ = passes.to(self.pass_scale.device).compute().unbind(1)
             seen = count[:, 0, 0] > 0
             self.pass_scale[seen] = mean[seen].abs().clamp(min=1e-12).to(self.pass_scale)
+        if self.timestep_fusion == "scaled_mean_and_gaussian":
+            self.fit_fusion_statistics(batches)
         self.anomaly_map_generator.calibrate_batches(
             (*self.component_scores(images, labels), labels) for images, labels in batches
         )
 
+    def fit_fusion_statistics(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        """Fit the mean and standard deviation of the level and the distance of
+        ``timestep_fusion="scaled_mean_and_gaussian"`` per class, over every position (see :meth:`calibrate`)."""
+        moments = GroupedMoments(self.num_classes or 1, (2,))
+        for images, labels in batches:
+            means, distance = self.fused_passes(images, labels)
+            moments.update(torch.cat([means.kl, distance], dim=1), labels)
+        count, mean, variance = moments.to(self.fusion_statistics.device).compute().unbind(1)
+        seen = count[:, 0] > 0
+        std = variance.sqrt().clamp(min=1e-12)
+        self.fusion_statistics[seen] = torch.stack([mean, std], dim=-1)[seen].to(self.fusion_statistics)
+
     def fit_pass_gaussian(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
-        """Fit the ``"gaussian"`` pass fusion's mean, covariance and precision per class (see :meth:`calibrate`)."""
+        """Fit the Gaussian of ``timestep_fusion="gaussian"`` per class (see :meth:`calibrate`)."""
         steps = len(self.score_timesteps)
         moments = GroupedMoments(self.num_classes or 1, (steps + steps * steps,))
         for images, labels in batches:

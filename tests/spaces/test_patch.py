@@ -286,6 +286,31 @@ def test_gaussian_fusion_flags_an_unusual_profile_over_the_timesteps_whatever_it
     assert distances[1] > 2 * distances[0]
 
 
+def test_scaled_mean_and_gaussian_adds_the_standardized_level_and_distance() -> None:
+    """``"scaled_mean_and_gaussian"``: the scaled mean (the ``"scaled_mean"`` map) and the Mahalanobis distance
+    (the ``"gaussian"`` map), each standardized by its mean and standard deviation over the calibration
+    positions, added."""
+    models = {}
+    for fusion in ("scaled_mean", "gaussian", "scaled_mean_and_gaussian"):
+        torch.manual_seed(0)  # the same feature extractor
+        models[fusion] = _model(timestep_fusion=fusion).eval()
+        _randomize(models[fusion].ema_denoiser, seed=3)
+    calibration, test = _images(4, seed=1), _images(2, seed=4)
+    with torch.no_grad():
+        for model in models.values():
+            model.calibrate([(calibration, None)])
+        means, distance = models["scaled_mean_and_gaussian"].fused_passes(calibration)
+        level, gaussian = (models[fusion].component_scores(test).kl for fusion in ("scaled_mean", "gaussian"))
+        both = models["scaled_mean_and_gaussian"].component_scores(test).kl
+    parts = torch.cat([means.kl, distance], dim=1).double()
+    mean, std = parts.mean(dim=(0, 2, 3)), parts.std(dim=(0, 2, 3), correction=0)
+    statistics = models["scaled_mean_and_gaussian"].fusion_statistics[0]
+    torch.testing.assert_close(statistics, torch.stack([mean, std], dim=1).float())
+    torch.testing.assert_close(both, (level - mean[0]) / std[0] + (gaussian - mean[1]) / std[1], check_dtype=False)
+    assert float(((level - mean[0]) / std[0]).std()) > 0.3  # both parts count
+    assert float(((gaussian - mean[1]) / std[1]).std()) > 0.3
+
+
 def test_each_class_gets_its_own_gaussian() -> None:
     """A unified model fits each class's Gaussian on its images and scores each image with its class's; a class
     without images keeps the identity."""
