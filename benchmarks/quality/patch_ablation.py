@@ -231,8 +231,8 @@ def density_maps(maps: torch.Tensor, val_maps: torch.Tensor, kind: str) -> tuple
         return torch.cat([(cues / scale).mean(dim=0), score(cues)], dim=1)
 
     fitted = parts(fit_maps)
-    mean, std = fitted.mean(dim=(0, 2, 3), keepdim=True), fitted.std(dim=(0, 2, 3), correction=0, keepdim=True)
-    return (((parts(cues) - mean) / std).sum(dim=1, keepdim=True) for cues in (maps, held_maps))
+    centre, spread = fitted.mean(dim=(0, 2, 3), keepdim=True), fitted.std(dim=(0, 2, 3), correction=0, keepdim=True)
+    return (((parts(cues) - centre) / spread).sum(dim=1, keepdim=True) for cues in (maps, held_maps))
 
 
 def metrics_of(
