@@ -96,8 +96,9 @@ class DiffAD(DiffADExportMixin, AnomalibModule):
         smoothing_sigma: Gaussian smoothing of the fused map, in pixels (0: off).
         subtract_normal_map: Subtract the calibration normals' mean fused map.
         timestep_fusion: How the scoring passes are combined: ``"mean"``, ``"scaled_mean"`` (each pass divided by its
-            mean over the calibration normals) or ``"gaussian"`` (each position's Mahalanobis distance from the
-            calibration normals' Gaussian of log KLs over the passes); not ``"mean"`` in the pixel space (see
+            mean over the calibration normals), ``"gaussian"`` (each position's Mahalanobis distance from the
+            calibration normals' Gaussian of log KLs over the passes) or ``"scaled_mean_and_gaussian"`` (the two,
+            standardized, added: the patch preset's); only ``"mean"`` in the pixel space (see
             :class:`~anomalib_diffad.torch_model.DiffADModel`).
         noise_seed: Seed of the fixed scoring noise.
         lr: AdamW learning rate.

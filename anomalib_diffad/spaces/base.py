@@ -60,9 +60,11 @@ class DiffusionSpace(ABC):
         ``images`` are ``[-1, 1]`` images, ``features`` their frozen CNN features (:attr:`feature_stride`).
         """
 
-    @abstractmethod
     def diffused_data(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """The data ``x_0`` that scoring diffuses, from ``[-1, 1]`` images and their frozen CNN features."""
+        """The data ``x_0`` that scoring diffuses, from ``[-1, 1]`` images and their frozen CNN features (the
+        features themselves, unless the space diffuses something else)."""
+        del images
+        return features
 
     def denoise(
         self, denoiser: nn.Module, xt: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None,
@@ -70,7 +72,6 @@ class DiffusionSpace(ABC):
         """One scoring pass of ``denoiser`` (the pixel space may tile it)."""
         return denoiser(xt, t, class_labels)
 
-    @abstractmethod
     def cues(
         self,
         schedule: DiffusionSchedule,
@@ -80,11 +81,15 @@ class DiffusionSpace(ABC):
         prediction: DenoiserOutput,
         target_features: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The KL cue and the second cue ``(B, 1, h, w)`` of a batch of passes, at the data's resolution.
+        """The KL cue and the second cue ``(B, 1, h, w)`` of a batch of passes, at the data's resolution: unless
+        the space says otherwise, the channel-mean posterior KL and ``1 - cos(x_0, x_0 estimate)``
+        (:func:`feature_cues`; the features are ``x_0``).
 
         ``x0``, ``xt``, ``t`` and ``prediction`` hold every pass of every image (``B`` = passes x images, pass
         major); ``target_features`` are the frozen CNN features of the ``N`` input images.
         """
+        del target_features
+        return feature_cues(schedule, x0, xt, t, prediction)
 
     @abstractmethod
     def init_args(self) -> dict[str, Any]:

@@ -9,8 +9,8 @@ import torch.nn.functional as F  # noqa: N812
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
-from anomalib_diffad.diffusion import DenoiserOutput, DiffusionSchedule
-from anomalib_diffad.spaces.base import DiffusionSpace, feature_cues
+from anomalib_diffad.diffusion import DenoiserOutput
+from anomalib_diffad.spaces.base import DiffusionSpace
 
 PATCH_SPACE_STRIDE = 8
 """Resolution of the patch vectors: 1/8 of the image (32 x 32 at 256 px)."""
@@ -157,21 +157,3 @@ class PatchSpace(DiffusionSpace):
         vectors = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1], 1, 1)
         labels = None if class_labels is None else class_labels.repeat_interleave(positions)
         return vectors, None, labels
-
-    def diffused_data(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """The pooled, standardized features."""
-        del images
-        return features
-
-    def cues(
-        self,
-        schedule: DiffusionSchedule,
-        x0: torch.Tensor,
-        xt: torch.Tensor,
-        t: torch.Tensor,
-        prediction: DenoiserOutput,
-        target_features: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Channel-mean posterior KL and ``1 - cos(x_0, x_0 estimate)`` at the vectors' resolution."""
-        del target_features  # they are x0
-        return feature_cues(schedule, x0, xt, t, prediction)

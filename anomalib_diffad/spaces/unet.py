@@ -23,7 +23,7 @@ from anomalib_diffad.diffusion import (
     posterior_kl_map,
     standardize_per_image,
 )
-from anomalib_diffad.spaces.base import DiffusionSpace, feature_cues
+from anomalib_diffad.spaces.base import DiffusionSpace
 
 TARGET_STRIDE = 4
 """The pixel space's feature targets (and the feature head's predictions) are at 1/4 of the image resolution."""
@@ -414,21 +414,3 @@ class FeatureSpace(UNetSpace):
         """The whole feature maps, no head targets."""
         del images
         return features, None, class_labels
-
-    def diffused_data(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """The standardized features."""
-        del images
-        return features
-
-    def cues(
-        self,
-        schedule: DiffusionSchedule,
-        x0: torch.Tensor,
-        xt: torch.Tensor,
-        t: torch.Tensor,
-        prediction: DenoiserOutput,
-        target_features: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Channel-mean posterior KL and ``1 - cos(x_0, x_0 estimate)`` at the features' resolution."""
-        del target_features  # they are x0
-        return feature_cues(schedule, x0, xt, t, prediction)
