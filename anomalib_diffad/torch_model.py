@@ -392,17 +392,8 @@ class DiffADModel(nn.Module):
             batches: ``[-1, 1]`` images and their class labels (``None`` unless class-conditional); iterated once
                 per fitted part (e.g. a list or a DataLoader).
         """
-        if self.timestep_fusion in GAUSSIAN_FUSIONS:
-            self.fit_pass_gaussian(batches)
-        if self.timestep_fusion in SCALED_FUSIONS:
-            passes = GroupedMoments(self.num_classes or 1, self.pass_scale.shape[1:])
-            for images, labels in batches:
-                maps = self.pass_maps(images, labels)
-                means = torch.stack([maps.kl.mean(dim=(2, 3, 4)), maps.feature.mean(dim=(2, 3, 4))])  # (2, S, N)
-                passes.update(means.permute(2, 0, 1), labels)
-            count, mean, _ = passes.to(self.pass_scale.device).compute().unbind(1)
-            seen = count[:, 0, 0] > 0
-            self.pass_scale[seen] = mean[seen].abs().clamp(min=1e-12).to(self.pass_scale)
+        if self.timestep_fusion != "mean":
+            self.fit_pass_statistics(batches)
         if self.timestep_fusion == "scaled_mean_and_gaussian":
             self.fit_fusion_statistics(batches)
         self.anomaly_map_generator.calibrate_batches(
@@ -421,24 +412,35 @@ class DiffADModel(nn.Module):
         std = variance.sqrt().clamp(min=1e-12)
         self.fusion_statistics[seen] = torch.stack([mean, std], dim=-1)[seen].to(self.fusion_statistics)
 
-    def fit_pass_gaussian(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
-        """Fit the Gaussian of ``timestep_fusion="gaussian"`` per class (see :meth:`calibrate`)."""
-        steps = len(self.score_timesteps)
-        moments = GroupedMoments(self.num_classes or 1, (steps + steps * steps,))
+    def fit_pass_statistics(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        """Fit, per class and in one pass over the images' pass maps, what ``timestep_fusion`` needs: the pass
+        scales and the Gaussian of the log KLs (see :meth:`calibrate`)."""
+        groups, steps, fusion = self.num_classes or 1, len(self.score_timesteps), self.timestep_fusion
+        scales = GroupedMoments(groups, (2, steps)) if fusion in SCALED_FUSIONS else None
+        gaussian = GroupedMoments(groups, (steps + steps * steps,)) if fusion in GAUSSIAN_FUSIONS else None
         for images, labels in batches:
-            logs = self.pass_maps(images, labels).kl.float().clamp(min=LOG_FLOOR).log()  # (S, N, 1, h, w)
-            vectors = logs[:, :, 0].movedim(0, 1).flatten(2)  # (N, S, positions)
-            products = (vectors[:, :, None] * vectors[:, None]).flatten(1, 2)
-            moments.update(torch.cat([vectors, products], dim=1), labels)
-        count, mean, _ = moments.to(self.pass_mean.device).compute().unbind(1)
-        seen = count[:, 0] > 0
-        first, second = mean[:, :steps], mean[:, steps:].view(-1, steps, steps)
-        covariance = second - first[:, :, None] * first[:, None]
-        diagonal = torch.diag_embed(torch.diagonal(covariance, dim1=-2, dim2=-1))
-        covariance = (1 - GAUSSIAN_SHRINKAGE) * covariance + GAUSSIAN_SHRINKAGE * diagonal
-        self.pass_mean[seen] = first[seen].to(self.pass_mean)
-        self.pass_covariance[seen] = covariance[seen].to(self.pass_covariance)
-        self.pass_precision[seen] = torch.linalg.inv(covariance[seen]).to(self.pass_precision)
+            maps = self.pass_maps(images, labels)
+            if scales is not None:
+                means = torch.stack([maps.kl.mean(dim=(2, 3, 4)), maps.feature.mean(dim=(2, 3, 4))])  # (2, S, N)
+                scales.update(means.permute(2, 0, 1), labels)
+            if gaussian is not None:
+                vectors = maps.kl.float().clamp(min=LOG_FLOOR).log()[:, :, 0].movedim(0, 1).flatten(2)  # (N, S, h*w)
+                products = (vectors[:, :, None] * vectors[:, None]).flatten(1, 2)
+                gaussian.update(torch.cat([vectors, products], dim=1), labels)
+        if scales is not None:
+            count, mean, _ = scales.to(self.pass_scale.device).compute().unbind(1)
+            seen = count[:, 0, 0] > 0
+            self.pass_scale[seen] = mean[seen].abs().clamp(min=1e-12).to(self.pass_scale)
+        if gaussian is not None:
+            count, mean, _ = gaussian.to(self.pass_mean.device).compute().unbind(1)
+            seen = count[:, 0] > 0
+            first, second = mean[:, :steps], mean[:, steps:].view(-1, steps, steps)
+            covariance = second - first[:, :, None] * first[:, None]
+            diagonal = torch.diag_embed(torch.diagonal(covariance, dim1=-2, dim2=-1))
+            covariance = (1 - GAUSSIAN_SHRINKAGE) * covariance + GAUSSIAN_SHRINKAGE * diagonal
+            self.pass_mean[seen] = first[seen].to(self.pass_mean)
+            self.pass_covariance[seen] = covariance[seen].to(self.pass_covariance)
+            self.pass_precision[seen] = torch.linalg.inv(covariance[seen]).to(self.pass_precision)
 
 
 def images_per_chunk(model: "DiffADModel", image_shape: Sequence[int], training: bool) -> int:

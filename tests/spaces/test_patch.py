@@ -278,7 +278,7 @@ def test_gaussian_fusion_flags_an_unusual_profile_over_the_timesteps_whatever_it
     level = torch.randn(1, 64, 1, 8, 8, generator=generator)
     normal = (level + 0.1 * torch.randn(2, 64, 1, 8, 8, generator=generator)).exp()  # the passes move together
     model.pass_maps = lambda *_args: ComponentMaps(normal, normal)
-    model.fit_pass_gaussian([(torch.zeros(1), None)])
+    model.fit_pass_statistics([(torch.zeros(1), None)])
     together = torch.tensor([1.0, 1.0]).view(2, 1, 1, 1, 1).exp()
     against = torch.tensor([0.5, -0.5]).view(2, 1, 1, 1, 1).exp()
     assert together.mean() > against.mean()
